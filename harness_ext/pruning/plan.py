@@ -1,0 +1,224 @@
+"""The pruning plan: the single currency between model_args, CLI flags, recipe files and the engine.
+
+A recipe and the equivalent shortcut (`method=wanda,sparsity=0.5,structure=2:4`) build equal plans, hence
+equal masks. Everything here is plain data and validation; nothing touches a model.
+
+Conventions
+-----------
+- `sparsity` is the fraction of weights set to zero in each targeted layer, in [0, 1).
+- `NMStructure(n, m)` keeps at most `n` non-zero weights in every group of `m` consecutive weights along a
+  layer's input dimension (NVIDIA's and Zhou et al.'s "N:M": 2:4 keeps 2 of every 4, sparsity 1 - n/m).
+- Targets are module names or `re:` regexes matched (fullmatch) against module names; empty means every
+  Linear / GPT-2 Conv1D inside the transformer blocks. `ignore` uses the same syntax.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from ..errors import UserError
+
+METHODS = ("magnitude", "wanda", "sparsegpt")
+SCOPES = ("layer", "global")
+UNSTRUCTURED = "unstructured"
+DEFAULT_IGNORE = ("lm_head",)
+
+
+@dataclass(frozen=True)
+class NMStructure:
+    """Keep at most `n` non-zeros in every `m` consecutive input weights."""
+
+    n: int
+    m: int
+
+    @property
+    def sparsity(self) -> float:
+        return 1.0 - self.n / self.m
+
+    def __str__(self) -> str:
+        return f"{self.n}:{self.m}"
+
+
+@dataclass(frozen=True)
+class OwlConfig:
+    """OWL (Yin et al. 2023) layer-wise sparsity: outlier threshold `m` (x mean |W X|) and spread `lmbda`."""
+
+    m: float = 5.0
+    lmbda: float = 0.08
+
+
+@dataclass(frozen=True)
+class PruneStep:
+    """One pruning pass over a set of target layers with one method.
+
+    `sparsity` is the target zero fraction per layer (unstructured); for N:M it equals `structure.sparsity`.
+    `layer_sparsity` overrides it per layer: (name or `re:` pattern, sparsity) pairs, first match wins.
+    `block_size` and `dampening` are SparseGPT's (columns per OBS block; fraction of mean Hessian diagonal).
+    """
+
+    method: str = "magnitude"
+    sparsity: float = 0.5
+    structure: NMStructure | None = None
+    scope: str = "layer"
+    targets: tuple[str, ...] = ()
+    ignore: tuple[str, ...] = DEFAULT_IGNORE
+    layer_sparsity: tuple[tuple[str, float], ...] = ()
+    owl: OwlConfig | None = None
+    block_size: int = 128
+    dampening: float = 0.01
+
+    def __post_init__(self) -> None:
+        validate_method(self.method)
+        validate_sparsity(self.sparsity)
+        if self.scope not in SCOPES:
+            raise UserError(f"unknown scope {self.scope!r}; use one of: {', '.join(SCOPES)}")
+        if self.scope == "global" and self.method != "magnitude":
+            raise UserError(f"scope=global is defined for method=magnitude only, not {self.method}; "
+                            "use scope=layer")
+        if self.structure is not None and abs(self.sparsity - self.structure.sparsity) > 1e-9:
+            raise UserError(f"structure {self.structure} fixes sparsity at {self.structure.sparsity:g}, "
+                            f"but sparsity={self.sparsity:g} was asked; leave sparsity out for N:M")
+        for pattern in (*self.targets, *self.ignore, *(name for name, _ in self.layer_sparsity)):
+            compile_pattern(pattern)
+        for _, value in self.layer_sparsity:
+            validate_sparsity(value)
+        if self.block_size < 1:
+            raise UserError(f"block_size must be a positive number of columns, got {self.block_size}")
+        if not 0.0 < self.dampening < 1.0:
+            raise UserError(f"dampening must be in (0, 1) (fraction of the mean Hessian diagonal), "
+                            f"got {self.dampening}")
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready summary (method, sparsity, structure, scope, targets, ...)."""
+        return {
+            "method": self.method,
+            "sparsity": self.sparsity,
+            "structure": str(self.structure) if self.structure else UNSTRUCTURED,
+            "scope": self.scope,
+            "targets": list(self.targets),
+            "ignore": list(self.ignore),
+            "layer_sparsity": [list(pair) for pair in self.layer_sparsity],
+            "owl": None if self.owl is None else {"m": self.owl.m, "lmbda": self.owl.lmbda},
+            "block_size": self.block_size,
+            "dampening": self.dampening,
+        }
+
+
+@dataclass(frozen=True)
+class PruningPlan:
+    """Ordered pruning steps plus where they came from.
+
+    `source` is "model_args", "cli" or a recipe path; `recipe_sha256` the recipe file's hash; `notes` the
+    things a recipe asked for that were mapped or ignored (reported to the user, never silent).
+    """
+
+    steps: tuple[PruneStep, ...]
+    source: str = "model_args"
+    recipe_sha256: str | None = None
+    notes: tuple[str, ...] = ()
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "recipe_sha256": self.recipe_sha256,
+            "steps": [step.describe() for step in self.steps],
+            "notes": list(self.notes),
+        }
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    """Calibration text: `data` is "c4", "wikitext2" or a path (.txt or .jsonl with a `text` field).
+
+    `nsamples` sequences of `seqlen` tokens (capped at the model's context), drawn with `seed`. The defaults
+    are the Wanda/SparseGPT papers' (128 x 2048 tokens of C4); on a CPU, 64 x 256 is a practical setting.
+    """
+
+    data: str = "c4"
+    nsamples: int = 128
+    seqlen: int = 2048
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.nsamples < 1:
+            raise UserError(f"nsamples must be >= 1, got {self.nsamples}")
+        if self.seqlen < 2:
+            raise UserError(f"seqlen must be >= 2 tokens, got {self.seqlen}")
+
+    def describe(self) -> dict[str, Any]:
+        return {"data": self.data, "nsamples": self.nsamples, "seqlen": self.seqlen, "seed": self.seed}
+
+
+def validate_method(method: str) -> str:
+    if method not in METHODS:
+        raise UserError(f"unknown pruning method {method!r}; use one of: {', '.join(METHODS)}")
+    return method
+
+
+def validate_sparsity(sparsity: float) -> float:
+    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)):
+        raise UserError(f"sparsity must be a number in [0, 1), got {sparsity!r}")
+    if not 0.0 <= float(sparsity) < 1.0:
+        raise UserError(f"sparsity must be in [0, 1) (fraction of weights set to zero), got {sparsity}; "
+                        "for 50 % write 0.5")
+    return float(sparsity)
+
+
+def parse_structure(text: str | None) -> NMStructure | None:
+    """Parse "unstructured" / "0:0" / None -> None, and "N:M" (0 < N < M) -> NMStructure."""
+    if text is None:
+        return None
+    value = str(text).strip().lower()
+    if value in ("", UNSTRUCTURED, "0:0"):
+        return None
+    match = re.fullmatch(r"(\d+):(\d+)", value)
+    if not match:
+        raise UserError(f"malformed structure {text!r}; use 'unstructured' or N:M such as 2:4 or 4:8")
+    n, m = int(match.group(1)), int(match.group(2))
+    if not 0 < n < m:
+        raise UserError(f"impossible N:M structure {text!r}: need 0 < N < M (keep N of every M weights), "
+                        "e.g. 2:4")
+    return NMStructure(n, m)
+
+
+def compile_pattern(pattern: str) -> re.Pattern[str]:
+    """A target/ignore entry as a regex: `re:EXPR` is EXPR, anything else an exact module name."""
+    if pattern.startswith("re:"):
+        try:
+            return re.compile(pattern[3:])
+        except re.error as error:
+            raise UserError(f"bad regex {pattern!r}: {error}") from None
+    return re.compile(re.escape(pattern))
+
+
+def matches_any(name: str, patterns: Iterable[str]) -> bool:
+    """True if module `name` matches one of the target/ignore patterns (regexes must match the whole name)."""
+    return any(compile_pattern(pattern).fullmatch(name) for pattern in patterns)
+
+
+def shortcut_plan(method: str | None, sparsity: float | None, structure: str | None = None,
+                  scope: str = "layer", source: str = "model_args", **step_options: Any) -> PruningPlan:
+    """Build the one-step plan that `method=...,sparsity=...,structure=...` shortcuts describe.
+
+    For N:M, `sparsity` may be omitted (it is fixed by the structure) or must equal it.
+    Raises UserError on anything invalid, before any model is loaded.
+    """
+    if method is None:
+        raise UserError("sparsity/structure given without method; add method=magnitude|wanda|sparsegpt")
+    nm = parse_structure(structure)
+    if sparsity is None:
+        if nm is None:
+            raise UserError(f"method={method} needs sparsity=FRACTION (e.g. 0.5) or structure=N:M")
+        sparsity = nm.sparsity
+    step = PruneStep(method=validate_method(method), sparsity=validate_sparsity(sparsity), structure=nm,
+                     scope=scope, **step_options)
+    return PruningPlan(steps=(step,), source=source)
+
+
+__all__ = [
+    "METHODS", "SCOPES", "UNSTRUCTURED", "DEFAULT_IGNORE", "NMStructure", "OwlConfig", "PruneStep",
+    "PruningPlan", "CalibrationConfig", "validate_method", "validate_sparsity", "parse_structure",
+    "compile_pattern", "matches_any", "shortcut_plan",
+]

@@ -1,0 +1,42 @@
+"""Shared fixtures: offline mode, the shared real data, and tiny random models built once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("SPARSE_BENCH_DATA_DIR",
+                      str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+from tiny_models import KINDS, build_tiny_model, build_tokenizer  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The real data laid out like ../shared/data (glue_mrpc/, billsum/, wikitext2/, c4/)."""
+    path = Path(os.environ["SPARSE_BENCH_DATA_DIR"])
+    assert (path / "wikitext2" / "wiki.test.raw").is_file(), f"shared data missing under {path}"
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    return build_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dirs(tmp_path_factory, tiny_tokenizer) -> dict[str, Path]:
+    """{kind: checkpoint dir} for every tiny model kind (llama, gpt2, opt, bert, bart)."""
+    root = tmp_path_factory.mktemp("tiny_models")
+    return {kind: build_tiny_model(kind, root / kind, tiny_tokenizer) for kind in KINDS}
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tiny_model_dirs) -> Path:
+    return tiny_model_dirs["llama"]
