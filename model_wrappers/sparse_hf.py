@@ -1,0 +1,89 @@
+"""`sparse-hf`: lm-eval's HFLM that prunes the model on load and reports the sparsity it measured.
+
+    lm_eval --model sparse-hf \\
+      --model_args pretrained=smollm2-135m,dtype=float16,method=wanda,sparsity=0.5,structure=2:4 ...
+
+Everything HFLM accepts keeps working; the pruning arguments are listed in `SparseHFLM.__init__`. With no
+pruning argument the model is evaluated as loaded (an already pruned checkpoint) and its sparsity is
+measured all the same. The measurement lands in the results JSON under `config.sparsity`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lm_eval.api.registry import register_model
+from lm_eval.models.huggingface import HFLM  # importing lm_eval.models first registers the built-ins
+
+from ..harness_ext.checkpoints import load_checkpoint
+from ..harness_ext.errors import UserError
+from ..harness_ext.models import parse_dtype, resolve_model_path
+from ..harness_ext.pruning.engine import prune
+from ..harness_ext.pruning.plan import CalibrationConfig, PruningPlan, shortcut_plan
+from ..harness_ext.pruning.report import measure_sparsity
+
+
+class _CheckedAutoClass:
+    """Stands in for HFLM's AUTO_MODEL_CLASS while loading: `from_pretrained` goes through our checked
+    loader, which reads compressed checkpoints and refuses missing or randomly initialised weights."""
+
+    def __init__(self, auto_class: Any) -> None:
+        self.auto_class = auto_class
+
+    def from_pretrained(self, path: str, **kwargs: Any):
+        return load_checkpoint(self.auto_class, path, **kwargs)
+
+
+def build_plan(method: str | None, sparsity: float | None, structure: str | None, scope: str,
+               recipe: str | None) -> PruningPlan | None:
+    """The pruning plan the model_args describe, or None to evaluate the checkpoint as it is."""
+    if recipe is not None:
+        if method is not None or sparsity is not None or structure is not None:
+            raise UserError("recipe=... already defines method, sparsity and structure; drop those arguments "
+                            "or the recipe")
+        from ..harness_ext.recipes import load_recipe
+
+        return load_recipe(recipe)
+    if method is None and sparsity is None and structure is None:
+        return None
+    return shortcut_plan(method, sparsity, structure, scope=scope)
+
+
+@register_model("sparse-hf")
+class SparseHFLM(HFLM):
+    """HFLM + pruning on load + measured sparsity in the results."""
+
+    def __init__(self, pretrained: Any, method: str | None = None, sparsity: float | None = None,
+                 structure: str | None = None, scope: str = "layer", recipe: str | None = None,
+                 calibration: str = "c4", nsamples: int = 128, seqlen: int = 2048, seed: int = 0,
+                 **kwargs: Any) -> None:
+        """`method`: magnitude | wanda | sparsegpt; `sparsity`: zero fraction per pruned layer in [0, 1);
+        `structure`: unstructured | N:M (keep N of every M, e.g. 2:4); `scope`: layer | global (global: one
+        magnitude threshold over all pruned layers); `recipe`: a SparseML / llm-compressor recipe file;
+        `calibration` (c4 | wikitext2 | FILE), `nsamples`, `seqlen` (tokens), `seed`: Wanda/SparseGPT data.
+        """
+        plan = build_plan(method, sparsity, structure, scope, recipe)
+        calibration_config = CalibrationConfig(data=str(calibration), nsamples=int(nsamples), seqlen=int(seqlen),
+                                               seed=int(seed))
+        requested_dtype = parse_dtype(kwargs.get("dtype", "auto"))
+        if isinstance(pretrained, str):
+            pretrained = resolve_model_path(pretrained)
+        super().__init__(pretrained=pretrained, **kwargs)
+        if requested_dtype != "auto" and self.model.dtype != requested_dtype:
+            raise UserError(f"dtype={kwargs['dtype']} was asked but the model loaded as {self.model.dtype}")
+        if plan is None:
+            self.sparsity_report = measure_sparsity(self.model)
+        else:
+            self.sparsity_report = prune(self.model, plan, calibration_config, tokenizer=self.tokenizer)
+
+    def _create_model(self, pretrained: str, **kwargs: Any) -> None:
+        auto_class = self.AUTO_MODEL_CLASS
+        self.AUTO_MODEL_CLASS = _CheckedAutoClass(auto_class)
+        try:
+            super()._create_model(pretrained, **kwargs)
+        finally:
+            self.AUTO_MODEL_CLASS = auto_class
+
+    def get_model_info(self) -> dict:
+        """HFLM's model info plus `sparsity`: what was pruned and the zeros measured in the weights."""
+        return {**super().get_model_info(), "sparsity": self.sparsity_report.to_dict()}
