@@ -1,0 +1,132 @@
+"""Streaming magnitude statistics: counts below thresholds, exact zeros and a fixed-bin |w| histogram.
+
+`MagnitudeStats.of_chunk(values, thresholds)` measures one chunk of weights (any float dtype, any device; the
+arithmetic runs in float32 on the chunk's device) and `add` merges chunks, tensors and groups. Nothing keeps
+weights: a whole model reduces to a few integers per group plus one histogram of HISTOGRAM_BINS counts.
+
+Semantics, in the units of the weights:
+- `below[i]` counts |w| < thresholds[i] (strict; exact zeros included; the threshold rounded to float32).
+- `zeros` counts w == 0 (+0 and -0); `nonfinite` counts NaN and +-inf, which are in no other count but `numel`.
+- The histogram has fixed edges 10**(LOG10_MIN + i / BINS_PER_DECADE) for i = 0 .. HISTOGRAM_BINS, plus an
+  underflow bin (0 < |w| < 10**LOG10_MIN) first and an overflow bin (|w| >= 10**LOG10_MAX, finite) last.
+  Exact zeros are not in it (log |w| is undefined there): they are `zeros`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+LOG10_MIN = -12
+LOG10_MAX = 4
+BINS_PER_DECADE = 32
+HISTOGRAM_BINS = (LOG10_MAX - LOG10_MIN) * BINS_PER_DECADE
+
+
+def histogram_edges() -> np.ndarray:
+    """The HISTOGRAM_BINS + 1 bin edges in |w| (log-spaced), shared by every analysis."""
+    return 10.0 ** (LOG10_MIN + np.arange(HISTOGRAM_BINS + 1) / BINS_PER_DECADE)
+
+
+@dataclass
+class MagnitudeStats:
+    """Counts over a set of weights, for fixed `thresholds`. Integers are exact; `abs_sum` is float64."""
+
+    thresholds: tuple[float, ...]
+    numel: int = 0
+    zeros: int = 0
+    nonfinite: int = 0
+    below: list[int] = field(default_factory=list)
+    abs_sum: float = 0.0
+    abs_max: float = 0.0
+    histogram: np.ndarray = field(default_factory=lambda: np.zeros(HISTOGRAM_BINS + 2, dtype=np.int64))
+
+    def __post_init__(self) -> None:
+        self.thresholds = tuple(float(threshold) for threshold in self.thresholds)
+        if not self.below:
+            self.below = [0] * len(self.thresholds)
+
+    @classmethod
+    def of_chunk(cls, values: torch.Tensor, thresholds: tuple[float, ...]) -> "MagnitudeStats":
+        """Measure one chunk of weights (any shape and float dtype); holds at most ~4 float32 copies of it."""
+        magnitudes = values.detach().reshape(-1).float().abs()
+        numel = magnitudes.numel()
+        finite = torch.isfinite(magnitudes)
+        nonfinite = numel - int(finite.sum())
+        if nonfinite:
+            magnitudes = magnitudes[finite]
+        zeros = int((magnitudes == 0).sum())
+        stats = cls(thresholds, numel=numel, zeros=zeros, nonfinite=nonfinite,
+                    below=[int((magnitudes < threshold).sum()) for threshold in thresholds])
+        if magnitudes.numel():
+            stats.abs_sum = float(magnitudes.sum(dtype=torch.float64))
+            stats.abs_max = float(magnitudes.max())
+            stats.histogram = _log_histogram(magnitudes, zeros)
+        return stats
+
+    def add(self, other: "MagnitudeStats") -> "MagnitudeStats":
+        """Accumulate `other` (same thresholds) into self; returns self."""
+        if other.thresholds != self.thresholds:
+            raise ValueError(f"cannot merge statistics for thresholds {other.thresholds} into {self.thresholds}")
+        self.numel += other.numel
+        self.zeros += other.zeros
+        self.nonfinite += other.nonfinite
+        self.below = [mine + theirs for mine, theirs in zip(self.below, other.below)]
+        self.abs_sum += other.abs_sum
+        self.abs_max = max(self.abs_max, other.abs_max)
+        self.histogram = self.histogram + other.histogram
+        return self
+
+    @property
+    def nonzero(self) -> int:
+        """Weights that are not exactly zero (NaN and inf included: they are stored values)."""
+        return self.numel - self.zeros
+
+    def fraction(self, count: int) -> float:
+        return count / self.numel if self.numel else 0.0
+
+    def to_dict(self, with_histogram: bool = False) -> dict:
+        """JSON-ready summary; keys are stable. Threshold keys are spelled with `threshold_key`."""
+        summary = {
+            "numel": self.numel,
+            "nonzero": self.nonzero,
+            "zeros": self.zeros,
+            "zero_fraction": self.fraction(self.zeros),
+            "below": {threshold_key(threshold): {"count": count, "fraction": self.fraction(count)}
+                      for threshold, count in zip(self.thresholds, self.below)},
+            "mean_abs": _significant(self.abs_sum / max(1, self.numel - self.nonfinite)),
+            "max_abs": self.abs_max,
+            "nonfinite": self.nonfinite,
+        }
+        if with_histogram:
+            summary["histogram"] = {"underflow": int(self.histogram[0]), "overflow": int(self.histogram[-1]),
+                                    "counts": self.histogram[1:-1].tolist()}
+        return summary
+
+
+def threshold_key(threshold: float) -> str:
+    """A threshold as a JSON key: 0.01 -> '0.01', 1e-05 -> '1e-05' (Python's shortest round-trip repr)."""
+    return repr(float(threshold))
+
+
+def histogram_spec() -> dict:
+    """How to read every histogram in an analysis (`counts[i]` covers [edges[i], edges[i + 1]) in |w|)."""
+    return {"scale": "log10(|w|)", "log10_min": LOG10_MIN, "log10_max": LOG10_MAX,
+            "bins_per_decade": BINS_PER_DECADE, "bins": HISTOGRAM_BINS,
+            "excludes": "exact zeros (see zeros) and NaN/inf (see nonfinite)"}
+
+
+def _significant(value: float, digits: int = 9) -> float:
+    """`value` to `digits` significant digits: float sums differ in the last bits with summation order."""
+    return float(f"{value:.{digits}g}")
+
+
+def _log_histogram(magnitudes: torch.Tensor, zeros: int) -> np.ndarray:
+    """Counts per fixed log10 bin (+ underflow/overflow) of finite magnitudes, exact zeros removed."""
+    position = (torch.log10(magnitudes) - LOG10_MIN) * BINS_PER_DECADE  # zeros -> -inf -> underflow slot
+    index = position.floor_().clamp_(-1, HISTOGRAM_BINS).to(torch.int64) + 1
+    counts = torch.bincount(index, minlength=HISTOGRAM_BINS + 2).cpu().numpy()
+    counts[0] -= zeros
+    return counts
