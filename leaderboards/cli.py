@@ -1,0 +1,118 @@
+"""`sparse-bench leaderboard run|render|cells`: run a grid spec resumably and render its leaderboards."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from .spec import expand_cells, load_spec, parse_shard, shard_cells
+
+SPECS_DIR = Path(__file__).resolve().parent / "specs"
+
+
+def resolve_spec(spec: str) -> Path:
+    """A spec path, or the name of a shipped spec (`demo`, `mrpc_global_magnitude`, ...)."""
+    path = Path(spec)
+    if not path.exists() and (SPECS_DIR / f"{spec}.yaml").is_file():
+        return SPECS_DIR / f"{spec}.yaml"
+    return path
+
+
+@click.group("leaderboard", context_settings={"help_option_names": ["-h", "--help"]})
+def leaderboard_group() -> None:
+    """Run a model x method x sparsity x dtype grid through lm-eval and render leaderboards.
+
+    \b
+    Example (the default demo on SmolLM2-135M, ~10 min on 2 CPU cores):
+      sparse-bench leaderboard run demo --out results/demo
+      sparse-bench leaderboard render results/demo
+    Shipped specs: demo, mrpc_global_magnitude, billsum_methods, dtype_sweep (see docs/leaderboard.md).
+    """
+
+
+@leaderboard_group.command("run")
+@click.argument("spec")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder: grid.json, cells/*.json (one per cell), later leaderboard.md and plots/.")
+@click.option("--shard", default="0/1", show_default=True,
+              help="i/N: run only shard i (0-based) of N, e.g. `--shard $SLURM_ARRAY_TASK_ID/4`.")
+@click.option("--cache", "cache_root", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Pruned-model cache (default: $SPARSE_BENCH_HOME/pruned, i.e. ~/.cache/sparse_bench/pruned).")
+@click.option("--retry-failed/--skip-failed", default=True, show_default=True,
+              help="Run cells that failed in an earlier run again, or leave them failed.")
+@click.option("--render/--no-render", "render_after", default=True, show_default=True,
+              help="Render leaderboard.md and plots after the run.")
+def run_command(spec: str, out_dir: Path, shard: str, cache_root: Path | None, retry_failed: bool,
+                render_after: bool) -> None:
+    """Run every cell of the grid SPEC (a YAML file or a shipped spec name) into --out.
+
+    Finished cells are skipped, so re-running resumes; a failed cell is recorded with its reason and the
+    grid goes on. Exit status 1 if a cell failed.
+
+    \b
+    Example:
+      sparse-bench leaderboard run demo --out results/demo
+      sparse-bench leaderboard run my_grid.yaml --out results/grid --shard 0/4   # one of 4 machines
+    """
+    from .runner import run_grid
+
+    grid = load_spec(resolve_spec(spec))
+    summary = run_grid(grid, out_dir, parse_shard(shard), cache_root, retry_failed)
+    if render_after:
+        _render(out_dir, "md", plots=True, echo=False)
+        click.echo(f"leaderboard: {out_dir / 'leaderboard.md'}")
+    click.echo(f"{len(summary.ok)} cells ran, {len(summary.done)} were already done, {len(summary.failed)} failed")
+    if summary.failed:
+        raise SystemExit(1)
+
+
+@leaderboard_group.command("render")
+@click.argument("out_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--format", "fmt_name", type=click.Choice(["md", "csv", "json"]), default="md", show_default=True)
+@click.option("--plots/--no-plots", default=True, show_default=True, help="Write OUT_DIR/plots/*.png too.")
+def render_command(out_dir: Path, fmt_name: str, plots: bool) -> None:
+    """Print the leaderboards of OUT_DIR (every shard's cells/*.json) and write OUT_DIR/leaderboard.FORMAT.
+
+    \b
+    Example:
+      sparse-bench leaderboard render results/demo
+      sparse-bench leaderboard render results/demo --format csv > demo.csv
+    """
+    _render(out_dir, fmt_name, plots, echo=True)
+
+
+def _render(out_dir: Path, fmt_name: str, plots: bool, echo: bool) -> None:
+    from .render import load_grid, render
+
+    plot_paths = None
+    if plots:
+        from .plots import make_plots
+
+        plot_paths = make_plots(load_grid(out_dir))
+    text, _ = render(out_dir, fmt_name, plot_paths)
+    if echo:
+        click.echo(text, nl=False)
+
+
+@leaderboard_group.command("cells")
+@click.argument("spec")
+@click.option("--shard", default="0/1", show_default=True, help="i/N: list only shard i of N.")
+@click.option("--json", "as_json", is_flag=True, help="Print the cells as JSON.")
+def cells_command(spec: str, shard: str, as_json: bool) -> None:
+    """List the cells of SPEC (validating it) without running anything.
+
+    \b
+    Example:
+      sparse-bench leaderboard cells demo
+      sparse-bench leaderboard cells my_grid.yaml --shard 1/4 --json
+    """
+    cells = shard_cells(expand_cells(load_spec(resolve_spec(spec))), *parse_shard(shard))
+    if as_json:
+        click.echo(json.dumps([{"cell_id": c.cell_id, **c.describe()} for c in cells], indent=2))
+        return
+    from .runner import cell_label
+
+    for cell in cells:
+        click.echo(f"{cell.cell_id}\t{cell_label(cell)}")

@@ -1,0 +1,119 @@
+"""PNG plots of a grid: each task's primary metric vs measured sparsity, and perplexity / size / latency vs
+measured sparsity. One line per method (and dtype, and model, when the grid has several), unstructured
+sparsities joined by a line that starts at the dense baseline; N:M cells are separate labelled markers."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from .render import Grid, task_metrics, task_names  # noqa: E402
+
+Getter = Callable[[dict[str, Any]], Any]
+MARKERS = {"2:4": "s", "4:8": "D"}
+
+
+def _series_key(result: dict[str, Any], grid: Grid) -> str:
+    cell, spec = result["cell"], grid.spec
+    parts = [cell["method"]]
+    if len(spec["dtypes"]) > 1:
+        parts.append(cell["dtype"])
+    if len(spec["models"]) > 1:
+        parts.append(Path(cell["model"].rstrip("/")).name)
+    return " ".join(parts)
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def _draw(axes, grid: Grid, getter: Getter, ylabel: str, log: bool = False) -> bool:
+    """One metric vs measured sparsity (%) on `axes`; False if no cell has a finite value."""
+    results = [r for r in grid.ok() if _number(getter(r)) is not None and r.get("sparsity")]
+    if not results:
+        return False
+    dense = {(r["cell"]["model"], r["cell"]["dtype"]): r for r in results if r["cell"]["method"] == "dense"}
+    series: dict[str, list[dict[str, Any]]] = {}
+    for result in results:
+        if result["cell"]["method"] != "dense":
+            series.setdefault(_series_key(result, grid), []).append(result)
+    x_of = lambda r: 100 * r["sparsity"]["overall_sparsity"]  # noqa: E731
+    for label, members in series.items():
+        base = dense.get((members[0]["cell"]["model"], members[0]["cell"]["dtype"]))
+        line = sorted([m for m in members if m["cell"]["structure"] in ("unstructured", "recipe")], key=x_of)
+        line = ([base] if base else []) + line
+        drawn = axes.plot([x_of(r) for r in line], [getter(r) for r in line], marker="o", label=label)
+        color = drawn[0].get_color()
+        for result in members:
+            structure = result["cell"]["structure"]
+            if structure not in ("unstructured", "recipe"):
+                axes.scatter([x_of(result)], [getter(result)], color=color, marker=MARKERS.get(structure, "^"),
+                             s=50, zorder=3)
+                axes.annotate(structure, (x_of(result), getter(result)), textcoords="offset points",
+                              xytext=(4, 4), fontsize=7, color=color)
+    if not series:
+        for result in dense.values():
+            axes.scatter([x_of(result)], [getter(result)], label="dense")
+    axes.set_xlabel("measured sparsity of the pruned layers (%)")
+    axes.set_ylabel(ylabel)
+    if log:
+        axes.set_yscale("log")
+    axes.grid(True, alpha=0.3)
+    axes.legend(fontsize=7)
+    return True
+
+
+def _save(figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
+    figure.tight_layout()
+    figure.savefig(temp, dpi=110)
+    plt.close(figure)
+    os.replace(temp, path)
+    return path
+
+
+def make_plots(grid: Grid, out_dir: Path | None = None) -> dict[str, Path]:
+    """Write OUT/plots/TASK.png per task and OUT/plots/cost.png; returns {task or "cost": path}."""
+    out_dir = Path(out_dir or grid.folder / "plots")
+    written: dict[str, Path] = {}
+    for task in task_names(grid):
+        metrics = task_metrics(grid, task)
+        if not metrics:
+            continue
+        metric = metrics[0]
+        figure, axes = plt.subplots(figsize=(6, 4))
+        if _draw(axes, grid, lambda r, t=task, m=metric: r["metrics"].get(t, {}).get(m), metric):
+            axes.set_title(f"{task}: {metric} vs sparsity", fontsize=10)
+            written[task] = _save(figure, out_dir / f"{task}.png")
+        else:
+            plt.close(figure)
+    panels = [
+        (lambda r: (r.get("perplexity") or {}).get("perplexity"), "token perplexity (log)", True),
+        (lambda r: _mib((r.get("size") or {}).get("compressed_bytes")), "compressed checkpoint (MiB)", False),
+        (lambda r: (r.get("latency") or {}).get("forward_ms"), "ms per forward", False),
+    ]
+    figure, axes_list = plt.subplots(1, len(panels), figsize=(15, 4))
+    drawn = [_draw(axes, grid, getter, label, log) for axes, (getter, label, log) in zip(axes_list, panels)]
+    if any(drawn):
+        for axes, ok in zip(axes_list, drawn):
+            if not ok:
+                axes.text(0.5, 0.5, "not measured", ha="center", va="center", transform=axes.transAxes)
+        written["cost"] = _save(figure, out_dir / "cost.png")
+    else:
+        plt.close(figure)
+    return written
+
+
+def _mib(value: Any) -> float | None:
+    return value / 2**20 if isinstance(value, (int, float)) else None
+
+
+__all__ = ["make_plots"]

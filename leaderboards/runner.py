@@ -1,0 +1,389 @@
+"""Run the cells of a grid: prune (cached), evaluate through lm-eval's Python API, measure, write one file each.
+
+Layout of an output folder:
+    OUT/grid.json             the resolved spec and the list of cells (every shard writes the same file)
+    OUT/cells/CELL_ID.json    one result per cell, written to a temporary name and renamed into place
+    OUT/cells/CELL_ID.running marker of the cell in flight (left behind if the process was killed)
+
+A cell whose file says `"status": "ok"` is never recomputed; a failed cell is retried on the next run unless
+`retry_failed=False`. Killing the process at any moment loses at most the cell in flight.
+
+Pruned models are cached in `CACHE/pruned/KEY/` (a dense safetensors checkpoint + `prune_report.json`), KEY
+being the hash of `spec.prune_key` (model weights, method, sparsity, structure, recipe hash, calibration and
+seed): a dtype sweep or a re-run prunes each model once.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import math
+import os
+import shutil
+import socket
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ..harness_ext.errors import UserError
+from ..harness_ext.io import write_json_atomic
+from .spec import Cell, GridSpec, TaskSpec, expand_cells, prune_key, shard_cells
+
+RESULT_FORMAT = "sparse-bench-leaderboard-cell/1"
+GRID_FORMAT = "sparse-bench-leaderboard-grid/1"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".json", ".model")
+
+
+# --- the output folder -----------------------------------------------------------------------------------
+
+def cells_dir(out_dir: Path) -> Path:
+    return Path(out_dir) / "cells"
+
+
+def result_path(out_dir: Path, cell: Cell) -> Path:
+    return cells_dir(out_dir) / f"{cell.cell_id}.json"
+
+
+def read_result(path: Path) -> dict[str, Any] | None:
+    """A cell's result, or None if there is none (or it cannot be read: then it is recomputed)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("format") == RESULT_FORMAT else None
+
+
+def write_grid_file(out_dir: Path, spec: GridSpec, cells: list[Cell]) -> None:
+    """Record the spec in OUT/grid.json; refuse an OUT that holds another spec's results."""
+    path = Path(out_dir) / "grid.json"
+    spec_dict = {k: v for k, v in spec.to_dict().items() if k != "source"}
+    existing = None
+    if path.is_file():
+        try:
+            existing = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError:
+            existing = None
+    if existing is not None and existing.get("spec") != json.loads(json.dumps(spec_dict)):
+        raise UserError(f"{out_dir} holds results of a different grid spec ({existing.get('source')}); use "
+                        "another --out folder, or delete its grid.json to mix grids on purpose")
+    if existing is None:
+        write_json_atomic(path, {"format": GRID_FORMAT, "source": spec.source, "spec": spec_dict,
+                                 "cells": [{"cell_id": c.cell_id, **c.describe()} for c in cells]})
+
+
+# --- models: fingerprints and the pruned-model cache -------------------------------------------------------
+
+def model_fingerprint(model_path: str) -> str:
+    """sha256 over the names and contents of a local checkpoint's weight, config and tokenizer files; a hub
+    id that is not on disk is fingerprinted by its name only (marked `name:`)."""
+    folder = Path(model_path)
+    if not folder.is_dir():
+        return "name:" + hashlib.sha256(model_path.encode()).hexdigest()
+    digest = hashlib.sha256()
+    for file in sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES):
+        digest.update(file.name.encode())
+        with open(file, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass
+class PrunedModelCache:
+    """Pruned checkpoints under `root`, one folder per prune key, written to a temporary folder and renamed."""
+
+    root: Path
+
+    def entry(self, key: dict[str, Any]) -> Path:
+        return Path(self.root) / hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+
+    def lookup(self, key: dict[str, Any]) -> tuple[Path, dict[str, Any]] | None:
+        folder = self.entry(key)
+        try:
+            return folder, json.loads((folder / "prune_report.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+
+    def store(self, key: dict[str, Any], write: Callable[[Path], dict[str, Any]]) -> tuple[Path, dict[str, Any]]:
+        """Run `write(temp_folder) -> prune report`, then move the folder into place (first writer wins)."""
+        final = self.entry(key)
+        self._remove_abandoned()
+        temp = Path(self.root) / f".tmp-{final.name}-{socket.gethostname()}-{os.getpid()}"
+        shutil.rmtree(temp, ignore_errors=True)
+        try:
+            report = write(temp)
+            write_json_atomic(temp / "prune_key.json", key)
+            write_json_atomic(temp / "prune_report.json", report)  # last file: marks the entry complete
+            try:
+                os.replace(temp, final)
+            except OSError:  # another shard stored the same entry meanwhile: keep theirs
+                if self.lookup(key) is None:
+                    raise
+        finally:
+            shutil.rmtree(temp, ignore_errors=True)
+        return final, report
+
+    def _remove_abandoned(self) -> None:
+        """Delete temporary folders that a killed process of this host left behind."""
+        host = socket.gethostname()
+        for temp in Path(self.root).glob(f".tmp-*-{host}-*"):
+            pid = temp.name.rsplit("-", 1)[-1]
+            if pid.isdigit() and not _pid_alive(int(pid)):
+                shutil.rmtree(temp, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def pruned_checkpoint(cell: Cell, spec: GridSpec, model_path: str, fingerprint: str,
+                      cache: PrunedModelCache) -> tuple[Path, dict[str, Any], bool]:
+    """(checkpoint folder, prune report, came from cache) for a pruned cell; prunes on a cache miss."""
+    key = prune_key(cell, spec, fingerprint)
+    found = cache.lookup(key)
+    if found is not None:
+        return (*found, True)
+
+    def prune_and_save(folder: Path) -> dict[str, Any]:
+        from ..harness_ext.checkpoints import save_checkpoint
+        from ..harness_ext.models import load_model
+        from ..harness_ext.pruning.engine import prune
+
+        model, tokenizer = load_model(model_path, spec.prune_dtype, spec.device)
+        report = prune(model, cell.plan(), spec.calibration, tokenizer=tokenizer).to_dict()
+        if report["zeros"] == 0:
+            raise UserError(f"{cell.method_label} pruned nothing in {cell.model}; check the recipe's targets")
+        save_checkpoint(model, tokenizer, folder, prune_record=report, save_format="dense")
+        return report
+
+    return (*cache.store(key, prune_and_save), False)
+
+
+# --- one cell ----------------------------------------------------------------------------------------------
+
+def task_groups(tasks: tuple[TaskSpec, ...]) -> list[tuple[int | float | None, int | None, list[str]]]:
+    """Tasks that share (limit, num_fewshot) run in one `simple_evaluate` call."""
+    groups: dict[tuple, list[str]] = {}
+    for task in tasks:
+        groups.setdefault((task.limit, task.num_fewshot), []).append(task.name)
+    return [(limit, fewshot, names) for (limit, fewshot), names in groups.items()]
+
+
+def flatten_metrics(results: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, bool]]]:
+    """lm-eval's `results` and `higher_is_better` -> {task: {metric: value}} with `metric,none` shortened to
+    `metric` (other filters keep `metric,filter`) and stderr as `metric_stderr`."""
+    metrics: dict[str, dict[str, Any]] = {}
+    for task, values in results.get("results", {}).items():
+        metrics[task] = {key.removesuffix(",none"): value for key, value in values.items()
+                         if key != "alias" and isinstance(value, (int, float, str))}
+    better = {task: {key.removesuffix(",none"): flag for key, flag in flags.items()}
+              for task, flags in results.get("higher_is_better", {}).items()}
+    return metrics, better
+
+
+def nonfinite_flags(metrics: dict[str, dict[str, Any]], *extra: tuple[str, Any]) -> list[str]:
+    """One flag per NaN or infinite number (metrics, perplexity, ...): shown in the table, never hidden."""
+    flags = [f"{task}/{name} is {value}" for task, values in metrics.items() for name, value in values.items()
+             if isinstance(value, float) and not math.isfinite(value)]
+    return flags + [f"{name} is {value}" for name, value in extra
+                    if isinstance(value, float) and not math.isfinite(value)]
+
+
+def evaluate_cell(lm: Any, spec: GridSpec, task_manager: Any) -> list[dict[str, Any]]:
+    """All the grid's tasks on one loaded model; one `simple_evaluate` per (limit, num_fewshot) group."""
+    import lm_eval
+
+    evaluations = []
+    for limit, num_fewshot, names in task_groups(spec.tasks):
+        results = lm_eval.simple_evaluate(
+            model=lm, tasks=names, limit=limit, num_fewshot=num_fewshot, bootstrap_iters=spec.bootstrap_iters,
+            task_manager=task_manager, log_samples=False, random_seed=spec.seed, numpy_random_seed=spec.seed,
+            torch_random_seed=spec.seed, fewshot_random_seed=spec.seed, verbosity="WARNING")
+        if results is None:
+            raise RuntimeError("lm-eval returned no results (not rank 0?)")
+        results.pop("samples", None)
+        evaluations.append({"tasks": names, "limit": limit, "num_fewshot": num_fewshot, "results": results})
+    return evaluations
+
+
+def wikitext2_test_file() -> Path:
+    """WikiText-2 raw test text from SPARSE_BENCH_DATA_DIR (laid out like the shared data folder)."""
+    root = os.environ.get("SPARSE_BENCH_DATA_DIR")
+    path = Path(root or ".") / "wikitext2" / "wiki.test.raw"
+    if not root or not path.is_file():
+        raise UserError("perplexity.data=wikitext2 needs SPARSE_BENCH_DATA_DIR pointing at a folder with "
+                        "wikitext2/wiki.test.raw; or set perplexity.data to a text file, or perplexity: null")
+    return path
+
+
+def cell_perplexity(lm: Any, spec: GridSpec) -> dict[str, Any] | None:
+    if spec.perplexity is None:
+        return None
+    from ..harness_ext.perplexity import token_perplexity
+
+    settings = spec.perplexity
+    path = wikitext2_test_file() if settings.data == "wikitext2" else Path(settings.data)
+    text = path.read_text(encoding="utf-8")
+    result = token_perplexity(lm.model, lm.tokenizer, text, settings.seqlen, settings.max_tokens)
+    return {**result, "data": settings.data, "seqlen": settings.seqlen, "max_tokens": settings.max_tokens}
+
+
+def cell_size(model: Any) -> dict[str, Any]:
+    """Dense and compressed checkpoint bytes of the model as evaluated (its dtype), from the checkpoints module."""
+    from ..harness_ext.checkpoints import checkpoint_sizes
+
+    return {"status": "measured", **checkpoint_sizes(model)}
+
+
+def run_cell(cell: Cell, spec: GridSpec, model_path: str, fingerprint: str, cache: PrunedModelCache,
+             task_manager: Any) -> dict[str, Any]:
+    """Everything one cell measures, as a JSON-ready dict (status ok). Raises on failure."""
+    from lm_eval.api.registry import get_model
+
+    from .measure import measure_latency
+
+    record: dict[str, Any] = {"model_path": model_path, "model_fingerprint": fingerprint, "prune": None}
+    source = model_path
+    if not cell.is_dense:
+        folder, prune_report, cached = pruned_checkpoint(cell, spec, model_path, fingerprint, cache)
+        source = str(folder)
+        record.update(prune=prune_report, pruned_checkpoint=source, prune_cached=cached)
+    load_start = time.perf_counter()
+    lm = get_model("sparse-hf").create_from_arg_obj(
+        {"pretrained": source, "dtype": cell.dtype}, {"batch_size": spec.batch_size, "device": spec.device})
+    record["load_seconds"] = time.perf_counter() - load_start
+    record["sparsity"] = lm.sparsity_report.to_dict()
+    eval_start = time.perf_counter()
+    record["evaluations"] = evaluate_cell(lm, spec, task_manager)
+    record["eval_seconds"] = time.perf_counter() - eval_start
+    record["metrics"], record["higher_is_better"] = {}, {}
+    for evaluation in record["evaluations"]:
+        metrics, better = flatten_metrics(evaluation["results"])
+        record["metrics"].update(metrics)
+        record["higher_is_better"].update(better)
+    record["perplexity"] = cell_perplexity(lm, spec)
+    latency = spec.latency
+    record["latency"] = None if latency is None else measure_latency(
+        lm.model, latency.batch, latency.seqlen, latency.new_tokens, latency.repeats, spec.seed)
+    record["size"] = cell_size(lm.model)
+    ppl = (record["perplexity"] or {}).get("perplexity")
+    record["flags"] = nonfinite_flags(record["metrics"], ("perplexity", ppl))
+    return record
+
+
+def environment() -> dict[str, Any]:
+    import lm_eval
+    import torch
+    import transformers
+
+    from ..harness_ext import __version__
+
+    return {"sparse_bench": __version__, "lm_eval": getattr(lm_eval, "__version__", "unknown"),
+            "torch": torch.__version__, "transformers": transformers.__version__, "host": socket.gethostname()}
+
+
+def failure_reason(error: BaseException) -> str:
+    """One line: the error's own message for user errors, `Type: first line` otherwise."""
+    if isinstance(error, UserError):
+        return str(error)
+    if isinstance(error, MemoryError) or "out of memory" in str(error).lower():
+        return f"out of memory: {str(error).splitlines()[0] if str(error) else type(error).__name__}"
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0] if lines else ''}".strip()
+
+
+# --- the grid ------------------------------------------------------------------------------------------------
+
+@dataclass
+class GridSummary:
+    """What a run did, per cell id: done (already there), ok, failed."""
+
+    done: list[str] = field(default_factory=list)
+    ok: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    interrupted_before: list[str] = field(default_factory=list)
+
+
+def cell_label(cell: Cell) -> str:
+    target = "" if cell.is_dense else (f" {cell.sparsity:g}" if cell.structure == "unstructured"
+                                        else f" {cell.structure}")
+    return f"{Path(cell.model.rstrip('/')).name} {cell.method_label}{target} {cell.dtype}"
+
+
+def run_grid(spec: GridSpec, out_dir: Path, shard: tuple[int, int] = (0, 1), cache_root: Path | None = None,
+             retry_failed: bool = True, progress: bool = True) -> GridSummary:
+    """Run this shard's cells of `spec` into `out_dir` (see the module docstring); returns what happened."""
+    from tqdm import tqdm
+
+    from ..harness_ext.models import resolve_model_path, sparse_bench_home
+    from ..model_wrappers.registration import register_with_lm_eval
+
+    out_dir = Path(out_dir)
+    all_cells = expand_cells(spec)
+    write_grid_file(out_dir, spec, all_cells)
+    cells = shard_cells(all_cells, *shard)
+    cache = PrunedModelCache(Path(cache_root) if cache_root else sparse_bench_home() / "pruned")
+    summary, todo = GridSummary(), []
+    for cell in cells:
+        existing = read_result(result_path(out_dir, cell))
+        if existing and (existing["status"] == "ok" or (existing["status"] == "failed" and not retry_failed)):
+            summary.done.append(cell.cell_id)
+        else:
+            todo.append(cell)
+    say = tqdm.write if progress else (lambda text: None)
+    say(f"grid {spec.name}: {len(all_cells)} cells, shard {shard[0]}/{shard[1]}: {len(cells)} cells, "
+        f"{len(summary.done)} already done, {len(todo)} to run; results in {out_dir}")
+    if not todo:
+        return summary
+    register_with_lm_eval()
+    from lm_eval.tasks import TaskManager
+
+    task_manager = TaskManager(include_path=spec.include_path)
+    models: dict[str, tuple[str, str]] = {}
+    env = environment()
+    bar = tqdm(todo, desc=f"grid {spec.name}", unit="cell", disable=not progress)
+    for cell in bar:
+        bar.set_postfix_str(cell_label(cell))
+        marker = result_path(out_dir, cell).with_suffix(".running")
+        if marker.exists():
+            summary.interrupted_before.append(cell.cell_id)
+            say(f"{cell_label(cell)}: a previous run stopped inside this cell (killed or out of memory?); "
+                "running it again")
+        write_json_atomic(marker, {"pid": os.getpid(), "host": socket.gethostname(), "started": _now()})
+        started, start = _now(), time.perf_counter()
+        record: dict[str, Any] = {"format": RESULT_FORMAT, "cell_id": cell.cell_id, "cell": cell.describe(),
+                                  "started": started, "environment": env}
+        try:
+            if cell.model not in models:
+                path = resolve_model_path(cell.model)
+                models[cell.model] = (path, model_fingerprint(path))
+            record.update(status="ok", reason=None, **run_cell(cell, spec, *models[cell.model], cache, task_manager))
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as error:  # noqa: BLE001 - a failed cell is recorded and the grid goes on
+            record.update(status="failed", reason=failure_reason(error), traceback=traceback.format_exc())
+        record["seconds"] = time.perf_counter() - start
+        write_json_atomic(result_path(out_dir, cell), record)
+        marker.unlink(missing_ok=True)
+        (summary.ok if record["status"] == "ok" else summary.failed).append(cell.cell_id)
+        say(f"{cell_label(cell)}: {record['status']} in {record['seconds']:.0f} s"
+            + (f" - {record['reason']}" if record["reason"] else "")
+            + (f" - FLAGGED: {'; '.join(record['flags'])}" if record.get("flags") else ""))
+    return summary
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+__all__ = ["RESULT_FORMAT", "GridSummary", "PrunedModelCache", "run_grid", "run_cell", "read_result",
+           "result_path", "cells_dir", "model_fingerprint", "task_groups", "flatten_metrics", "cell_label"]
