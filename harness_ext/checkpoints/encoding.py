@@ -1,0 +1,302 @@
+"""Per-tensor sparse encodings: values + a description of where they sit, bit for bit.
+
+A tensor is split into its non-zero values (kept in the tensor's own dtype, row-major order) and a mask.
+"Non-zero" means a non-zero *bit pattern*, so -0.0 and NaN payloads survive the round trip exactly.
+Four encodings; `choose_encoding` sizes every one that applies and keeps the smallest:
+
+- `dense`:   the tensor as it is.                               bytes = n * width
+- `bitmask`: one bit per element (packed, little bit order).    bytes = nnz * width + ceil(n / 8)
+- `nm`:      N:M structure along the input dimension: every group of M consecutive weights keeps N slots;
+             each group's choice of slots is its rank among the C(M, N) combinations, and the ranks are
+             packed D to a 64-bit word (D = the most base-C(M, N) digits that fit in 64 bits). Groups with
+             fewer than N non-zeros store explicit zeros in their spare slots.
+                                                                bytes = G * N * width + 8 * ceil(G / D)
+- `rice`:    index encoding: the gaps between consecutive coded positions, Golomb-Rice coded with the
+             parameter k that minimises the size; unary quotients and k-bit remainders in two streams. The
+             coded positions are the non-zeros (high sparsity) or, with `zeros`, the zeros (low sparsity).
+             With c coded positions:                            bytes = nnz * width + ceil((sum(gap >> k) + c) / 8)
+                                                                        + ceil(c * k / 8)
+
+Sizes are exact (the byte count of the arrays `encode` returns), so they can be computed without encoding.
+Shapes: `n` elements, `nnz` non-zero elements, `G = n / M` groups, width in bytes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+
+ENCODINGS = ("dense", "bitmask", "nm", "rice")
+NM_GROUP_SIZES = (4, 8)
+_INT_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """How one tensor is stored: the encoding's name and the parameters its decoder needs."""
+
+    kind: str
+    nbytes: int
+    params: dict = field(default_factory=dict)
+
+
+def nonzero_mask(tensor: torch.Tensor) -> np.ndarray:
+    """Boolean numpy array, same shape: True where the element's bit pattern is not all zeros."""
+    flat = tensor.detach().cpu().contiguous()
+    return (flat.view(_INT_VIEW[flat.element_size()]) != 0).numpy()
+
+
+def is_encodable(tensor: torch.Tensor) -> bool:
+    """Only floating-point tensors with at least one element are sparse-encoded; others stay dense."""
+    return tensor.is_floating_point() and tensor.numel() > 0 and tensor.element_size() in _INT_VIEW
+
+
+# ---------------------------------------------------------------------------------------------- sizes
+
+def rice_parameter(gaps: np.ndarray) -> tuple[int, int]:
+    """(k, bits): the Golomb-Rice parameter minimising the coded size of `gaps`, and that size in bits."""
+    best = (0, int(gaps.sum()) + gaps.size)
+    if gaps.size == 0:
+        return best
+    for k in range(1, 63):
+        bits = int((gaps >> k).sum()) + gaps.size * (1 + k)
+        if bits > best[1]:
+            break
+        best = (k, bits)
+    return best
+
+
+def _rice_bytes(gaps: np.ndarray, k: int) -> int:
+    return -(-(int((gaps >> k).sum()) + gaps.size) // 8) + -(-(gaps.size * k) // 8)
+
+
+def _gaps(flat_mask: np.ndarray) -> np.ndarray:
+    positions = np.flatnonzero(flat_mask)
+    return np.diff(positions, prepend=-1) - 1
+
+
+@lru_cache(maxsize=None)
+def _nm_tables(n: int, m: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """(rank of each m-bit pattern after filling spare slots, -1 if > n bits; slots of each rank; digits/word)."""
+    combos = list(itertools.combinations(range(m), n))
+    rank_of = {sum(1 << i for i in combo): rank for rank, combo in enumerate(combos)}
+    pattern_rank = np.full(1 << m, -1, dtype=np.int64)
+    for pattern in range(1 << m):
+        filled = pattern
+        for bit in range(m):
+            if bin(filled).count("1") >= n:
+                break
+            filled |= 1 << bit
+        if bin(filled).count("1") == n:
+            pattern_rank[pattern] = rank_of[filled]
+    slots = np.array(combos, dtype=np.int64).reshape(len(combos), n)
+    base, digits = len(combos), 1
+    while base ** (digits + 1) <= 2 ** 64:
+        digits += 1
+    return pattern_rank, slots, digits
+
+
+def _nm_groups(mask: np.ndarray, m: int, axis: int) -> np.ndarray | None:
+    """The mask as (G, m) groups of consecutive elements along `axis` (0 or -1), or None if it does not split."""
+    if axis == 0:
+        if mask.ndim != 2:
+            return None
+        mask = mask.T
+    if mask.ndim < 1 or mask.shape[-1] % m:
+        return None
+    return np.ascontiguousarray(mask).reshape(-1, m)
+
+
+def _group_patterns(groups: np.ndarray) -> np.ndarray:
+    return (groups.astype(np.int64) << np.arange(groups.shape[1], dtype=np.int64)).sum(axis=1)
+
+
+@dataclass(frozen=True)
+class MaskStats:
+    """What the sizes of every encoding depend on, computed once per mask (independent of the dtype).
+
+    `rice` maps "coding the zeros?" to (k, mask bytes); `nm` lists (n, m, axis, groups) for each N:M layout
+    the mask satisfies (n = the most non-zeros in any group of m).
+    """
+
+    shape: tuple[int, ...]
+    numel: int
+    nnz: int
+    rice: dict[bool, tuple[int, int]]
+    nm: tuple[tuple[int, int, int, int], ...]
+
+
+def mask_stats(mask: np.ndarray) -> MaskStats:
+    """Scan a boolean mask once: counts, the best Rice parameters, the N:M layouts it fits."""
+    flat = mask.reshape(-1)
+    rice = {}
+    for code_zeros in (False, True):  # index the non-zeros (high sparsity) or the zeros (low sparsity)
+        gaps = _gaps(~flat if code_zeros else flat)
+        k, _ = rice_parameter(gaps)
+        rice[code_zeros] = (k, _rice_bytes(gaps, k))
+    layouts = []
+    for m in NM_GROUP_SIZES:
+        for axis in ((-1, 0) if mask.ndim == 2 else (-1,)):
+            groups = _nm_groups(mask, m, axis)
+            if groups is not None:
+                keep = int(groups.sum(axis=1).max())
+                if 1 <= keep < m:
+                    layouts.append((keep, m, axis, groups.shape[0]))
+    return MaskStats(tuple(mask.shape), mask.size, int(flat.sum()), rice, tuple(layouts))
+
+
+def candidate_encodings(stats: MaskStats, width: int) -> list[Encoding]:
+    """Every encoding that can store a tensor with these mask statistics and element width, with exact sizes."""
+    n, nnz = stats.numel, stats.nnz
+    found = [Encoding("dense", n * width), Encoding("bitmask", nnz * width + -(-n // 8), {"nnz": nnz})]
+    for code_zeros, (k, mask_bytes) in stats.rice.items():
+        found.append(Encoding("rice", nnz * width + mask_bytes, {"nnz": nnz, "k": k, "zeros": code_zeros}))
+    for keep, m, axis, groups in stats.nm:
+        digits = _nm_tables(keep, m)[2]
+        found.append(Encoding("nm", groups * keep * width + 8 * -(-groups // digits), {"n": keep, "m": m, "axis": axis}))
+    return found
+
+
+def choose_encoding(tensor: torch.Tensor, stats: MaskStats | None = None, width: int | None = None) -> Encoding:
+    """The smallest encoding for `tensor` (dense for non-float tensors); `width` overrides its element size."""
+    width = width or tensor.element_size()
+    if not is_encodable(tensor):
+        return Encoding("dense", tensor.numel() * width)
+    stats = stats or mask_stats(nonzero_mask(tensor))
+    return min(candidate_encodings(stats, width), key=lambda e: e.nbytes)
+
+
+def mask_bound_bits(stats: MaskStats) -> float:
+    """The mask's information content in bits: log2 C(n, nnz), or the N:M count (G * log2 C(M, N)) if smaller.
+
+    The first is the number of bits needed to single out this mask among all masks with as many non-zeros;
+    the second among all masks that keep at most N of every M consecutive elements (the tightest N:M found).
+    """
+    n, nnz = stats.numel, stats.nnz
+    best = (math.lgamma(n + 1) - math.lgamma(nnz + 1) - math.lgamma(n - nnz + 1)) / math.log(2)
+    for keep, m, _, groups in stats.nm:
+        best = min(best, groups * math.log2(math.comb(m, keep)))
+    return max(best, 0.0)
+
+
+# ------------------------------------------------------------------------------------ encode / decode
+
+def encode(tensor: torch.Tensor, encoding: Encoding) -> dict[str, torch.Tensor]:
+    """The arrays that store `tensor` under `encoding`: {"values": ..., "mask"/"ranks"/"unary"/"rest": uint8}."""
+    tensor = tensor.detach().cpu().contiguous()
+    if encoding.kind == "dense":
+        return {"values": tensor}
+    mask = nonzero_mask(tensor)
+    if encoding.kind == "bitmask":
+        return {"values": tensor.reshape(-1)[torch.from_numpy(mask.reshape(-1))],
+                "mask": _u8(np.packbits(mask.reshape(-1), bitorder="little"))}
+    if encoding.kind == "rice":
+        coded = ~mask.reshape(-1) if encoding.params["zeros"] else mask.reshape(-1)
+        return {"values": tensor.reshape(-1)[torch.from_numpy(mask.reshape(-1))],
+                **_rice_encode(_gaps(coded), encoding.params["k"])}
+    if encoding.kind == "nm":
+        return _nm_encode(tensor, mask, **encoding.params)
+    raise ValueError(f"unknown encoding {encoding.kind!r}")
+
+
+def decode(parts: dict[str, torch.Tensor], kind: str, shape: list[int], dtype: torch.dtype, params: dict,
+           name: str) -> torch.Tensor:
+    """Rebuild the tensor `name` from its stored arrays; UserError if they do not fit together."""
+    values = parts["values"]
+    if values.dtype != dtype:
+        raise _corrupt(name, f"values are {values.dtype}, expected {dtype}")
+    n = math.prod(shape)
+    if kind == "dense":
+        if values.numel() != n:
+            raise _corrupt(name, f"{values.numel()} values for shape {shape}")
+        return values.reshape(shape)
+    if kind == "nm":
+        return _nm_decode(values, parts["ranks"], shape, name, **params)
+    if kind == "bitmask":
+        positions = np.flatnonzero(np.unpackbits(parts["mask"].numpy(), count=n, bitorder="little"))
+        if parts["mask"].numel() != -(-n // 8):
+            raise _corrupt(name, "bitmask has the wrong length")
+    elif kind == "rice":
+        count = n - params["nnz"] if params["zeros"] else params["nnz"]
+        positions = _rice_decode(parts["unary"].numpy(), parts["rest"].numpy(), count, params["k"], name)
+        if positions.size and positions[-1] >= n:
+            raise _corrupt(name, "an index lies past the end of the tensor")
+        if params["zeros"]:
+            kept = np.ones(n, dtype=bool)
+            kept[positions] = False
+            positions = np.flatnonzero(kept)
+    else:
+        raise _corrupt(name, f"unknown encoding {kind!r}")
+    if positions.size != values.numel() or (positions.size and positions[-1] >= n):
+        raise _corrupt(name, f"{values.numel()} values for {positions.size} mask positions")
+    flat = torch.zeros(n, dtype=dtype)
+    flat[torch.from_numpy(positions)] = values
+    return flat.reshape(shape)
+
+
+def _corrupt(name: str, why: str) -> UserError:
+    return UserError(f"compressed tensor {name!r} is corrupt ({why}); the checkpoint was truncated or altered, "
+                     "save it again")
+
+
+def _u8(array: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.uint8))
+
+
+def _rice_encode(gaps: np.ndarray, k: int) -> dict[str, torch.Tensor]:
+    quotients = gaps >> k
+    unary = np.zeros(int(quotients.sum()) + gaps.size, dtype=bool)
+    unary[np.cumsum(quotients + 1) - 1] = True  # q zeros, then a one
+    rest = ((gaps[:, None] >> np.arange(k)) & 1).astype(bool).reshape(-1)
+    return {"unary": _u8(np.packbits(unary, bitorder="little")), "rest": _u8(np.packbits(rest, bitorder="little"))}
+
+
+def _rice_decode(unary: np.ndarray, rest: np.ndarray, nnz: int, k: int, name: str) -> np.ndarray:
+    ends = np.flatnonzero(np.unpackbits(unary, bitorder="little"))
+    if ends.size != nnz or rest.size != -(-(nnz * k) // 8):
+        raise _corrupt(name, "index streams do not match the count of non-zeros")
+    quotients = np.diff(ends, prepend=-1) - 1
+    remainders = np.unpackbits(rest, count=nnz * k, bitorder="little").reshape(nnz, k).astype(np.int64)
+    gaps = (quotients << k) | (remainders << np.arange(k)).sum(axis=1)
+    return np.cumsum(gaps + 1) - 1
+
+
+def _nm_encode(tensor: torch.Tensor, mask: np.ndarray, n: int, m: int, axis: int) -> dict[str, torch.Tensor]:
+    pattern_rank, slots, digits = _nm_tables(n, m)
+    ranks = pattern_rank[_group_patterns(_nm_groups(mask, m, axis))]
+    grouped = (tensor.T if axis == 0 else tensor).contiguous().reshape(-1, m)
+    values = torch.gather(grouped, 1, torch.from_numpy(slots[ranks])).reshape(-1)
+    padded = np.zeros(-(-ranks.size // digits) * digits, dtype=np.uint64)
+    padded[:ranks.size] = ranks
+    words = np.zeros(padded.size // digits, dtype=np.uint64)
+    for column in reversed(range(digits)):  # Horner: word = sum(rank_j * C**j)
+        words = words * np.uint64(len(slots)) + padded[column::digits]
+    return {"values": values, "ranks": _u8(words.astype("<u8").view(np.uint8))}
+
+
+def _nm_decode(values: torch.Tensor, ranks_bytes: torch.Tensor, shape: list[int], name: str, n: int, m: int,
+               axis: int) -> torch.Tensor:
+    _, slots, digits = _nm_tables(n, m)
+    grouped_shape = list(reversed(shape)) if axis == 0 else list(shape)
+    groups = math.prod(shape) // m
+    if ranks_bytes.numel() != 8 * -(-groups // digits) or values.numel() != groups * n:
+        raise _corrupt(name, "N:M streams have the wrong length")
+    words = ranks_bytes.numpy().view("<u8").astype(np.uint64)
+    ranks = np.empty((words.size, digits), dtype=np.int64)
+    for column in range(digits):
+        ranks[:, column] = (words % np.uint64(len(slots))).astype(np.int64)
+        words = words // np.uint64(len(slots))
+    ranks = ranks.reshape(-1)[:groups]
+    if ranks.size and ranks.max() >= len(slots):
+        raise _corrupt(name, "an N:M group rank is out of range")
+    dense = torch.zeros(groups, m, dtype=values.dtype)
+    dense.scatter_(1, torch.from_numpy(slots[ranks]), values.reshape(groups, n))
+    dense = dense.reshape(grouped_shape)
+    return (dense.T if axis == 0 else dense).contiguous()

@@ -1,0 +1,188 @@
+"""`load_checkpoint`: load a dense or compressed checkpoint, and refuse rather than run on random weights.
+
+transformers loads a checkpoint whose tensors do not match the model (an older sparse-bitmask file, a renamed
+layer, a truncated shard list) with the missing weights freshly initialised and only a log line. Here every
+load goes through `from_pretrained(..., output_loading_info=True)` and any missing, unexpected or mismatched
+tensor is a `UserError` naming them. Our own directories (`sparse_bench_checkpoint.json`) have their weights
+files' sizes and SHA-256 checked first, and compressed ones are decoded and compared bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+
+from ..errors import UserError
+from .container import WEIGHTS_NAME, dtype_name, read_compressed
+from .record import RECORD_NAME, read_record, verify_files
+
+_SHOWN = 4  # tensor names quoted per kind in an error message
+_COMPRESSED_TENSORS_SUFFIXES = (".bitmask", ".compressed", ".row_offsets", ".weight_packed", ".shape")
+
+
+def load_checkpoint(auto_class, path: str | os.PathLike, *, verify: bool = True, **from_pretrained_kwargs):
+    """Load the model at `path` (directory or Hub id) with `auto_class`; UserError if any weight would be random.
+
+    `from_pretrained_kwargs` are those of `from_pretrained` (dtype, revision, trust_remote_code, device_map,
+    subfolder, gguf_file, quantization_config, ...), as lm-eval's HFLM passes them. A compressed
+    checkpoint is decoded and loaded through `from_pretrained(None, config=..., state_dict=...)` with the same
+    checks. `verify` checks the weights files against the hashes in the checkpoint record.
+    """
+    kwargs = {key: value for key, value in from_pretrained_kwargs.items() if value is not None}
+    directory = _local_directory(path, kwargs.get("subfolder") or "")
+    if directory is None:
+        directory = _hub_compressed_snapshot(str(path), kwargs)
+    record = read_record(directory) if directory is not None else None
+    if record is not None and verify:
+        verify_files(directory, record)
+    if record is not None and record["save_format"] == "compressed":
+        return _load_compressed(auto_class, directory, kwargs)
+    model, info = _from_pretrained(auto_class, str(path), kwargs)
+    _refuse_incomplete(str(path), info)
+    return model
+
+
+def _local_directory(path, subfolder: str) -> Path | None:
+    """The local checkpoint directory for `path`, None for a Hub id; UserError for a missing local path."""
+    local = Path(path).expanduser()
+    if local.is_dir():
+        return local / subfolder if subfolder else local
+    if local.exists():
+        raise UserError(f"{path} is a file, not a checkpoint directory; pass the folder that holds config.json")
+    text = str(path)
+    if text.startswith((".", "/", "~")) or text.count("/") > 1 or os.sep != "/" and os.sep in text:
+        raise UserError(f"checkpoint directory {path} does not exist")
+    return None
+
+
+def _hub_compressed_snapshot(repo_id: str, kwargs: dict) -> Path | None:
+    """A local snapshot of a Hub repository if it holds a sparse-bench record; None otherwise (or offline)."""
+    from transformers.utils import cached_file
+
+    subfolder = kwargs.get("subfolder") or ""
+    try:
+        record_file = cached_file(repo_id, RECORD_NAME, revision=kwargs.get("revision"), subfolder=subfolder,
+                                  _raise_exceptions_for_missing_entries=False,
+                                  _raise_exceptions_for_connection_errors=False)
+    except (OSError, ValueError):
+        return None
+    if record_file is None:
+        return None
+    if json.loads(Path(record_file).read_text(encoding="utf-8")).get("save_format") != "compressed":
+        return Path(record_file).parent
+    from huggingface_hub import snapshot_download
+
+    try:
+        root = snapshot_download(repo_id, revision=kwargs.get("revision"),
+                                 allow_patterns=[f"{subfolder}/*" if subfolder else "*"])
+    except Exception as error:  # huggingface_hub raises many types; all mean "could not fetch it"
+        raise UserError(f"cannot download compressed checkpoint {repo_id}: {_first_line(error)}") from error
+    return Path(root) / subfolder if subfolder else Path(root)
+
+
+def _from_pretrained(auto_class, source, kwargs: dict):
+    """`auto_class.from_pretrained(source, output_loading_info=True, **kwargs)` with load failures as UserError."""
+    try:
+        return auto_class.from_pretrained(source, output_loading_info=True, **kwargs)
+    except (OSError, ValueError, SafetensorError, json.JSONDecodeError) as error:
+        raise UserError(f"cannot load checkpoint {source or kwargs.get('config')}: {_first_line(error)}") from error
+    except RuntimeError as error:
+        if "mismatch" not in str(error):
+            raise
+        raise UserError(f"checkpoint {source} does not fit the model: tensors of the wrong shape "
+                        f"({_first_line(error)}); it belongs to another architecture or config") from error
+
+
+def _refuse_incomplete(source: str, info: dict) -> None:
+    """UserError naming the tensors that would be random (missing, mismatched) or dropped (unexpected)."""
+    problems = []
+    missing = sorted(info.get("missing_keys") or ())
+    mismatched = sorted(str(item[0]) if isinstance(item, tuple) else str(item)
+                        for item in info.get("mismatched_keys") or ())
+    unexpected = sorted(info.get("unexpected_keys") or ())
+    for label, names in (("missing (would be randomly initialised)", missing),
+                         ("of the wrong shape (would be re-initialised)", mismatched),
+                         ("unexpected (would be ignored)", unexpected)):
+        if names:
+            problems.append(f"{len(names)} {label}: {_names(names)}")
+    if info.get("error_msgs"):
+        problems.append(f"load errors: {_first_line(info['error_msgs'][0])}")
+    if not problems:
+        return
+    hint = "the checkpoint is incomplete or of another architecture; re-save it with sparse-bench"
+    if any(name.endswith(_COMPRESSED_TENSORS_SUFFIXES) for name in unexpected):
+        hint = ("it looks like a compressed-tensors (llm-compressor) compressed checkpoint, whose sparse "
+                "layout transformers no longer decodes; save it dense with llm-compressor or re-save with sparse-bench")
+    raise UserError(f"refusing to load {source}: {'; '.join(problems)}; {hint}")
+
+
+def _load_compressed(auto_class, directory: Path, kwargs: dict):
+    """Decode `model.sparse.safetensors` and load it through from_pretrained's state_dict path, checked."""
+    for option in ("gguf_file", "quantization_config"):
+        if kwargs.get(option):
+            raise UserError(f"{option} does not apply to a sparse-bench compressed checkpoint ({directory}); "
+                            "drop it")
+    from transformers import AutoConfig
+
+    state = read_compressed(directory / WEIGHTS_NAME)
+    stored = {t.dtype for t in state.values() if t.is_floating_point()}
+    load_kwargs = {k: v for k, v in kwargs.items() if k not in ("revision", "subfolder", "gguf_file",
+                                                                 "quantization_config")}
+    if load_kwargs.get("dtype", "auto") == "auto":
+        load_kwargs["dtype"] = max(stored, key=lambda d: sum(t.numel() for t in state.values() if t.dtype == d)) \
+            if stored else None
+    try:
+        config = AutoConfig.from_pretrained(directory, trust_remote_code=kwargs.get("trust_remote_code", False))
+    except (OSError, ValueError) as error:
+        raise UserError(f"cannot read the config of {directory}: {_first_line(error)}") from error
+    model, info = _from_pretrained(_model_class(auto_class, config, directory), None,
+                                   {**load_kwargs, "config": config, "state_dict": dict(state)})
+    _refuse_incomplete(str(directory), info)
+    _check_bits(model, state, directory)
+    return model
+
+
+def _model_class(auto_class, config, directory: Path):
+    """The concrete model class an Auto class would pick for `config` (from_pretrained(None, ...) needs it)."""
+    mapping = getattr(auto_class, "_model_mapping", None)
+    if mapping is None:
+        return auto_class
+    remote = (getattr(config, "auto_map", None) or {}).get(auto_class.__name__)
+    if remote:
+        from transformers.dynamic_module_utils import get_class_from_dynamic_module
+
+        return get_class_from_dynamic_module(remote, str(directory))
+    from transformers.models.auto.auto_factory import _get_model_class
+
+    try:
+        return _get_model_class(config, mapping)
+    except (KeyError, ValueError) as error:
+        raise UserError(f"{auto_class.__name__} has no model for the {type(config).__name__} in {directory}; "
+                        "use the auto class that saved it") from error
+
+
+def _check_bits(model: torch.nn.Module, state: dict[str, torch.Tensor], directory: Path) -> None:
+    """Compare the loaded tensors with the decoded ones, bit for bit, where no dtype cast was asked for."""
+    loaded = model.state_dict()
+    for name, tensor in state.items():
+        target = loaded.get(name)
+        if target is None or target.dtype != tensor.dtype:
+            continue  # renamed by a key mapping, or cast on request: from_pretrained's own checks apply
+        if target.shape != tensor.shape or not torch.equal(
+                target.detach().cpu().reshape(-1).view(torch.uint8), tensor.reshape(-1).view(torch.uint8)):
+            raise RuntimeError(f"tensor {name!r} of {directory} changed while loading into "
+                               f"{type(model).__name__} ({dtype_name(tensor.dtype)})")
+
+
+def _names(names: list[str]) -> str:
+    shown = ", ".join(names[:_SHOWN])
+    return shown + (f" and {len(names) - _SHOWN} more" if len(names) > _SHOWN else "")
+
+
+def _first_line(error) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -1,0 +1,69 @@
+"""The checkpoint record `sparse_bench_checkpoint.json`: format marker, file hashes, sizes, prune record.
+
+Written next to the weights by `save_checkpoint`; its presence marks a directory as ours. `save_format` says
+how to load it ("dense": a stock Hugging Face directory; "compressed": `model.sparse.safetensors`), `files`
+holds the SHA-256 and byte count of every weights file (checked on load: a truncated or altered file is
+refused), `prune_record` is whatever the pruner reported (method, sparsity, structure, recipe, calibration,
+measured sparsity), `sizes` the figures of `checkpoint_sizes`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ..errors import UserError
+
+RECORD_NAME = "sparse_bench_checkpoint.json"
+RECORD_VERSION = 1
+SAVE_FORMATS = ("dense", "compressed")
+
+
+def file_digest(path: Path) -> dict[str, Any]:
+    """{"bytes": size, "sha256": hex digest} of one file, read in 16 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 24):
+            digest.update(chunk)
+    return {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Write `data` as indented JSON to a temporary name beside `path`, then rename it into place."""
+    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    temporary.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def read_record(directory: Path) -> dict | None:
+    """The record in `directory`, None if there is none; UserError if it is unreadable or of a newer version."""
+    path = Path(directory) / RECORD_NAME
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise UserError(f"{path} is not valid JSON ({error}); restore it or save the checkpoint again") from error
+    if record.get("format") != "sparse-bench" or record.get("save_format") not in SAVE_FORMATS:
+        raise UserError(f"{path} is not a sparse-bench checkpoint record; remove it or save the checkpoint again")
+    if int(record.get("record_version", 0)) > RECORD_VERSION:
+        raise UserError(f"{path} was written by a newer sparse-bench (record version {record['record_version']}); "
+                        "upgrade sparse-bench to load it")
+    return record
+
+
+def verify_files(directory: Path, record: dict) -> None:
+    """Refuse if any weights file listed in the record is missing, of another size, or has another hash."""
+    for name, expected in record.get("files", {}).items():
+        path = Path(directory) / name
+        if not path.is_file():
+            raise UserError(f"checkpoint {directory} is missing its weights file {name}; copy the whole directory")
+        if path.stat().st_size != expected["bytes"]:
+            raise UserError(f"weights file {path} has {path.stat().st_size} bytes, the record says "
+                            f"{expected['bytes']}: it is truncated or was replaced; save the checkpoint again")
+        if file_digest(path)["sha256"] != expected["sha256"]:
+            raise UserError(f"weights file {path} does not match its SHA-256 in {RECORD_NAME}: it was altered "
+                            "after saving; save the checkpoint again")
