@@ -23,6 +23,7 @@ import torch
 from ..errors import UserError
 
 CHUNK_ELEMENTS = 1 << 22  # 4 Mi weights per chunk: ~16 MiB as float32, whatever the stored dtype
+COMPRESSED_TENSORS_SUFFIXES = (".bitmask", ".compressed", ".row_offsets", ".weight_packed")
 SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
                       "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
 
@@ -107,11 +108,18 @@ def checkpoint_weights(path: Path, stack: contextlib.ExitStack) -> WeightSource:
     config = _read_config(folder)
     files = _weight_files(path)
     kind = "safetensors" if files[0].suffix == ".safetensors" else "pytorch_bin"
+    if kind == "safetensors" and _is_sparse_bench_compressed(files[0]):
+        kind = "sparse_bench_compressed"
     source = WeightSource(origin=_origin(kind, str(path), config, None))
     stored: dict[str, TensorEntry] = {}
     for file in files:
-        for entry in (_safetensors_entries(file, stack, source) if kind == "safetensors"
-                      else _bin_entries(file, source)):
+        if kind == "sparse_bench_compressed":
+            entries = _compressed_entries(file, source)
+        elif kind == "safetensors":
+            entries = _safetensors_entries(file, stack, source)
+        else:
+            entries = _bin_entries(file, source)
+        for entry in entries:
             stored.setdefault(entry.name, entry)
     _apply_model_definition(source, stored, config)
     return source
@@ -122,13 +130,14 @@ def _apply_model_definition(source: WeightSource, stored: dict[str, TensorEntry]
     groups, buffers, problem = _definition_groups(config)
     source.tied_detection = problem or "model definition (config.json on the meta device)"
     duplicates: set[str] = set()
+    already_tied = {tied["name"] for tied in source.tied}
     for names in groups:
         present = [name for name in names if name in stored]
         if not present:
             source.missing.extend(names)
             continue
         for alias in names:
-            if alias != present[0]:
+            if alias != present[0] and alias not in already_tied:
                 source.tied.append({"name": alias, "tied_to": present[0], "numel": stored[present[0]].numel,
                                     "stored": alias in stored})
                 duplicates.add(alias)
@@ -167,6 +176,10 @@ def _safetensors_entries(file: Path, stack: contextlib.ExitStack, source: Weight
         handle = stack.enter_context(safe_open(str(file), framework="pt"))
     except Exception as error:
         raise UserError(f"cannot read {file}: {error}; is it a complete safetensors file?") from None
+    packed = [name for name in handle.keys() if name.endswith(COMPRESSED_TENSORS_SUFFIXES)]
+    if packed:
+        raise UserError(f"{file} is an llm-compressor compressed-tensors checkpoint (e.g. {packed[0]}); "
+                        f"decompress it (load with llm-compressor, save dense) and analyse that")
     for name in handle.keys():
         tensor_slice = handle.get_slice(name)
         stored_dtype = tensor_slice.get_dtype()
@@ -175,6 +188,36 @@ def _safetensors_entries(file: Path, stack: contextlib.ExitStack, source: Weight
             continue
         shape = tuple(tensor_slice.get_shape())
         yield TensorEntry(name, shape, SAFETENSORS_DTYPES[stored_dtype], _slice_chunks(handle, name, shape))
+
+
+def _is_sparse_bench_compressed(file: Path) -> bool:
+    """True for the compressed weights file of `save_checkpoint(..., save_format="compressed")`."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(file), framework="pt") as handle:
+            return "sparse_bench.format" in (handle.metadata() or {})
+    except Exception as error:
+        raise UserError(f"cannot read {file}: {error}; is it a complete safetensors file?") from None
+
+
+def _compressed_entries(file: Path, source: WeightSource) -> Iterator[TensorEntry]:
+    """Tensors of a sparse-bench compressed checkpoint, decoded by the checkpoints package (whole file at
+    once: memory is the dense model's size). Tied names share one decoded tensor: counted once."""
+    from ..checkpoints.container import read_compressed
+
+    state = read_compressed(file)
+    first_name: dict[int, str] = {}
+    for name, tensor in state.items():
+        if id(tensor) in first_name:  # an alias read_compressed filled in for a tied name
+            source.tied.append({"name": name, "tied_to": first_name[id(tensor)], "numel": tensor.numel(),
+                                "stored": False})
+            continue
+        first_name[id(tensor)] = name
+        if not tensor.is_floating_point():
+            source.skipped.append({"name": name, "reason": f"not floating point ({_dtype_name(tensor.dtype)})"})
+            continue
+        yield TensorEntry(name, tuple(tensor.shape), _dtype_name(tensor.dtype), _flat_chunks(tensor))
 
 
 def _slice_chunks(handle, name: str, shape: tuple[int, ...]) -> Callable[[], Iterator[torch.Tensor]]:
