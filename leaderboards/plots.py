@@ -89,8 +89,11 @@ def make_plots(grid: Grid, out_dir: Path | None = None) -> dict[str, Path]:
         if not metrics:
             continue
         metric = metrics[0]
+        better = next((r["higher_is_better"][task].get(metric) for r in grid.ok()
+                       if task in r["higher_is_better"]), None)
+        label = metric + {True: " (higher is better)", False: " (lower is better)"}.get(better, "")
         figure, axes = plt.subplots(figsize=(6, 4))
-        if _draw(axes, grid, lambda r, t=task, m=metric: r["metrics"].get(t, {}).get(m), metric):
+        if _draw(axes, grid, lambda r, t=task, m=metric: r["metrics"].get(t, {}).get(m), label):
             axes.set_title(f"{task}: {metric} vs sparsity", fontsize=10)
             written[task] = _save(figure, out_dir / f"{task}.png")
         else:

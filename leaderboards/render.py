@@ -26,7 +26,7 @@ FORMATS = ("md", "csv", "json")
 FLAG = "(!)"
 # What the metrics our tasks and the engine report mean (others show only their direction).
 METRIC_NOTES = {
-    "bits_per_byte": "bits per UTF-8 byte of the reference text under teacher forcing (lower is better)",
+    "bits_per_byte": "bits per UTF-8 byte of the reference text under teacher forcing",
     "acc": "accuracy", "f1": "F1 of the positive class",
     "rouge1": "ROUGE-1 F-measure (stemmed)", "rouge2": "ROUGE-2 F-measure (stemmed)",
     "rougeL": "ROUGE-L F-measure (stemmed)", "rougeLsum": "ROUGE-Lsum F-measure (stemmed)",
@@ -161,7 +161,8 @@ def task_rows(grid: Grid, task: str) -> tuple[list[dict[str, Any]], str | None]:
             value = values.get(primary)
             delta = (value - dense if isinstance(value, (int, float)) and isinstance(dense, (int, float))
                      else None)
-            row[f"Δ {primary} vs dense"] = "-" if delta is None else f"{delta:+.4g}"
+            row[f"Δ {primary} vs dense"] = ("-" if delta is None or result["cell"]["method"] == "dense" else
+                                            f"{delta:+.4g}" if math.isfinite(delta) else fmt(delta))
         row.update({k: v for k, v in cell_columns(result).items() if k not in CELL_HEAD})
         flags = [f for f in result.get("flags", []) if f.startswith(f"{task}/") or "/" not in f]
         row["flags"] = "; ".join(flags) if flags else ""

@@ -1,0 +1,114 @@
+"""Rendering a grid folder: one table per task, dense first, ranks, deltas, NaN flags, failures, formats."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+
+import pytest
+
+from sparse_bench.harness_ext.errors import UserError
+from sparse_bench.harness_ext.io import write_json_atomic
+from sparse_bench.leaderboards.plots import make_plots
+from sparse_bench.leaderboards.render import load_grid, render, task_rows
+from sparse_bench.leaderboards.runner import RESULT_FORMAT, result_path, write_grid_file
+from sparse_bench.leaderboards.spec import expand_cells, parse_spec
+
+SPEC = {"name": "t", "models": ["tiny"], "methods": ["magnitude", "wanda"], "sparsities": [0.5],
+        "structures": ["unstructured", "2:4"], "tasks": [{"name": "loglik", "metrics": ["bits_per_byte"]},
+                                                         {"name": "mc"}], "perplexity": None}
+# bits per byte (lower is better) and accuracy per method label + structure
+QUALITY = {("dense", "dense"): (1.0, 0.7), ("magnitude", "unstructured"): (3.0, 0.6),
+           ("magnitude", "2:4"): (float("nan"), 0.5), ("wanda", "unstructured"): (1.5, 0.65)}
+
+
+def fake_record(cell, bpb, acc):
+    sparsity = 0.0 if cell.is_dense else 0.5
+    return {"format": RESULT_FORMAT, "cell_id": cell.cell_id, "cell": cell.describe(), "status": "ok",
+            "reason": None, "environment": {"lm_eval": "0.4.13", "torch": "x"}, "model_path": "/m",
+            "model_fingerprint": "ab" * 32,
+            "prune": None if cell.is_dense else {"prune_seconds": 2.0},
+            "sparsity": {"overall_sparsity": sparsity, "nonzero_params": int(1e6 * (1 - sparsity))},
+            "evaluations": [{"results": {"config": {"model_revision": "main"}}}],
+            "metrics": {"loglik": {"bits_per_byte": bpb, "bits_per_byte_stderr": 0.01},
+                        "mc": {"acc": acc, "acc_stderr": 0.05}},
+            "higher_is_better": {"loglik": {"bits_per_byte": False}, "mc": {"acc": True}},
+            "perplexity": None,
+            "latency": {"forward_ms": 10.0, "generate_tokens_per_s": 50.0, "peak_memory_bytes": 2**30,
+                        "device": "cpu", "device_name": "cpu", "torch_threads": 2, "cpu_count": 2,
+                        "peak_memory_kind": "process peak RSS (sampled)"},
+            "size": {"status": "measured", "dense_bytes": 4 * 2**20, "compressed_bytes": 2 * 2**20},
+            "flags": [f"loglik/bits_per_byte is {bpb}"] if math.isnan(bpb) else []}
+
+
+@pytest.fixture
+def grid_dir(tmp_path):
+    spec = parse_spec(SPEC, source="t.yaml")
+    cells = expand_cells(spec)
+    write_grid_file(tmp_path, spec, cells)
+    for cell in cells:
+        key = (cell.method_label, cell.structure)
+        if key in QUALITY:
+            write_json_atomic(result_path(tmp_path, cell), fake_record(cell, *QUALITY[key]))
+        elif cell.method_label == "wanda":
+            write_json_atomic(result_path(tmp_path, cell), {
+                "format": RESULT_FORMAT, "cell_id": cell.cell_id, "cell": cell.describe(), "status": "failed",
+                "reason": "out of memory: could not allocate"})
+    return tmp_path
+
+
+def test_task_table_dense_first_rank_delta_and_nan_flag(grid_dir):
+    rows, primary = task_rows(load_grid(grid_dir), "loglik")
+    assert primary == "bits_per_byte"
+    assert [(r["method"], r["structure"]) for r in rows] == [
+        ("dense", "-"), ("magnitude", "unstructured"), ("magnitude", "2:4"), ("wanda", "unstructured")]
+    assert [r["rank"] for r in rows] == ["1", "3", "-", "2"]  # lower bits per byte ranks first; NaN unranked
+    assert rows[1]["Δ bits_per_byte vs dense"] == "+2"
+    assert rows[2]["bits_per_byte"].startswith("nan (!)")
+    assert "bits_per_byte is nan" in rows[2]["flags"]
+    assert rows[0]["bits_per_byte"] == "1 ± 0.01"
+    assert rows[1]["measured"] == "50.00 %" and rows[1]["compressed MiB"] == "2.0"
+
+
+def test_higher_is_better_ranks_descending(grid_dir):
+    rows, primary = task_rows(load_grid(grid_dir), "mc")
+    assert primary == "acc"
+    assert [r["rank"] for r in rows] == ["1", "3", "4", "2"]
+
+
+def test_markdown_has_header_tables_plots_and_failures(grid_dir):
+    plots = make_plots(load_grid(grid_dir))
+    assert set(plots) == {"loglik", "mc", "cost"} and all(p.stat().st_size > 1000 for p in plots.values())
+    text, path = render(grid_dir, "md", plots)
+    assert path.read_text() == text
+    assert "lm-eval 0.4.13" in text and "2 torch threads" in text
+    assert "## loglik" in text and "## mc" in text
+    assert "![loglik](plots/loglik.png)" in text
+    assert "## Failed cells" in text and "out of memory: could not allocate" in text
+    assert "4 of 5 finished, 1 failed, 0 not run" in text
+    assert "lower is better" in text
+
+
+def test_csv_and_json(grid_dir):
+    text, _ = render(grid_dir, "csv")
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert [r["task"] for r in rows].count("loglik") == 4 and rows[-1]["task"] == "(failed)"
+    data = json.loads(render(grid_dir, "json")[0])
+    assert data["tables"]["mc"]["primary_metric"] == "acc"
+    assert len(data["tables"]["mc"]["rows"]) == 4 and data["failed"][0]["reason"].startswith("out of memory")
+
+
+def test_missing_cells_and_bad_folder(grid_dir, tmp_path_factory):
+    result_path(grid_dir, expand_cells(parse_spec(SPEC))[0]).unlink()
+    text, _ = render(grid_dir, "md")
+    assert "3 of 5 finished, 1 failed, 1 not run" in text
+    with pytest.raises(UserError, match="no readable grid.json"):
+        render(tmp_path_factory.mktemp("empty"), "md")
+
+
+def test_other_spec_in_same_folder_is_refused(grid_dir):
+    spec = parse_spec({**SPEC, "sparsities": [0.7]})
+    with pytest.raises(UserError, match="different grid spec"):
+        write_grid_file(grid_dir, spec, expand_cells(spec))
