@@ -1,0 +1,245 @@
+"""The one layer-sequential calibration loop shared by every data-aware method (Wanda, SparseGPT, OWL).
+
+The model runs up to its first transformer block once to capture that block's inputs (hidden states and
+the extra arguments such as rotary position embeddings) for all calibration samples. Then the blocks run
+one at a time: block i sees the outputs of blocks < i *after* they were pruned, as in the SparseGPT and
+Wanda reference code. For each block the caller may collect input statistics (one forward with hooks),
+change the block's weights, and the loop then runs the block again to produce the next block's inputs.
+
+Input statistics are per distinct input, not per layer: layers that receive the same tensor in a forward
+(q/k/v after the attention norm, gate/up after the MLP norm) share one `InputStatistics`. Statistics are
+accumulated sample by sample in a fixed order, so they do not depend on the forward batch size.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..errors import UserError
+from .targets import transformer_blocks
+
+DEFAULT_BATCH_TOKENS = 4096
+
+
+def default_batch_size(seqlen: int) -> int:
+    """Samples per forward: about DEFAULT_BATCH_TOKENS tokens, at least one sample."""
+    return max(1, DEFAULT_BATCH_TOKENS // seqlen)
+
+
+class InputStatistics:
+    """Sums over calibration tokens of one layer input x (fp32): x^T x (`hessian`) or x * x (`squares`).
+
+    `hessian` is (in, in), the SparseGPT Hessian up to a constant factor; `squares` (in,) is its diagonal,
+    Wanda's squared input-feature norms. Only what was asked is accumulated.
+    """
+
+    def __init__(self, columns: int, with_hessian: bool, device: torch.device) -> None:
+        self.tokens = 0
+        self.squares = torch.zeros(columns, dtype=torch.float64, device=device)
+        self.hessian = torch.zeros(columns, columns, dtype=torch.float32, device=device) if with_hessian else None
+
+    def add(self, inputs: torch.Tensor) -> None:
+        """Add one batch of inputs shaped (samples, tokens, in), one sample at a time."""
+        for sample in inputs.float():
+            if self.hessian is not None:
+                self.hessian.addmm_(sample.t(), sample)
+            else:
+                self.squares += sample.square().sum(dim=0)
+            self.tokens += sample.shape[0]
+
+    def column_norms(self) -> torch.Tensor:
+        """||X_j||_2 over all calibration tokens, shape (in,), fp32."""
+        squares = self.hessian.diagonal().double() if self.hessian is not None else self.squares
+        return squares.clamp_min(0).sqrt().float()
+
+
+class _InputsCaptured(Exception):
+    """Raised by the hook on the first block to stop the forward once its inputs are captured."""
+
+
+@dataclass
+class BlockInputs:
+    """Inputs of the current block for all samples: hidden (samples, tokens, hidden) and per-batch extras."""
+
+    hidden: torch.Tensor
+    extras: list[tuple[tuple, dict[str, Any]]]
+    batch_size: int
+
+    def batches(self) -> Iterator[tuple[slice, tuple, dict[str, Any]]]:
+        for index, (args, kwargs) in enumerate(self.extras):
+            yield slice(index * self.batch_size, (index + 1) * self.batch_size), args, kwargs
+
+
+def decoder_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The single block stack of a decoder-only model; UserError for anything the loop cannot walk."""
+    blocks = transformer_blocks(model)
+    stacks = sorted({name.rsplit(".", 1)[0] for name, _ in blocks})
+    if len(stacks) != 1:
+        raise UserError(f"layer-sequential calibration needs a decoder-only model with one block stack; "
+                        f"{type(model).__name__} has {len(stacks)} ({', '.join(stacks) or 'none'}); "
+                        "use method=magnitude, which needs no calibration")
+    return blocks
+
+
+@torch.no_grad()
+def capture_block_inputs(model: nn.Module, first_block: nn.Module, tokens: torch.Tensor,
+                         batch_size: int) -> BlockInputs:
+    """Run the model on `tokens` (samples, seqlen) up to `first_block` and keep what it receives."""
+    device = model.get_input_embeddings().weight.device
+    captured: list[tuple[tuple, dict[str, Any]]] = []
+
+    def hook(_module, args, kwargs):
+        captured.append((args, kwargs))
+        raise _InputsCaptured
+
+    handle = first_block.register_forward_pre_hook(hook, with_kwargs=True)
+    hidden = None
+    extras = []
+    try:
+        for start in range(0, tokens.shape[0], batch_size):
+            try:
+                model(input_ids=tokens[start:start + batch_size].to(device), use_cache=False)
+            except _InputsCaptured:
+                pass
+            args, kwargs = captured.pop()
+            kwargs = dict(kwargs)
+            if "hidden_states" in kwargs:
+                states = kwargs.pop("hidden_states")
+            else:
+                states, args = args[0], args[1:]
+            if hidden is None:
+                hidden = torch.empty((tokens.shape[0], *states.shape[1:]), dtype=states.dtype, device=device)
+            hidden[start:start + batch_size] = states
+            extras.append((tuple(args), kwargs))
+    finally:
+        handle.remove()
+    return BlockInputs(hidden=hidden, extras=extras, batch_size=batch_size)
+
+
+@torch.no_grad()
+def run_block(block: nn.Module, inputs: BlockInputs, outputs: torch.Tensor | None,
+              on_batch=None) -> None:
+    """Forward every batch through `block`, writing into `outputs` (same shape as inputs) when given."""
+    for rows, args, kwargs in inputs.batches():
+        if on_batch is not None:
+            on_batch(min(rows.stop, inputs.hidden.shape[0]) - rows.start)
+        result = block(inputs.hidden[rows], *args, **kwargs)
+        if outputs is not None:
+            outputs[rows] = result[0] if isinstance(result, (tuple, list)) else result
+
+
+class _StatisticsHooks:
+    """Forward pre-hooks that feed each layer's input into a shared-per-tensor InputStatistics."""
+
+    def __init__(self, layers: dict[str, nn.Module], with_hessian: bool) -> None:
+        self.layers = layers
+        self.with_hessian = with_hessian
+        self.stats: dict[str, InputStatistics] = {}
+        self.samples = 0
+        self._seen: dict[int, tuple[torch.Tensor, InputStatistics]] = {}
+        self._handles = [module.register_forward_pre_hook(self._hook(name)) for name, module in layers.items()]
+
+    def start_batch(self, samples: int) -> None:
+        self.samples = samples
+        self._seen.clear()
+
+    def _hook(self, name: str):
+        def hook(_module, args):
+            inputs = args[0]
+            shared = self._seen.get(id(inputs))
+            if shared is not None and shared[0] is inputs:
+                self.stats.setdefault(name, shared[1])
+                return
+            stats = self.stats.get(name)
+            if stats is None:
+                stats = InputStatistics(inputs.shape[-1], self.with_hessian, inputs.device)
+                self.stats[name] = stats
+            stats.add(inputs.reshape(self.samples, -1, inputs.shape[-1]))
+            self._seen[id(inputs)] = (inputs, stats)
+        return hook
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._seen.clear()
+
+
+@dataclass
+class Stopwatch:
+    """Seconds spent in block forwards (statistics included), summed over a whole loop."""
+
+    seconds: float = 0.0
+
+    def add_since(self, started: float) -> None:
+        self.seconds += time.perf_counter() - started
+
+
+@dataclass
+class BlockStep:
+    """One block of the layer-sequential loop, handed to the caller between the two forwards."""
+
+    index: int
+    name: str
+    block: nn.Module
+    inputs: BlockInputs
+    outputs: torch.Tensor
+    stopwatch: Stopwatch
+    outputs_ready: bool = False
+    modified: bool = False
+
+    def collect(self, layers: dict[str, nn.Module], with_hessian: bool) -> dict[str, InputStatistics]:
+        """Run the block once with hooks; {layer name: statistics of its input} (shared inputs share one).
+
+        The block's outputs of this forward are kept: if the caller changes no weight, they are final.
+        """
+        hooks = _StatisticsHooks(layers, with_hessian)
+        started = time.perf_counter()
+        try:
+            run_block(self.block, self.inputs, self.outputs, on_batch=hooks.start_batch)
+        finally:
+            hooks.remove()
+        self.stopwatch.add_since(started)
+        self.outputs_ready = not self.modified
+        missing = sorted(set(layers) - set(hooks.stats))
+        if missing:
+            raise UserError(f"calibration never reached {missing[0]} in {self.name}: the layer is not used by "
+                            "the block's forward; ignore it")
+        return hooks.stats
+
+    def mark_modified(self) -> None:
+        """Tell the loop the block's weights changed, so its outputs must be recomputed."""
+        self.modified = True
+        self.outputs_ready = False
+
+
+def layer_sequential(model: nn.Module, tokens: torch.Tensor, batch_size: int, stopwatch: Stopwatch,
+                     progress: bool = True, description: str = "calibrating") -> Iterator[BlockStep]:
+    """Yield one BlockStep per transformer block, in order; after each, produce the next block's inputs.
+
+    Inputs of block i are outputs of blocks < i as they are after the caller's changes. Two buffers of
+    (samples, tokens, hidden) in the model's dtype are reused for all blocks. `stopwatch` accumulates the
+    time of the forwards (capture, statistics and block forwards).
+    """
+    blocks = decoder_blocks(model)
+    started = time.perf_counter()
+    inputs = capture_block_inputs(model, blocks[0][1], tokens, batch_size)
+    stopwatch.add_since(started)
+    outputs = torch.empty_like(inputs.hidden)
+    for index, (name, block) in enumerate(tqdm(blocks, desc=description, unit="block", disable=not progress)):
+        step = BlockStep(index=index, name=name, block=block, inputs=inputs, outputs=outputs, stopwatch=stopwatch)
+        yield step
+        if not step.outputs_ready:
+            started = time.perf_counter()
+            run_block(block, inputs, outputs)
+            stopwatch.add_since(started)
+        inputs.hidden, outputs = outputs, inputs.hidden
+
+
+__all__ = ["DEFAULT_BATCH_TOKENS", "default_batch_size", "InputStatistics", "BlockInputs", "Stopwatch", "BlockStep",
+           "decoder_blocks", "capture_block_inputs", "run_block", "layer_sequential"]

@@ -1,0 +1,229 @@
+"""`prune(model, plan, ...)`: apply a PruningPlan to a model in place and return the measured PruneReport.
+
+Order of work: every target layer is assigned to exactly one plan step and gets its target sparsity
+(explicit `layer_sparsity` first, then OWL's per-block value, then the step's sparsity). Magnitude layers
+are pruned first (global steps with one threshold across their layers); then, when any layer needs data,
+one layer-sequential pass over the calibration set prunes Wanda and SparseGPT layers block by block.
+OWL needs one extra dense pass before that to measure each block's outliers.
+
+The model keeps its dtype and device; statistics and SparseGPT's updates are computed in float32 and
+written back in the model's dtype. Pruned weights are exact zeros (the weight is multiplied by its mask).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+from .calibration import InputStatistics, Stopwatch, default_batch_size, layer_sequential
+from .calibration_data import calibration_tokens
+from .magnitude import magnitude_mask, prune_global_magnitude
+from .masks import check_nm_shape
+from .owl import outlier_ratio, owl_sparsities
+from .plan import CalibrationConfig, PruneStep, PruningPlan, matches_any
+from .report import PruneReport, count_parameters, layer_sparsity, peak_rss_bytes
+from .sparsegpt import sparsegpt_prune
+from .targets import find_target_layers, weight_matrix
+from .wanda import wanda_mask, wanda_scores
+
+DATA_METHODS = ("wanda", "sparsegpt")
+
+
+@dataclass
+class LayerJob:
+    """One target layer, the step that prunes it and its target sparsity (None: set by a global threshold)."""
+
+    name: str
+    module: nn.Module
+    step: PruneStep
+    sparsity: float | None
+    explicit: bool = False
+
+
+def _check_step(step: PruneStep) -> None:
+    """Combinations the engine cannot honour, refused before any weight changes."""
+    if step.structure is not None and (step.layer_sparsity or step.owl or step.scope == "global"):
+        raise UserError(f"N:M structure {step.structure} fixes every layer's sparsity; it cannot be combined "
+                        "with layer_sparsity, OWL or scope=global")
+    if step.scope == "global" and (step.layer_sparsity or step.owl):
+        raise UserError("scope=global sets one threshold for all layers; drop layer_sparsity / OWL or use "
+                        "scope=layer")
+
+
+def _layer_target(name: str, step: PruneStep) -> tuple[float | None, bool]:
+    for pattern, value in step.layer_sparsity:
+        if matches_any(name, (pattern,)):
+            return value, True
+    if step.scope == "global":
+        return None, False
+    return (step.structure.sparsity if step.structure else step.sparsity), False
+
+
+def plan_layers(model: nn.Module, plan: PruningPlan) -> list[LayerJob]:
+    """Every target layer with its step and sparsity, in model order; UserError on any conflict."""
+    if not plan.steps:
+        raise UserError("the pruning plan has no steps; nothing would be pruned")
+    owner: dict[str, tuple[int, nn.Module]] = {}
+    for index, step in enumerate(plan.steps):
+        _check_step(step)
+        for name, module in find_target_layers(model, step.targets, step.ignore).items():
+            if name in owner:
+                raise UserError(f"layer {name} is targeted by steps {owner[name][0] + 1} and {index + 1} of the "
+                                "plan; give each layer to one step (use ignore)")
+            owner[name] = (index, module)
+            if step.structure is not None:
+                check_nm_shape(weight_matrix(module).shape[1], step.structure, name)
+    order = {name: position for position, (name, _) in enumerate(model.named_modules())}
+    jobs = []
+    for name in sorted(owner, key=order.__getitem__):
+        index, module = owner[name]
+        sparsity, explicit = _layer_target(name, plan.steps[index])
+        jobs.append(LayerJob(name, module, plan.steps[index], sparsity, explicit))
+    return jobs
+
+
+def _apply_mask(module: nn.Module, keep: torch.Tensor) -> None:
+    weight = weight_matrix(module)
+    weight.masked_fill_(~keep, 0)
+
+
+def _prune_magnitude(jobs: list[LayerJob]) -> None:
+    global_steps: dict[int, list[LayerJob]] = {}
+    for job in jobs:
+        if job.step.method != "magnitude":
+            continue
+        if job.step.scope == "global":
+            global_steps.setdefault(id(job.step), []).append(job)
+        else:
+            _apply_mask(job.module, magnitude_mask(weight_matrix(job.module), job.sparsity, job.step.structure))
+    for group in global_steps.values():
+        prune_global_magnitude([weight_matrix(job.module) for job in group], group[0].step.sparsity)
+
+
+def _block_jobs(jobs: list[LayerJob], block: str) -> list[LayerJob]:
+    return [job for job in jobs if job.name.startswith(block + ".")]
+
+
+def _owl_pass(model: nn.Module, jobs: list[LayerJob], tokens: torch.Tensor, batch_size: int,
+              stopwatch: Stopwatch, progress: bool) -> None:
+    """Set each OWL layer's sparsity from its block's outlier ratio, measured on the dense model."""
+    owl_jobs = [job for job in jobs if job.step.owl is not None]
+    ratios: dict[int, list[tuple[str, float]]] = {}
+    for block in layer_sequential(model, tokens, batch_size, stopwatch, progress, "OWL outliers"):
+        in_block = _block_jobs(owl_jobs, block.name)
+        if not in_block:
+            continue
+        stats = block.collect({job.name: job.module for job in in_block}, with_hessian=False)
+        for step_id in dict.fromkeys(id(job.step) for job in in_block):
+            members = [job for job in in_block if id(job.step) == step_id]
+            scores = [wanda_scores(weight_matrix(job.module), stats[job.name].column_norms()) for job in members]
+            ratios.setdefault(step_id, []).append((block.name, outlier_ratio(scores, members[0].step.owl.m)))
+    for step_id, block_ratios in ratios.items():
+        step = next(job.step for job in owl_jobs if id(job.step) == step_id)
+        per_block = dict(zip((name for name, _ in block_ratios),
+                             owl_sparsities([ratio for _, ratio in block_ratios], step.sparsity, step.owl)))
+        for job in owl_jobs:
+            if id(job.step) == step_id and not job.explicit:
+                job.sparsity = next(value for block, value in per_block.items() if job.name.startswith(block + "."))
+
+
+def _prune_sparsegpt_group(group: list[LayerJob], stats: InputStatistics, warnings: list[str]) -> None:
+    """SparseGPT on layers sharing one input and one step, stacked into one matrix."""
+    step = group[0].step
+    weights = [weight_matrix(job.module) for job in group]
+    stacked = torch.cat([weight.float() for weight in weights]) if len(weights) > 1 else weights[0].float()
+    pruned, damp_used = sparsegpt_prune(stacked, stats.hessian, [(w.shape[0], job.sparsity) for w, job in
+                                                                  zip(weights, group)],
+                                        step.structure, step.block_size, step.dampening)
+    if damp_used != step.dampening:
+        warnings.append(f"{', '.join(job.name for job in group)}: Hessian Cholesky failed with dampening "
+                        f"{step.dampening:g}; used {damp_used:g}")
+    for weight, part in zip(weights, torch.split(pruned, [w.shape[0] for w in weights])):
+        weight.copy_(part)
+
+
+def _prune_block(jobs: list[LayerJob], stats: dict[str, InputStatistics], warnings: list[str]) -> None:
+    sparsegpt_groups: dict[tuple[int, int], list[LayerJob]] = {}
+    for job in jobs:
+        if job.step.method == "wanda":
+            norms = stats[job.name].column_norms()
+            _apply_mask(job.module, wanda_mask(weight_matrix(job.module), norms, job.sparsity, job.step.structure))
+        else:
+            sparsegpt_groups.setdefault((id(stats[job.name]), id(job.step)), []).append(job)
+    for group in sparsegpt_groups.values():
+        _prune_sparsegpt_group(group, stats[group[0].name], warnings)
+
+
+def _calibrated_pass(model: nn.Module, jobs: list[LayerJob], tokens: torch.Tensor, batch_size: int,
+                     stopwatch: Stopwatch, progress: bool, warnings: list[str]) -> None:
+    data_jobs = [job for job in jobs if job.step.method in DATA_METHODS]
+    for block in layer_sequential(model, tokens, batch_size, stopwatch, progress, "pruning"):
+        in_block = _block_jobs(data_jobs, block.name)
+        if not in_block:
+            continue
+        with_hessian = any(job.step.method == "sparsegpt" for job in in_block)
+        stats = block.collect({job.name: job.module for job in in_block}, with_hessian)
+        _prune_block(in_block, stats, warnings)
+        block.mark_modified()
+
+
+def model_context(model: nn.Module) -> int | None:
+    """The model's maximum sequence length from its config (None when it does not say)."""
+    config = getattr(model, "config", None)
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def prune(model: nn.Module, plan: PruningPlan, calibration: CalibrationConfig | None = None, tokenizer=None,
+          progress: bool = True, *, batch_size: int | None = None) -> PruneReport:
+    """Prune `model` in place as `plan` says and return what was measured afterwards.
+
+    Magnitude needs no data; Wanda, SparseGPT and OWL need `calibration` and `tokenizer`. `batch_size` is
+    the number of calibration samples per forward (default: about 4096 tokens); it changes speed and
+    memory, not the masks.
+    """
+    started = time.perf_counter()
+    jobs = plan_layers(model, plan)
+    needs_data = sorted({job.step.method for job in jobs if job.step.method in DATA_METHODS}
+                        | ({"owl"} if any(job.step.owl for job in jobs) else set()))
+    if needs_data and (calibration is None or tokenizer is None):
+        raise UserError(f"{' and '.join(needs_data)} need calibration data and a tokenizer; pass a "
+                        "CalibrationConfig (e.g. c4, 128 x 2048 tokens) or use method=magnitude")
+    warnings: list[str] = []
+    stopwatch = Stopwatch()
+    calibration_record = None
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            if needs_data:
+                load_started = time.perf_counter()
+                tokens, calibration_record, data_warnings = calibration_tokens(calibration, tokenizer,
+                                                                                model_context(model))
+                stopwatch.add_since(load_started)
+                warnings.extend(data_warnings)
+                batch = batch_size or default_batch_size(tokens.shape[1])
+                if any(job.step.owl for job in jobs):
+                    _owl_pass(model, jobs, tokens, batch, stopwatch, progress)
+            _prune_magnitude(jobs)
+            if any(job.step.method in DATA_METHODS for job in jobs):
+                _calibrated_pass(model, jobs, tokens, batch, stopwatch, progress, warnings)
+    finally:
+        model.train(was_training)
+    nonzero, total = count_parameters(model)
+    return PruneReport(layers=layer_sparsity({job.name: job.module for job in jobs},
+                                             {job.name: job.sparsity for job in jobs}),
+                       nonzero_params=nonzero, total_params=total, plan=plan.describe(),
+                       calibration=calibration_record, prune_seconds=time.perf_counter() - started,
+                       calibration_seconds=stopwatch.seconds, peak_rss_bytes=peak_rss_bytes(),
+                       warnings=warnings)
+
+
+__all__ = ["DATA_METHODS", "LayerJob", "plan_layers", "model_context", "prune"]

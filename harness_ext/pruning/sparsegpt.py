@@ -1,0 +1,117 @@
+"""SparseGPT (Frantar & Alistarh 2023, "SparseGPT: Massive Language Models Can Be Accurately Pruned in One-Shot").
+
+Optimal Brain Surgeon, one input column at a time, with the Hessian H = sum_tokens x x^T of the layer input:
+columns are visited left to right in blocks of `block_size`; when column j is pruned (or kept), its error
+(w_j - q_j) / [H^-1]_jj is spread over the columns not yet visited through the upper Cholesky factor of
+H^-1. The mask of each block is chosen when the block starts, from w^2 / [H^-1]_jj^2 (lowest pruned);
+for N:M, each group of m columns is chosen when it starts. Dampening adds `dampening * mean(diag H)` to the
+diagonal; when the Cholesky factorisation fails it is retried with 10x more, and the caller is told.
+
+Layers that share one input (q/k/v) share the Hessian and run as one stacked matrix: rows are independent in
+OBS, and each layer keeps its own exact sparsity through its own row segment.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from ..errors import UserError
+from .masks import prune_count
+from .plan import NMStructure
+
+MAX_DAMPENING = 1.0  # after 0.01 -> 0.1 -> 1.0 the Hessian is dominated by the identity; stop there
+
+
+def inverse_hessian_factor(hessian: torch.Tensor, dampening: float) -> tuple[torch.Tensor, float]:
+    """Upper Cholesky factor U of (H + d * mean(diag H) * I)^-1 and the dampening d that worked.
+
+    Tries `dampening`, then 10x more until MAX_DAMPENING; UserError if even that fails.
+    """
+    mean_diagonal = hessian.diagonal().mean()
+    identity = torch.eye(hessian.shape[0], dtype=hessian.dtype, device=hessian.device)
+    damp = dampening
+    while damp <= MAX_DAMPENING * (1 + 1e-9):
+        lower, info = torch.linalg.cholesky_ex(hessian + damp * mean_diagonal * identity)
+        if int(info) == 0:
+            upper, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(lower), upper=True)
+            if int(info) == 0:
+                return upper, damp
+        damp *= 10
+    raise UserError(f"the calibration Hessian is not positive definite even with dampening {MAX_DAMPENING}; "
+                    "use more calibration samples or longer sequences")
+
+
+def _block_prune_flags(block: torch.Tensor, inverse_diagonal: torch.Tensor,
+                       segments: Sequence[tuple[int, int, int]]) -> torch.Tensor:
+    """Prune flags (columns, rows) for one block: per row segment, its `count` lowest w^2 / d^2 pruned."""
+    scores = block.square() / inverse_diagonal.square().reshape(-1, 1)
+    prune = torch.zeros_like(block, dtype=torch.bool)
+    for start, stop, count in segments:
+        if count:
+            segment = scores[:, start:stop].reshape(-1)
+            flags = torch.zeros(segment.numel(), dtype=torch.bool, device=block.device)
+            flags[torch.argsort(segment, stable=True)[:count]] = True
+            prune[:, start:stop] = flags.reshape(block.shape[0], stop - start)
+    return prune
+
+
+def _nm_prune_flags(group: torch.Tensor, inverse_diagonal: torch.Tensor, structure: NMStructure) -> torch.Tensor:
+    """Prune flags (m, rows) for one group of m columns: per row the m - n lowest w^2 / d^2."""
+    scores = group.square() / inverse_diagonal.square().reshape(-1, 1)
+    lowest = torch.argsort(scores, dim=0, stable=True)[:structure.m - structure.n]
+    flags = torch.zeros_like(group, dtype=torch.bool)
+    flags.scatter_(0, lowest, True)
+    return flags
+
+
+@torch.no_grad()
+def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, sparsities: Sequence[tuple[int, float]],
+                    structure: NMStructure | None, block_size: int, dampening: float) -> tuple[torch.Tensor, float]:
+    """Prune and reconstruct an (out, in) weight; returns (new fp32 weight, dampening used).
+
+    `sparsities` lists (rows, sparsity) segments covering the rows in order (one per stacked layer); each
+    segment loses exactly round(rows * in * sparsity) weights (unstructured) or m - n per N:M group.
+    `hessian` is (in, in) fp32; neither input is modified.
+    """
+    columns = weight.shape[1]
+    if structure is not None and block_size % structure.m:
+        block_size += structure.m - block_size % structure.m
+    hessian = hessian.float().clone()
+    dead = hessian.diagonal() == 0
+    hessian[dead, dead] = 1.0
+    upper, damp_used = inverse_hessian_factor(hessian, dampening)
+    # transposed working copy: column j of W is the contiguous row j here
+    work = weight.float().t().contiguous()
+    work[dead] = 0.0
+    bounds, start = [], 0
+    for rows, sparsity in sparsities:
+        bounds.append((start, start + rows, sparsity))
+        start += rows
+    for first in range(0, columns, block_size):
+        last = min(first + block_size, columns)
+        block, factor = work[first:last], upper[first:last, first:last]
+        inverse_diagonal = factor.diagonal()
+        errors = torch.empty_like(block)
+        if structure is None:
+            segments = [(a, b, prune_count((b - a) * last, s) - prune_count((b - a) * first, s))
+                        for a, b, s in bounds]
+            prune = _block_prune_flags(block, inverse_diagonal, segments)
+        else:
+            prune = torch.zeros_like(block, dtype=torch.bool)
+        for j in range(last - first):
+            if structure is not None and j % structure.m == 0:
+                group = slice(j, j + structure.m)
+                prune[group] = _nm_prune_flags(block[group], inverse_diagonal[group], structure)
+            row = block[j]
+            kept = row.masked_fill(prune[j], 0.0)
+            error = (row - kept) / inverse_diagonal[j]
+            block[j] = kept
+            block[j + 1:].addr_(factor[j, j + 1:], error, alpha=-1.0)
+            errors[j] = error
+        work[last:].addmm_(upper[first:last, last:].t(), errors, alpha=-1.0)
+    return work.t(), damp_used
+
+
+__all__ = ["MAX_DAMPENING", "inverse_hessian_factor", "sparsegpt_prune"]
