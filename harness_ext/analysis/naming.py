@@ -68,7 +68,8 @@ def classify(name: str) -> ParamKind:
     modules, parameter = parts[:-1], parts[-1]
     leaf = modules[-1] if modules else parameter
     block_match = BLOCK_PATTERN.search(name)
-    side_match = SIDE_PATTERN.search(name)
+    side_match = SIDE_PATTERN.search(".".join(modules[:-1]))  # a module *inside* encoder/decoder, not
+    # a leaf called decoder (BERT's cls.predictions.decoder is the output projection)
     return ParamKind(block=int(block_match.group(1)) if block_match else None,
                      side=side_match.group(1) if side_match else None,
                      module_type=_module_type(modules, parameter, leaf), leaf=leaf)
