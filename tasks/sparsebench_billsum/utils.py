@@ -1,0 +1,242 @@
+"""Billsum for sparse-bench: the data (hub or a local copy) cut to the model's context, ROUGE, summary likelihood.
+
+Data: `FiscalNote/billsum` split `test` from the Hugging Face hub by default; when the environment variable
+SPARSE_BENCH_DATA_DIR is set, `$SPARSE_BENCH_DATA_DIR/billsum/test.jsonl` (one {"text", "summary", ...} a line).
+
+Truncation, in the model's own tokens (lm-eval hands the run's model arguments to `load_billsum`; the tokenizer is
+`tokenizer=` or `pretrained=` from them, the context `max_length=` or what lm-eval's HF models resolve from the
+model config). With C the context:
+- the reference summary may use `summary_room = min(MAX_SUMMARY_TOKENS, C // 2)` tokens (the likelihood task
+  scores at most that many; generation needs only its `max_gen_toks`, 128);
+- the bill keeps its first `min(max_bill_tokens, C - prompt template - summary_room - RESERVE_TOKENS)` tokens
+  (`max_bill_tokens` defaults to DEFAULT_MAX_BILL_TOKENS, ~6,000 characters of bill on SmolLM2; change it with
+  `--metadata '{"max_bill_tokens": N}'`).
+Both tasks thus see the same prompt, and prompt + answer always fit: lm-eval never cuts the instruction off.
+
+This module imports nothing from sparse-bench except, when installed, its `UserError` (a one-line error).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+from pathlib import Path
+
+try:
+    from sparse_bench.harness_ext.errors import UserError as DataError
+except ImportError:  # the task folder used on its own, outside an installed sparse-bench
+    class DataError(Exception):
+        """A missing or malformed data file, or an unusable tokenizer (one-line message)."""
+
+        def __init__(self, message: str) -> None:
+            super().__init__(" ".join(str(message).split()))
+
+logger = logging.getLogger("lm_eval.tasks.sparsebench_billsum")  # follows lm-eval's verbosity
+
+DATA_DIR_ENV = "SPARSE_BENCH_DATA_DIR"
+LOCAL_FILE = Path("billsum") / "test.jsonl"
+COLUMNS = ("text", "summary")
+PROMPT = "Summarize the following bill:\n\n{bill}\n\nSummary:"
+CONTINUATION_PREFIX = " "  # the likelihood task scores " " + summary after "Summary:"
+LEAD_TOKENS = 128  # the lead baseline is as long as the generation budget (max_gen_toks in the YAML)
+DEFAULT_MAX_BILL_TOKENS = 1280
+MAX_SUMMARY_TOKENS = 1024
+RESERVE_TOKENS = 32  # BOS/EOS, a chat template's markup, re-tokenization at the cut
+MIN_BILL_TOKENS = 32
+ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+
+
+# ---------------------------------------------------------------- data
+
+def load_billsum(hub_dataset: str = "FiscalNote/billsum", split: str = "test", needs_rouge: bool = False,
+                 max_bill_tokens: int = DEFAULT_MAX_BILL_TOKENS, **model_args):
+    """The bills of `split`, cut to the model's context, as a `datasets.DatasetDict` with that one split.
+
+    Called by lm-eval as the task's `custom_dataset` with the run's model arguments and metadata as keywords.
+    Each doc gets `bill` (the cut bill), `lead` (its first LEAD_TOKENS tokens), `summary_scored` (the summary
+    cut to the likelihood task's room) and `bill_cut` / `summary_cut` flags.
+    """
+    import datasets
+
+    if needs_rouge:
+        rouge_scorer()  # fail before hours of generation, not after
+    tokenizer, context = model_tokenizer_and_context(model_args)
+    bill_room, summary_room = token_budget(tokenizer, context, int(max_bill_tokens))
+    docs = [cut_to_budget(row, tokenizer, bill_room, summary_room) for row in _read_rows(hub_dataset, split)]
+    bills_cut, summaries_cut = sum(doc["bill_cut"] for doc in docs), sum(doc["summary_cut"] for doc in docs)
+    logger.info("Billsum: context %d tokens; %d of %d bills cut to %d tokens", context, bills_cut, len(docs),
+                bill_room)
+    if summaries_cut:
+        logger.warning("Billsum: %d of %d reference summaries cut to %d tokens to fit the context; the "
+                       "likelihood task scores only those tokens", summaries_cut, len(docs), summary_room)
+    return datasets.DatasetDict({split: datasets.Dataset.from_list(docs)})
+
+
+def _read_rows(hub_dataset: str, split: str) -> list[dict]:
+    local_root = os.environ.get(DATA_DIR_ENV)
+    if local_root:
+        return read_jsonl(Path(local_root) / LOCAL_FILE)
+    import datasets
+
+    try:
+        return list(datasets.load_dataset(hub_dataset, split=split))
+    except Exception as error:  # offline, unknown name, ...: one line that says how to run offline
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise DataError(f"cannot load {hub_dataset} ({split}) from the Hugging Face hub ({reason}); to run offline "
+                        f"set {DATA_DIR_ENV} to a folder holding {LOCAL_FILE}") from error
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The records of a Billsum JSON-lines file; each must have `text` and `summary` strings."""
+    if not path.is_file():
+        raise DataError(f"{path} is missing; put Billsum's test split there as JSON lines or unset {DATA_DIR_ENV} "
+                        "to use the hub")
+    rows = []
+    with open(path, encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise DataError(f"{path}, line {line_number}: not JSON ({error.msg})") from error
+            missing = [column for column in COLUMNS if not isinstance(row.get(column), str)]
+            if missing:
+                raise DataError(f"{path}, line {line_number}: no {' or '.join(missing)} string; each line needs "
+                                f"{', '.join(COLUMNS)}")
+            rows.append(row)
+    if not rows:
+        raise DataError(f"{path} holds no records")
+    return rows
+
+
+# ---------------------------------------------------------------- the model's tokens
+
+def model_tokenizer_and_context(model_args: dict):
+    """(tokenizer, context length in tokens) of the model named by lm-eval's model arguments."""
+    name = model_args.get("tokenizer") or model_args.get("pretrained")
+    if not name:
+        raise DataError("Billsum cuts bills to the model's context and needs its tokenizer: pass "
+                        "--model_args pretrained=... (or tokenizer=...), or, with a model object in Python, "
+                        "simple_evaluate(..., metadata={'tokenizer': PATH_OR_TOKENIZER, 'max_length': N})")
+    if not isinstance(name, str):  # a tokenizer object handed over in `metadata`
+        tokenizer, config_name = name, model_args.get("pretrained")
+    else:
+        tokenizer, config_name = _load_tokenizer(name, model_args), model_args.get("pretrained") or name
+    if model_args.get("max_length"):
+        return tokenizer, int(model_args["max_length"])
+    return tokenizer, _context_length(config_name, tokenizer, model_args)
+
+
+def _loading_options(model_args: dict) -> dict:
+    options = {key: model_args[key] for key in ("revision", "gguf_file") if model_args.get(key)}
+    return options | {"trust_remote_code": bool(model_args.get("trust_remote_code", False))}
+
+
+def _load_tokenizer(name: str, model_args: dict):
+    from transformers import AutoTokenizer
+
+    try:
+        return _cached(AutoTokenizer, name, **_loading_options(model_args))
+    except Exception as error:
+        raise DataError(f"cannot load the tokenizer {name!r} to fit bills into the model's context ({error}); "
+                        "pass tokenizer=<checkpoint directory or hub id> in --model_args or --metadata") from error
+
+
+def _context_length(config_name, tokenizer, model_args: dict) -> int:
+    from lm_eval.models.utils import resolve_max_length
+    from transformers import AutoConfig
+
+    if not isinstance(config_name, str):
+        return resolve_max_length(None, tokenizer)
+    try:
+        config = _cached(AutoConfig, config_name, **_loading_options(model_args))
+    except Exception as error:
+        raise DataError(f"cannot read the model config of {config_name!r} for its context length ({error}); "
+                        "pass max_length=N in --model_args or --metadata") from error
+    return resolve_max_length(config, tokenizer)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached(auto_class, name: str, **options):
+    return auto_class.from_pretrained(name, **options)
+
+
+def token_budget(tokenizer, context: int, max_bill_tokens: int) -> tuple[int, int]:
+    """(bill room, summary room) in tokens for a model with `context` tokens (see the module docstring)."""
+    template = len(tokenizer(PROMPT.format(bill=""), add_special_tokens=False)["input_ids"])
+    summary_room = min(MAX_SUMMARY_TOKENS, context // 2)
+    bill_room = min(max_bill_tokens, context - template - summary_room - RESERVE_TOKENS)
+    if bill_room < MIN_BILL_TOKENS:
+        raise DataError(f"a {context}-token context leaves {bill_room} tokens for the bill (fewer than "
+                        f"{MIN_BILL_TOKENS}); Billsum needs a model with a longer context (or a larger max_length)")
+    return bill_room, summary_room
+
+
+def first_tokens(text: str, tokenizer, count: int) -> tuple[str, bool]:
+    """(the text of the first `count` tokens of `text`, whether anything was cut off)."""
+    def encode(piece: str) -> dict:
+        return tokenizer(piece, add_special_tokens=False, return_offsets_mapping=tokenizer.is_fast, verbose=False)
+
+    window = text[: 16 * count + 256]  # a prefix's tokens are the text's, except at the prefix's very end
+    ids = encode(window)
+    if len(ids["input_ids"]) < count + 16 and len(window) < len(text):
+        window, ids = text, encode(text)
+    if len(ids["input_ids"]) <= count:
+        return window, False
+    if tokenizer.is_fast:
+        return window[: ids["offset_mapping"][count - 1][1]], True
+    return tokenizer.decode(ids["input_ids"][:count]), True
+
+
+def cut_to_budget(row: dict, tokenizer, bill_room: int, summary_room: int) -> dict:
+    """A dataset row plus its cut bill, lead baseline and scored summary (see `load_billsum`)."""
+    bill, bill_cut = first_tokens(row["text"].strip(), tokenizer, bill_room)
+    lead, _ = first_tokens(row["text"].strip(), tokenizer, LEAD_TOKENS)
+    summary, summary_cut = first_tokens(row["summary"].strip(), tokenizer, summary_room)
+    return {"text": row["text"], "summary": row["summary"], "title": row.get("title"), "bill": bill.rstrip(),
+            "bill_cut": bill_cut, "lead": lead.strip(), "summary_scored": summary.rstrip(),
+            "summary_cut": summary_cut}
+
+
+# ---------------------------------------------------------------- prompts and per-bill results
+
+def doc_to_text(doc: dict) -> str:
+    return PROMPT.format(bill=doc["bill"])
+
+
+def doc_to_scored_summary(doc: dict) -> str:
+    """The continuation the likelihood task scores (after the prompt, no other delimiter)."""
+    return CONTINUATION_PREFIX + doc["summary_scored"]
+
+
+@functools.cache
+def rouge_scorer():
+    """The one ROUGE scorer (F-measures of ROUGE_TYPES, Porter stemming); a loud error if rouge-score is absent."""
+    try:
+        from rouge_score.rouge_scorer import RougeScorer
+    except ImportError as error:
+        raise DataError("sparsebench_billsum needs the rouge-score package: pip install rouge-score") from error
+    return RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
+
+
+def rouge(reference: str, prediction: str) -> dict[str, float]:
+    """ROUGE F-measures of `prediction` against `reference`; ROUGE-Lsum splits sentences at newlines."""
+    scores = rouge_scorer().score(reference, prediction)
+    return {name: scores[name].fmeasure for name in ROUGE_TYPES}
+
+
+def process_generation(doc: dict, results: list[str]) -> dict[str, float]:
+    """ROUGE of the generated summary (whitespace stripped) and of the lead baseline; 1.0 if the output is empty."""
+    summary = results[0].strip()
+    reference = doc["summary"].strip()
+    lead_scores = {f"lead_{name}": value for name, value in rouge(reference, doc["lead"]).items()}
+    return {**rouge(reference, summary), **lead_scores, "empty": float(not summary)}
+
+
+def process_likelihood(doc: dict, results: list) -> dict[str, tuple[float, int]]:
+    """(log-likelihood in nats, UTF-8 bytes) of the scored summary, for lm-eval's `bits_per_byte` aggregation."""
+    [(loglik, _is_greedy)] = results
+    return {"bits_per_byte": (loglik, len(doc_to_scored_summary(doc).encode("utf-8")))}
