@@ -8,22 +8,13 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..pruning.plan import PruningPlan
-from .modifiers import map_modifier
+from .modifiers import StepSource, map_modifier
+from .overlaps import prune_each_layer_once
 from .stages import V1_FORMAT, read_layout
 from .yaml_loader import load_yaml, recipe_error
 
 FORMAT_NAMES = {V1_FORMAT: "SparseML v1 (!Modifier tags)",
                 "stage": "stage format (SparseML >= 1.6 / llm-compressor)"}
-
-
-@dataclass(frozen=True)
-class StepSource:
-    """Where a plan step came from: the modifier, its line, and each target / ignore pattern with its line."""
-
-    modifier: str
-    line: int
-    targets: tuple[tuple[str, int], ...] = ()
-    ignore: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -56,6 +47,7 @@ def read_recipe(path: str | Path, recipe_args: Mapping[str, Any] | None = None) 
             steps.append(mapped.step)
             sources.append(StepSource(entry.label, entry.line, tuple(mapped.target_lines),
                                       tuple(mapped.ignore_lines)))
+    steps, sources = prune_each_layer_once(path, steps, sources, notes)
     if not steps and not holds:
         found = ", ".join(entry.name for entry in layout.entries)
         raise recipe_error(path, None, None, f"no pruning modifier (found {found}): nothing to prune; add e.g. "

@@ -38,6 +38,16 @@ FIELD_EXPLANATIONS = {
 }
 
 
+@dataclass(frozen=True)
+class StepSource:
+    """Where a plan step came from: the modifier, its line, and each target / ignore pattern with its line."""
+
+    modifier: str
+    line: int
+    targets: tuple[tuple[str, int], ...] = ()
+    ignore: tuple[tuple[str, int], ...] = ()
+
+
 @dataclass
 class MappedModifier:
     """What one modifier contributes: a step (or None), notes, and where its targets came from."""
@@ -324,6 +334,10 @@ def _prune_step(fields: _Fields, spec: ModifierSpec, mapped: MappedModifier) -> 
     sparsity, pairs, targets = _sparsity(fields, spec, structure, tuple(target_lines), notes)
     mapped.target_lines = [(target, target_lines.get(target, fields.line("final_sparsity"))) for target in targets]
     owl = _owl(fields, notes, per_layer=bool(pairs))
+    if structure is not None and (owl or pairs):
+        raise fields.error("mask_structure" if "mask_structure" in fields.args else "mask_type",
+                           f"N:M {structure} fixes every layer's sparsity at {structure.sparsity:g}; it cannot be "
+                           "combined with per-layer sparsities or OWL")
     scope = _scope(fields, spec, spec.method, structure is not None, notes)
     if scope == "global" and pairs:
         raise fields.error(None, "global sparsity and per-layer sparsities contradict each other; choose one")
@@ -364,4 +378,4 @@ def map_modifier(path: Path, entry: ModifierEntry) -> MappedModifier:
     return mapped
 
 
-__all__ = ["MappedModifier", "map_modifier", "parse_mask", "plan_targets", "plan_ignore", "ALL_LAYERS"]
+__all__ = ["StepSource", "MappedModifier", "map_modifier", "parse_mask", "plan_targets", "plan_ignore", "ALL_LAYERS"]

@@ -143,7 +143,7 @@ def _substitute(path: Path, value: Any, line: int, where: str, variables: Mappin
         return evaluate(expression, variables)
     except UndefinedVariable as missing:
         raise recipe_error(path, line, where, f"eval({expression.strip()}) uses undefined variable "
-                           f"{missing.name!r}; define it at the top of the recipe or pass it in recipe_args"
+                           f"{missing.name!r}; define it at the top of the recipe or pass it in recipe_args (CLI: --arg NAME=VALUE)"
                            ) from None
     except BadExpression as error:
         raise recipe_error(path, line, where, f"eval({expression.strip()}): {error}") from None

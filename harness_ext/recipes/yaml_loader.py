@@ -213,4 +213,12 @@ def load_yaml(path: str | Path) -> tuple[Any, bytes]:
         raise recipe_error(path, None, None, f"not valid YAML: {error}") from None
 
 
-__all__ = ["YamlMap", "YamlList", "TaggedModifier", "recipe_error", "front_matter", "load_yaml"]
+def parse_value(text: str) -> Any:
+    """A command-line value read as a YAML 1.2 scalar: "0.5" -> 0.5, "10" -> 10, "2:4" -> "2:4"."""
+    try:
+        return yaml.load(text, Loader=_RecipeLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError:
+        return text
+
+
+__all__ = ["YamlMap", "YamlList", "TaggedModifier", "recipe_error", "front_matter", "load_yaml", "parse_value"]
