@@ -89,10 +89,12 @@ def task_metrics(grid: Grid, task: str) -> list[str]:
             return list(spec_task["metrics"])
     names: dict[str, None] = {}
     for result in grid.ok():
+        names.update(dict.fromkeys(result["higher_is_better"].get(task, {})))
         for name, value in result["metrics"].get(task, {}).items():
-            if "_stderr" not in name and name != "samples" and isinstance(value, (int, float)):
+            if "_stderr" not in name and isinstance(value, (int, float)):
                 names.setdefault(name)
-    return list(names)
+    reported = {name for result in grid.ok() for name in result["metrics"].get(task, {})}
+    return [name for name in names if name in reported]
 
 
 def task_names(grid: Grid) -> list[str]:

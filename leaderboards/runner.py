@@ -35,6 +35,7 @@ from .spec import Cell, GridSpec, TaskSpec, expand_cells, prune_key, shard_cells
 RESULT_FORMAT = "sparse-bench-leaderboard-cell/1"
 GRID_FORMAT = "sparse-bench-leaderboard-grid/1"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".json", ".model")
+NOT_METRICS = ("alias", "name", "sample_len", "samples")  # bookkeeping entries of lm-eval's per-task results
 
 
 # --- the output folder -----------------------------------------------------------------------------------
@@ -184,7 +185,7 @@ def flatten_metrics(results: dict[str, Any]) -> tuple[dict[str, dict[str, Any]],
     metrics: dict[str, dict[str, Any]] = {}
     for task, values in results.get("results", {}).items():
         metrics[task] = {key.removesuffix(",none"): value for key, value in values.items()
-                         if key != "alias" and isinstance(value, (int, float, str))}
+                         if key not in NOT_METRICS and isinstance(value, (int, float))}
     better = {task: {key.removesuffix(",none"): flag for key, flag in flags.items()}
               for task, flags in results.get("higher_is_better", {}).items()}
     return metrics, better

@@ -1,0 +1,154 @@
+"""The leaderboard runner end to end on a tiny llama and a tiny local lm-eval task: a 2 x 2 grid, resume,
+the pruned-model cache, failed cells, and a run killed with SIGKILL mid-grid."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sparse_bench.leaderboards.render import load_grid, render, task_rows
+from sparse_bench.leaderboards.runner import read_result, result_path, run_grid
+from sparse_bench.leaderboards.spec import expand_cells, load_spec
+
+TASK_YAML = """\
+task: {name}
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{text}}}}\\nIs this about history?\\nAnswer:"
+doc_to_target: label
+doc_to_choice: ["no", "yes"]
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+metadata:
+  version: 1.0
+"""
+QUALITY_COLUMNS = ("rank", "model", "method", "structure", "target", "measured", "nonzero (M)", "dtype", "acc",
+                   "Δ acc vs dense")
+
+
+def write_tasks(folder: Path, data_dir: Path) -> Path:
+    """Two tiny multiple-choice tasks over WikiText-2 lines (two limits: two simple_evaluate calls)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = [line.strip() for line in (data_dir / "wikitext2" / "wiki.test.raw").read_text().splitlines()
+             if len(line.strip()) > 80][:12]
+    data = folder / "docs.jsonl"
+    data.write_text("".join(json.dumps({"text": line[:200], "label": i % 2}) + "\n" for i, line in enumerate(lines)))
+    for name in ("tinylb_a", "tinylb_b"):
+        (folder / f"{name}.yaml").write_text(TASK_YAML.format(name=name, data=data))
+    return folder
+
+
+def write_spec(path: Path, models: list[str], tasks_dir: Path, **changes) -> Path:
+    spec = {"name": "tiny", "models": models, "methods": ["magnitude", "wanda"], "sparsities": [0.5, 0.75],
+            "structures": ["unstructured"], "dtypes": ["float32"], "include_path": str(tasks_dir),
+            "tasks": [{"name": "tinylb_a", "limit": 8}, {"name": "tinylb_b", "limit": 4}],
+            "calibration": {"data": "c4", "nsamples": 4, "seqlen": 32, "seed": 0},
+            "perplexity": None, "latency": {"batch": 1, "seqlen": 16, "new_tokens": 4, "repeats": 2},
+            "batch_size": 4, "bootstrap_iters": 100, **changes}
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_spec(tmp_path_factory, tiny_llama, data_dir) -> Path:
+    root = tmp_path_factory.mktemp("tiny_grid")
+    return write_spec(root / "grid.yaml", [str(tiny_llama)], write_tasks(root / "tasks", data_dir))
+
+
+@pytest.fixture(scope="module")
+def finished_grid(tiny_spec, tmp_path_factory) -> tuple[Path, Path]:
+    """(out folder, cache) of one uninterrupted run of the 2 x 2 grid."""
+    root = tmp_path_factory.mktemp("finished")
+    summary = run_grid(load_spec(tiny_spec), root / "out", cache_root=root / "cache", progress=False)
+    assert summary.failed == [] and len(summary.ok) == 5, summary
+    return root / "out", root / "cache"
+
+
+def quality_table(out_dir: Path) -> list[tuple]:
+    return [tuple(row[c] for c in QUALITY_COLUMNS) for row in task_rows(load_grid(out_dir), "tinylb_a")[0]]
+
+
+def test_two_by_two_grid_end_to_end(finished_grid, tiny_spec):
+    out_dir, _ = finished_grid
+    cells = expand_cells(load_spec(tiny_spec))
+    records = {c.cell_id: read_result(result_path(out_dir, c)) for c in cells}
+    assert all(r["status"] == "ok" for r in records.values())
+    for cell in cells:
+        record = records[cell.cell_id]
+        measured = record["sparsity"]["overall_sparsity"]
+        assert measured == pytest.approx(cell.sparsity or 0.0, abs=0.01), cell.cell_id
+        assert set(record["metrics"]) == {"tinylb_a", "tinylb_b"}
+        assert 0.0 <= record["metrics"]["tinylb_a"]["acc"] <= 1.0 and "acc_stderr" in record["metrics"]["tinylb_a"]
+        assert [e["limit"] for e in record["evaluations"]] == [8, 4]
+        assert record["latency"]["forward_ms"] > 0 and record["latency"]["torch_threads"] >= 1
+        assert record["size"]["compressed_bytes"] > 0
+        assert (record["prune"] is None) == cell.is_dense
+    text, _ = render(out_dir, "md")
+    assert "## tinylb_a" in text and "## tinylb_b" in text and "5 of 5 finished" in text
+    assert [row[2] for row in quality_table(out_dir)] == ["dense", "magnitude", "magnitude", "wanda", "wanda"]
+
+
+def test_rerun_skips_and_cache_avoids_pruning_again(finished_grid, tiny_spec, tmp_path):
+    out_dir, cache = finished_grid
+    before = {p.name: p.read_bytes() for p in (out_dir / "cells").glob("*.json")}
+    summary = run_grid(load_spec(tiny_spec), out_dir, cache_root=cache, progress=False)
+    assert len(summary.done) == 5 and summary.ok == [] and summary.failed == []
+    assert {p.name: p.read_bytes() for p in (out_dir / "cells").glob("*.json")} == before
+    # a fresh output folder with the same cache evaluates again but prunes nothing
+    summary = run_grid(load_spec(tiny_spec), tmp_path / "again", cache_root=cache, progress=False)
+    assert len(summary.ok) == 5
+    for cell in expand_cells(load_spec(tiny_spec)):
+        record = read_result(result_path(tmp_path / "again", cell))
+        assert cell.is_dense or record["prune_cached"] is True
+    assert quality_table(tmp_path / "again") == quality_table(out_dir)
+
+
+def test_failed_cell_is_recorded_and_grid_goes_on(tiny_spec, tiny_llama, tmp_path):
+    spec_path = write_spec(tmp_path / "grid.yaml", [str(tiny_llama), str(tmp_path / "no_such_model")],
+                           Path(load_spec(tiny_spec).include_path), methods=["magnitude"], sparsities=[0.5],
+                           tasks=[{"name": "tinylb_a", "limit": 2}], latency=None)
+    summary = run_grid(load_spec(spec_path), tmp_path / "out", cache_root=tmp_path / "cache", progress=False)
+    assert len(summary.ok) == 2 and len(summary.failed) == 2
+    failed = [read_result(tmp_path / "out" / "cells" / f"{cell_id}.json") for cell_id in summary.failed]
+    assert all("no_such_model" in r["reason"] and "does not exist" in r["reason"] for r in failed)
+    assert all("\n" not in r["reason"] for r in failed)
+    text, _ = render(tmp_path / "out", "md")
+    assert "## Failed cells" in text and "2 of 4 finished, 2 failed" in text
+
+
+def test_killed_run_resumes_to_the_same_table(finished_grid, tiny_spec, tmp_path):
+    """SIGKILL while a cell is in flight: no corrupt file, finished cells kept, same table after resuming."""
+    out_dir, cache = tmp_path / "out", tmp_path / "cache"
+    command = [sys.executable, "-m", "sparse_bench.harness_ext.cli", "leaderboard", "run", str(tiny_spec),
+               "--out", str(out_dir), "--cache", str(cache), "--no-render"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while len(list((out_dir / "cells").glob("*.json"))) < 2:
+        assert process.poll() is None, "the grid ended before it could be killed"
+        assert time.monotonic() < deadline, "no cell finished in time"
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    files = {p.name: p.read_bytes() for p in (out_dir / "cells").glob("*.json")}
+    assert 2 <= len(files) < 5
+    for content in files.values():
+        assert json.loads(content)["status"] == "ok"  # complete files only: nothing half written
+    summary = run_grid(load_spec(tiny_spec), out_dir, cache_root=cache, progress=False)
+    assert sorted(f"{cell_id}.json" for cell_id in summary.done) == sorted(files)
+    assert len(summary.ok) == 5 - len(files) and summary.failed == []
+    assert all((out_dir / "cells" / name).read_bytes() == content for name, content in files.items())
+    assert quality_table(out_dir) == quality_table(finished_grid[0])
