@@ -85,16 +85,16 @@ def _hub_compressed_snapshot(repo_id: str, kwargs: dict) -> Path | None:
 
 
 def _from_pretrained(auto_class, source, kwargs: dict):
-    """`auto_class.from_pretrained(source, output_loading_info=True, **kwargs)` with load failures as UserError."""
+    """`auto_class.from_pretrained(source, output_loading_info=True, **kwargs)` with load failures as UserError.
+
+    Shape mismatches are let through (`ignore_mismatched_sizes`) only so that the loading info names them;
+    `_refuse_incomplete` then refuses the model.
+    """
     try:
-        return auto_class.from_pretrained(source, output_loading_info=True, **kwargs)
+        return auto_class.from_pretrained(source, output_loading_info=True,
+                                          **{**kwargs, "ignore_mismatched_sizes": True})
     except (OSError, ValueError, SafetensorError, json.JSONDecodeError) as error:
         raise UserError(f"cannot load checkpoint {source or kwargs.get('config')}: {_first_line(error)}") from error
-    except RuntimeError as error:
-        if "mismatch" not in str(error):
-            raise
-        raise UserError(f"checkpoint {source} does not fit the model: tensors of the wrong shape "
-                        f"({_first_line(error)}); it belongs to another architecture or config") from error
 
 
 def _refuse_incomplete(source: str, info: dict) -> None:

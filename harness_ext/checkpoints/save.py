@@ -23,9 +23,8 @@ import torch
 from .. import __version__
 from ..errors import UserError
 from .container import WEIGHTS_NAME, read_compressed, write_compressed
-from .encoding import choose_encoding
 from .record import RECORD_NAME, RECORD_VERSION, SAVE_FORMATS, file_digest, write_json_atomic
-from .sizes import sizes_of_state, stored_tensors
+from .sizes import measure_state, sizes_of_state
 
 
 @contextlib.contextmanager
@@ -74,6 +73,7 @@ def save_checkpoint(model: torch.nn.Module, tokenizer, out_dir: str | os.PathLik
     out_dir = Path(out_dir).expanduser().resolve()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
+    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes 0700; give the checkpoint the usual permissions
     try:
         with _plain_weights(model) as quantized:
             if save_format == "dense":
@@ -103,8 +103,7 @@ def save_checkpoint(model: torch.nn.Module, tokenizer, out_dir: str | os.PathLik
 def _save_compressed(model: torch.nn.Module, staging: Path, verify: bool) -> dict:
     """Write config, generation config and `model.sparse.safetensors`; returns the size figures."""
     state = model.state_dict()
-    tensors, aliases = stored_tensors(state)
-    sizes = sizes_of_state(state)
+    sizes, tensors, aliases, encodings = measure_state(state)
     if sizes["compressed_bytes"] >= sizes["dense_bytes"]:
         raise UserError(f"nothing to compress: the model has {sizes['sparsity']:.2%} zeros and its compressed "
                         f"weights ({sizes['compressed_bytes']} bytes) would not be smaller than dense "
@@ -112,7 +111,6 @@ def _save_compressed(model: torch.nn.Module, staging: Path, verify: bool) -> dic
     model.config.save_pretrained(staging)
     if getattr(model, "generation_config", None) is not None and model.can_generate():
         model.generation_config.save_pretrained(staging)
-    encodings = {name: choose_encoding(tensor) for name, tensor in tensors.items()}
     written = write_compressed(staging / WEIGHTS_NAME, tensors, encodings, aliases)
     if written != sizes["compressed_bytes"]:
         raise RuntimeError(f"compressed file has {written} bytes, the size formula said {sizes['compressed_bytes']}")
@@ -144,6 +142,12 @@ def _move_into_place(staging: Path, out_dir: Path) -> None:
     os.replace(staging, out_dir)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _transformers() -> str:

@@ -22,7 +22,7 @@ from safetensors import safe_open
 from ..errors import UserError
 from .container import WEIGHTS_NAME, dtype_name, predicted_file_bytes, read_compressed
 from .encoding import MaskStats, choose_encoding, is_encodable, mask_bound_bits, mask_stats, nonzero_mask
-from .record import RECORD_NAME, read_record
+from .record import read_record
 
 SIZE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -63,6 +63,11 @@ def _figures_at(tensors: dict[str, torch.Tensor], aliases: dict[str, str], stats
 
 def sizes_of_state(state: dict[str, torch.Tensor]) -> dict:
     """The size figures of a state dict (see the module docstring for each field)."""
+    return measure_state(state)[0]
+
+
+def measure_state(state: dict[str, torch.Tensor]):
+    """(size figures, tensors to store, {alias: stored name}, {stored name: its smallest Encoding})."""
     tensors, aliases = stored_tensors(state)
     stats = _scan(tensors)
     stored = _figures_at(tensors, aliases, stats, None)
@@ -78,7 +83,7 @@ def sizes_of_state(state: dict[str, torch.Tensor]) -> dict:
         figures.pop("encodings")
         by_dtype[dtype_name(dtype)] = figures
     encodings = stored.pop("encodings")
-    return {
+    figures = {
         "dtype": dtypes.most_common(1)[0][0] if dtypes else None,
         "float_parameters": numel, "nonzero_parameters": nnz,
         "sparsity": 1.0 - nnz / numel if numel else 0.0,
@@ -89,6 +94,7 @@ def sizes_of_state(state: dict[str, torch.Tensor]) -> dict:
         "compression_ratio": stored["dense_bytes"] / stored["compressed_bytes"] if stored["compressed_bytes"] else None,
         "by_dtype": by_dtype,
     }
+    return figures, tensors, aliases, encodings
 
 
 def _dense_state(directory: Path) -> dict[str, torch.Tensor]:
@@ -130,4 +136,3 @@ def checkpoint_sizes(path_or_model) -> dict:
     return figures
 
 
-__all__ = ["checkpoint_sizes", "sizes_of_state", "stored_tensors", "RECORD_NAME"]
