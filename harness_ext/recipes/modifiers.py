@@ -75,7 +75,7 @@ class _Fields:
     def one_of(self, *names: str) -> str | None:
         present = [name for name in names if name in self.args]
         if len(present) > 1:
-            raise self.error(present[1], f"give only one of {' / '.join(present)}")
+            raise self.error(max(present, key=self.line), f"give only one of {' / '.join(present)}")
         return present[0] if present else None
 
     def number(self, name: str, kind: type = float) -> Any:
