@@ -1,7 +1,7 @@
 """Streaming magnitude statistics: counts below thresholds, exact zeros and a fixed-bin |w| histogram.
 
 `MagnitudeStats.of_chunk(values, thresholds)` measures one chunk of weights (any float dtype, any device; the
-arithmetic runs in float32 on the chunk's device) and `add` merges chunks, tensors and groups. Nothing keeps
+arithmetic runs in float32 on the CPU) and `add` merges chunks, tensors and groups. Nothing keeps
 weights: a whole model reduces to a few integers per group plus one histogram of HISTOGRAM_BINS counts.
 
 Semantics, in the units of the weights:
@@ -50,20 +50,24 @@ class MagnitudeStats:
 
     @classmethod
     def of_chunk(cls, values: torch.Tensor, thresholds: tuple[float, ...]) -> "MagnitudeStats":
-        """Measure one chunk of weights (any shape and float dtype); holds at most ~4 float32 copies of it."""
-        magnitudes = values.detach().reshape(-1).float().abs()
-        numel = magnitudes.numel()
-        finite = torch.isfinite(magnitudes)
-        nonfinite = numel - int(finite.sum())
-        if nonfinite:
-            magnitudes = magnitudes[finite]
-        zeros = int((magnitudes == 0).sum())
-        stats = cls(thresholds, numel=numel, zeros=zeros, nonfinite=nonfinite,
-                    below=[int((magnitudes < threshold).sum()) for threshold in thresholds])
-        if magnitudes.numel():
-            stats.abs_sum = float(magnitudes.sum(dtype=torch.float64))
-            stats.abs_max = float(magnitudes.max())
-            stats.histogram = _log_histogram(magnitudes, zeros)
+        """Measure one chunk of weights (any shape, float dtype and device): converted to float32 on the CPU
+        and counted with numpy (several times faster than torch's reductions over booleans on CPU)."""
+        flat = values.detach().reshape(-1).to(device="cpu", dtype=torch.float32).numpy()
+        magnitudes = np.abs(flat)
+        numel = magnitudes.size
+        stats = cls(thresholds, numel=numel)
+        if not numel:
+            return stats
+        largest = magnitudes.max()  # NaN if any is NaN
+        if not np.isfinite(largest):
+            magnitudes = magnitudes[np.isfinite(magnitudes)]
+            stats.nonfinite = numel - magnitudes.size
+            largest = magnitudes.max() if magnitudes.size else np.float32(0)
+        stats.zeros = int(np.count_nonzero(magnitudes == 0))
+        stats.below = [int(np.count_nonzero(magnitudes < np.float32(threshold))) for threshold in thresholds]
+        stats.abs_sum = float(magnitudes.sum(dtype=np.float64))
+        stats.abs_max = float(largest)
+        stats.histogram = _log_histogram(magnitudes, stats.zeros)
         return stats
 
     def add(self, other: "MagnitudeStats") -> "MagnitudeStats":
@@ -123,10 +127,14 @@ def _significant(value: float, digits: int = 9) -> float:
     return float(f"{value:.{digits}g}")
 
 
-def _log_histogram(magnitudes: torch.Tensor, zeros: int) -> np.ndarray:
-    """Counts per fixed log10 bin (+ underflow/overflow) of finite magnitudes, exact zeros removed."""
-    position = (torch.log10(magnitudes) - LOG10_MIN) * BINS_PER_DECADE  # zeros -> -inf -> underflow slot
-    index = position.floor_().clamp_(-1, HISTOGRAM_BINS).to(torch.int64) + 1
-    counts = torch.bincount(index, minlength=HISTOGRAM_BINS + 2).cpu().numpy()
+def _log_histogram(magnitudes: np.ndarray, zeros: int) -> np.ndarray:
+    """Counts per fixed log10 bin (+ underflow/overflow) of finite float32 magnitudes, exact zeros removed."""
+    with np.errstate(divide="ignore"):  # log10(0) = -inf lands in the underflow slot, then is taken out
+        position = np.log10(magnitudes)
+    position -= LOG10_MIN
+    position *= BINS_PER_DECADE
+    np.floor(position, out=position)
+    np.clip(position, -1, HISTOGRAM_BINS, out=position)
+    counts = np.bincount(position.astype(np.int32) + 1, minlength=HISTOGRAM_BINS + 2).astype(np.int64)
     counts[0] -= zeros
     return counts
