@@ -106,13 +106,10 @@ def checkpoint_weights(path: Path, stack: contextlib.ExitStack) -> WeightSource:
     """The tensors of a checkpoint directory or weights file, opened lazily (files stay open in `stack`)."""
     folder = path if path.is_dir() else path.parent
     config = _read_config(folder)
-    files = _weight_files(path)
-    kind = "safetensors" if files[0].suffix == ".safetensors" else "pytorch_bin"
-    if kind == "safetensors" and _is_sparse_bench_compressed(files[0]):
-        kind = "sparse_bench_compressed"
-    source = WeightSource(origin=_origin(kind, str(path), config, None))
+    kinds = {file: _file_kind(file) for file in _weight_files(path)}
+    source = WeightSource(origin=_origin(next(iter(kinds.values())), str(path), config, None))
     stored: dict[str, TensorEntry] = {}
-    for file in files:
+    for file, kind in kinds.items():
         if kind == "sparse_bench_compressed":
             entries = _compressed_entries(file, source)
         elif kind == "safetensors":
@@ -190,15 +187,19 @@ def _safetensors_entries(file: Path, stack: contextlib.ExitStack, source: Weight
         yield TensorEntry(name, shape, SAFETENSORS_DTYPES[stored_dtype], _slice_chunks(handle, name, shape))
 
 
-def _is_sparse_bench_compressed(file: Path) -> bool:
-    """True for the compressed weights file of `save_checkpoint(..., save_format="compressed")`."""
+def _file_kind(file: Path) -> str:
+    """'safetensors', 'sparse_bench_compressed' (written by `save_checkpoint(..., save_format="compressed")`)
+    or 'pytorch_bin'."""
+    if file.suffix != ".safetensors":
+        return "pytorch_bin"
     from safetensors import safe_open
 
     try:
         with safe_open(str(file), framework="pt") as handle:
-            return "sparse_bench.format" in (handle.metadata() or {})
+            compressed = "sparse_bench.format" in (handle.metadata() or {})
     except Exception as error:
         raise UserError(f"cannot read {file}: {error}; is it a complete safetensors file?") from None
+    return "sparse_bench_compressed" if compressed else "safetensors"
 
 
 def _compressed_entries(file: Path, source: WeightSource) -> Iterator[TensorEntry]:
