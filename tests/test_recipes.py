@@ -190,3 +190,13 @@ def test_per_layer_list_with_equal_values_is_one_sparsity(tmp_path):
     path.write_text("s_stage:\n  g_modifiers:\n    SparseGPTModifier:\n      sparsity: [0.5, 0.5]\n"
                     "      targets: ['re:model.layers.\\d+$']\n")
     assert load_recipe(path).steps[0].layer_sparsity == ()
+
+
+def test_docs_table_lists_every_modifier_and_field():
+    from sparse_bench.harness_ext.recipes.fields import MODIFIERS
+
+    docs = (Path(__file__).parents[1] / "docs" / "recipes.md").read_text(encoding="utf-8")
+    for spec in MODIFIERS.values():
+        assert f"`{spec.name}`" in docs, spec.name
+        for field in spec.known_fields:
+            assert f"`{field}`" in docs, (spec.name, field)
