@@ -268,6 +268,7 @@ def test_chunk_statistics_nonfinite_and_histogram():
 
 def test_thresholds_are_validated():
     assert parse_thresholds("0.1,0.01,0.1") == (0.01, 0.1)
+    assert parse_thresholds(0.05) == (0.05,) and parse_thresholds([1e-3]) == (0.001,)
     for bad in ("", "0.1,x", "-0.1", "0", "nan"):
         with pytest.raises(UserError):
             parse_thresholds(bad)

@@ -44,8 +44,12 @@ def analyze(model_or_path, thresholds=DEFAULT_THRESHOLDS, progress: bool = False
 
 
 def parse_thresholds(thresholds) -> tuple[float, ...]:
-    """Thresholds from a sequence or a comma-separated string ('0.01,0.1'): positive, finite, sorted, unique."""
-    items = thresholds.split(",") if isinstance(thresholds, str) else list(thresholds)
+    """Thresholds from a number, a sequence or a comma-separated string ('0.01,0.1'): positive, finite,
+    sorted, unique; UserError otherwise."""
+    if isinstance(thresholds, str):
+        items = thresholds.split(",")
+    else:
+        items = [thresholds] if isinstance(thresholds, (int, float)) else list(thresholds)
     try:
         values = sorted({float(item) for item in items})
     except (TypeError, ValueError):
