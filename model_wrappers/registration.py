@@ -31,6 +31,16 @@ def register_models() -> None:
             model_registry.register(name, target=target)
 
 
+def with_resolved_model_name(metadata: dict | None) -> dict | None:
+    """lm-eval hands the model args to task loaders as metadata (Billsum reads the tokenizer named there):
+    turn a short name such as `pretrained=smollm2-135m` into the checkpoint directory it stands for."""
+    from ..harness_ext.models import SHORT_NAMES, resolve_model_path
+
+    if not metadata or metadata.get("pretrained") not in SHORT_NAMES:
+        return metadata
+    return {**metadata, "pretrained": resolve_model_path(metadata["pretrained"])}
+
+
 def add_task_folder() -> None:
     """Make every TaskManager also index our task folder, so `--tasks sparsebench_*` needs no include path."""
     from lm_eval.tasks import TaskManager
@@ -46,7 +56,7 @@ def add_task_folder() -> None:
         if not any(str(path) == str(TASKS_DIR) for path in paths):
             paths.insert(0, TASKS_DIR)  # user paths come later and so may override ours
         original_init(self, verbosity=verbosity, include_path=paths, include_defaults=include_defaults,
-                      metadata=metadata)
+                      metadata=with_resolved_model_name(metadata))
 
     init_with_our_tasks._sparse_bench = True
     TaskManager.__init__ = init_with_our_tasks
