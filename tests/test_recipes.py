@@ -11,6 +11,7 @@ from sparse_bench.harness_ext.pruning.plan import NMStructure, OwlConfig, PruneS
 from sparse_bench.harness_ext.recipes import load_recipe, read_recipe
 
 RECIPES = Path(__file__).parent / "data" / "recipes"
+WANDA = "s_stage:\n  g_modifiers:\n    WandaPruningModifier:\n"
 
 EXPECTED_STEPS = {
     "llmc_sparsegpt_2of4_quant.yaml": (
@@ -70,6 +71,12 @@ def test_recipe_and_shortcut_build_equal_plans():
 def test_formats_are_recognised():
     assert read_recipe(RECIPES / "sparseml_v1_gmp_card.md").format == "sparseml-v1"
     assert read_recipe(RECIPES / "llmc_wanda_2of4.yaml").format == "stage"
+
+
+def _plan_of(tmp_path: Path, text: str, name: str = "r.yaml"):
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return load_recipe(path)
 
 
 def _notes(name: str) -> str:
@@ -133,63 +140,49 @@ def test_unquoted_nm_is_read_as_text_not_base60():
 ])
 def test_mask_structure_spellings(tmp_path, text, structure):
     sparsity = structure.sparsity if structure else 0.5
-    path = tmp_path / "r.yaml"
-    path.write_text(f"s_stage:\n  g_modifiers:\n    WandaPruningModifier:\n      sparsity: {sparsity}\n      {text}\n")
-    assert load_recipe(path).steps[0].structure == structure
+    plan = _plan_of(tmp_path, f"{WANDA}      sparsity: {sparsity}\n      {text}\n")
+    assert plan.steps[0].structure == structure
 
 
 def test_scientific_notation_without_dot_is_a_number(tmp_path):
-    path = tmp_path / "r.yaml"
-    path.write_text("s_stage:\n  g_modifiers:\n    SparseGPTModifier:\n      sparsity: 0.5\n"
-                    "      dampening_frac: 1e-3\n")
-    assert load_recipe(path).steps[0].dampening == 0.001
+    assert _plan_of(tmp_path, "s_stage:\n  g_modifiers:\n    SparseGPTModifier:\n      sparsity: 0.5\n"
+                    "      dampening_frac: 1e-3\n").steps[0].dampening == 0.001
 
 
 def test_eval_arithmetic_and_functions(tmp_path):
-    path = tmp_path / "r.yaml"
-    path.write_text("base: 0.25\nscale: eval(base * 2)\nmodifiers:\n  - !GMPruningModifier\n"
+    step = _plan_of(tmp_path, "base: 0.25\nscale: eval(base * 2)\nmodifiers:\n  - !GMPruningModifier\n"
                     "    params: __ALL_PRUNABLE__\n    final_sparsity: eval(min(scale + 0.1, 0.9) - 0.1)\n"
-                    "    mask_type: eval(kind)\nkind: unstructured\n")
-    step = load_recipe(path).steps[0]
+                    "    mask_type: eval(kind)\nkind: unstructured\n").steps[0]
     assert step.sparsity == pytest.approx(0.5) and step.structure is None
 
 
 def test_stage_variables_override_globals(tmp_path):
-    path = tmp_path / "r.yaml"
-    path.write_text("sp: 0.3\na_stage:\n  sp: 0.6\n  g_modifiers:\n    WandaPruningModifier:\n"
-                    "      sparsity: eval(sp)\n")
-    assert load_recipe(path).steps[0].sparsity == 0.6
+    assert _plan_of(tmp_path, "sp: 0.3\na_stage:\n  sp: 0.6\n  g_modifiers:\n    WandaPruningModifier:\n"
+                    "      sparsity: eval(sp)\n").steps[0].sparsity == 0.6
 
 
 def test_json_recipe(tmp_path):
-    path = tmp_path / "r.json"
-    path.write_text('{"oneshot_stage": {"sparsity_modifiers": {"SparseGPTModifier": '
-                    '{"sparsity": 0.5, "mask_structure": "2:4", "targets": ["Linear"]}}}}')
-    assert load_recipe(path).steps == (PruneStep("sparsegpt", 0.5, NMStructure(2, 4)),)
+    plan = _plan_of(tmp_path, '{"oneshot_stage": {"sparsity_modifiers": {"SparseGPTModifier": '
+                    '{"sparsity": 0.5, "mask_structure": "2:4", "targets": ["Linear"]}}}}', "r.json")
+    assert plan.steps == (PruneStep("sparsegpt", 0.5, NMStructure(2, 4)),)
 
 
 def test_list_of_single_key_mappings_and_flat_groups(tmp_path):
-    path = tmp_path / "r.yaml"
-    path.write_text("sparsity_modifiers:\n  - WandaPruningModifier:\n      sparsity: 0.4\n"
-                    "  - GPTQModifier: {}\n")
-    assert load_recipe(path).steps == (PruneStep("wanda", 0.4),)
+    assert _plan_of(tmp_path, "sparsity_modifiers:\n  - WandaPruningModifier:\n      sparsity: 0.4\n"
+                    "  - GPTQModifier: {}\n").steps == (PruneStep("wanda", 0.4),)
 
 
 def test_disjoint_steps_both_run(tmp_path):
-    path = tmp_path / "r.yaml"
-    path.write_text("a_stage:\n  g_modifiers:\n    WandaPruningModifier:\n      sparsity: 0.5\n"
+    steps = _plan_of(tmp_path, "a_stage:\n  g_modifiers:\n    WandaPruningModifier:\n      sparsity: 0.5\n"
                     "      targets: ['re:.*mlp.*']\nb_stage:\n  g_modifiers:\n    SparseGPTModifier:\n"
-                    "      sparsity: 0.6\n      targets: ['re:.*self_attn.*']\n")
-    steps = load_recipe(path).steps
+                    "      sparsity: 0.6\n      targets: ['re:.*self_attn.*']\n").steps
     assert [step.method for step in steps] == ["wanda", "sparsegpt"]
     assert steps[0].ignore == ("lm_head", "re:.*self_attn.*")
 
 
 def test_per_layer_list_with_equal_values_is_one_sparsity(tmp_path):
-    path = tmp_path / "r.yaml"
-    path.write_text("s_stage:\n  g_modifiers:\n    SparseGPTModifier:\n      sparsity: [0.5, 0.5]\n"
-                    "      targets: ['re:model.layers.\\d+$']\n")
-    assert load_recipe(path).steps[0].layer_sparsity == ()
+    assert _plan_of(tmp_path, "s_stage:\n  g_modifiers:\n    SparseGPTModifier:\n      sparsity: [0.5, 0.5]\n"
+                    "      targets: ['re:model.layers.\\d+$']\n").steps[0].layer_sparsity == ()
 
 
 def test_docs_table_lists_every_modifier_and_field():

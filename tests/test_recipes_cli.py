@@ -89,8 +89,8 @@ def test_explain_nm_width_not_divisible(tmp_path, tiny_llama):
     recipe.write_text("s_stage:\n  g_modifiers:\n    WandaPruningModifier:\n      mask_structure: '3:5'\n")
     result = run("explain", recipe, "--model", tiny_llama)
     assert result.exit_code == 2
-    assert f"{recipe}:3: WandaPruningModifier in s_stage mask 3:5: layer model.layers.0.self_attn.q_proj has 64 input " \
-           "columns, not a multiple of M=5" in result.stderr
+    assert f"{recipe}:3: WandaPruningModifier in s_stage mask 3:5: layer model.layers.0.self_attn.q_proj " \
+           "has 64 input columns, not a multiple of M=5" in result.stderr
 
 
 def test_explain_constant_only_says_nothing_is_pruned(tiny_llama):

@@ -25,7 +25,8 @@ CASES = {
     "duplicate stage": ("a_stage:\n  g_modifiers:\n    WandaPruningModifier: {sparsity: 0.5}\n"
                         "a_stage:\n  g_modifiers:\n    WandaPruningModifier: {sparsity: 0.6}\n", 4,
                         "duplicate key 'a_stage' (first at line 1)"),
-    "sparsity above 1": (WANDA + "      sparsity: 1.5\n", 4, "WandaPruningModifier.sparsity: sparsity must be in [0, 1)"),
+    "sparsity above 1": (WANDA + "      sparsity: 1.5\n", 4,
+                         "WandaPruningModifier.sparsity: sparsity must be in [0, 1)"),
     "sparsity as percent": (GMP + "    final_sparsity: 50\n", 4, "for 50 % write 0.5"),
     "sparsity zero": (WANDA + "      sparsity: 0\n", 4, "sparsity 0 prunes nothing"),
     "sparsity wrong type": (WANDA + "      sparsity: high\n", 4, "expected a sparsity (fraction of weights set to "

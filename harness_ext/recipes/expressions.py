@@ -25,6 +25,7 @@ _UNARY: dict[type, Callable[[Any], Any]] = {ast.USub: operator.neg, ast.UAdd: op
 _FUNCTIONS: dict[str, Callable[..., Any]] = {"abs": abs, "float": float, "int": int, "min": min, "max": max,
                                             "round": round}
 MAX_EXPONENT = 64
+UNDEFINED_HINT = "define it at the top of the recipe or pass it in recipe_args (CLI: --arg NAME=VALUE)"
 
 
 class UndefinedVariable(Exception):
@@ -127,8 +128,8 @@ def resolve_variables(definitions: Mapping[str, Any], outer: Mapping[str, Any],
                 resolved[name] = evaluate(expression, resolved)
             except UndefinedVariable as missing:
                 if missing.name not in pending:
-                    raise on_error(name, f"eval({expression}) uses undefined variable {missing.name!r}; define "
-                                         "it at the top of the recipe or pass it in recipe_args") from None
+                    raise on_error(name, f"eval({expression}) uses undefined variable {missing.name!r}; "
+                                         f"{UNDEFINED_HINT}") from None
                 continue
             except BadExpression as error:
                 raise on_error(name, f"eval({expression}): {error}") from None
@@ -154,5 +155,5 @@ def all_expressions(value: Any) -> Iterable[str]:
         yield eval_expression(value)
 
 
-__all__ = ["UndefinedVariable", "BadExpression", "eval_expression", "evaluate", "referenced_names",
+__all__ = ["UNDEFINED_HINT", "UndefinedVariable", "BadExpression", "eval_expression", "evaluate", "referenced_names",
            "resolve_variables", "all_expressions"]

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from .expressions import (BadExpression, UndefinedVariable, all_expressions, eval_expression, evaluate,
-                          referenced_names, resolve_variables)
+from .expressions import (UNDEFINED_HINT, BadExpression, UndefinedVariable, all_expressions, eval_expression,
+                          evaluate, referenced_names, resolve_variables)
 from .yaml_loader import TaggedModifier, YamlList, YamlMap, recipe_error
 
 STAGE_RESERVED = ("run_type",)
@@ -143,8 +143,7 @@ def _substitute(path: Path, value: Any, line: int, where: str, variables: Mappin
         return evaluate(expression, variables)
     except UndefinedVariable as missing:
         raise recipe_error(path, line, where, f"eval({expression.strip()}) uses undefined variable "
-                           f"{missing.name!r}; define it at the top of the recipe or pass it in recipe_args (CLI: --arg NAME=VALUE)"
-                           ) from None
+                           f"{missing.name!r}; {UNDEFINED_HINT}") from None
     except BadExpression as error:
         raise recipe_error(path, line, where, f"eval({expression.strip()}): {error}") from None
 
