@@ -47,10 +47,20 @@ class Encoding:
     params: dict = field(default_factory=dict)
 
 
+def int_view(tensor: torch.Tensor) -> np.ndarray:
+    """The tensor's bit patterns as a flat numpy integer array of the same width (shares memory when it can)."""
+    flat = tensor.detach().cpu().contiguous().reshape(-1)
+    return flat.view(_INT_VIEW[flat.element_size()]).numpy()
+
+
+def from_int_view(bits: np.ndarray, dtype: torch.dtype, shape) -> torch.Tensor:
+    """Inverse of `int_view`: a torch tensor of `dtype` and `shape` over the bit patterns `bits`."""
+    return torch.from_numpy(np.ascontiguousarray(bits)).view(dtype).reshape(shape)
+
+
 def nonzero_mask(tensor: torch.Tensor) -> np.ndarray:
     """Boolean numpy array, same shape: True where the element's bit pattern is not all zeros."""
-    flat = tensor.detach().cpu().contiguous()
-    return (flat.view(_INT_VIEW[flat.element_size()]) != 0).numpy()
+    return (int_view(tensor) != 0).reshape(tuple(tensor.shape))
 
 
 def is_encodable(tensor: torch.Tensor) -> bool:
@@ -214,16 +224,16 @@ def encode(tensor: torch.Tensor, encoding: Encoding) -> dict[str, torch.Tensor]:
     tensor = tensor.detach().cpu().contiguous()
     if encoding.kind == "dense":
         return {"values": tensor}
-    mask = nonzero_mask(tensor)
-    if encoding.kind == "bitmask":
-        return {"values": tensor.reshape(-1)[torch.from_numpy(mask.reshape(-1))],
-                "mask": _u8(np.packbits(mask.reshape(-1), bitorder="little"))}
-    if encoding.kind == "rice":
-        coded = ~mask.reshape(-1) if encoding.params["zeros"] else mask.reshape(-1)
-        return {"values": tensor.reshape(-1)[torch.from_numpy(mask.reshape(-1))],
-                **_rice_encode(_gaps(coded), encoding.params["k"])}
+    bits = int_view(tensor)
     if encoding.kind == "nm":
-        return _nm_encode(tensor, mask, **encoding.params)
+        return _nm_encode(tensor, bits, **encoding.params)
+    positions = np.flatnonzero(bits)
+    values = {"values": from_int_view(bits.take(positions), tensor.dtype, -1)}
+    if encoding.kind == "bitmask":
+        return {**values, "mask": _u8(np.packbits(bits != 0, bitorder="little"))}
+    if encoding.kind == "rice":
+        coded = np.flatnonzero(bits == 0) if encoding.params["zeros"] else positions
+        return {**values, **_rice_encode(np.diff(coded, prepend=-1) - 1, encoding.params["k"])}
     raise ValueError(f"unknown encoding {encoding.kind!r}")
 
 
@@ -241,9 +251,9 @@ def decode(parts: dict[str, torch.Tensor], kind: str, shape: list[int], dtype: t
     if kind == "nm":
         return _nm_decode(values, parts["ranks"], shape, name, **params)
     if kind == "bitmask":
-        positions = np.flatnonzero(np.unpackbits(parts["mask"].numpy(), count=n, bitorder="little"))
         if parts["mask"].numel() != -(-n // 8):
             raise _corrupt(name, "bitmask has the wrong length")
+        positions = np.flatnonzero(np.unpackbits(parts["mask"].numpy(), count=n, bitorder="little"))
     elif kind == "rice":
         count = n - params["nnz"] if params["zeros"] else params["nnz"]
         positions = _rice_decode(parts["unary"].numpy(), parts["rest"].numpy(), count, params["k"], name)
@@ -255,11 +265,12 @@ def decode(parts: dict[str, torch.Tensor], kind: str, shape: list[int], dtype: t
             positions = np.flatnonzero(kept)
     else:
         raise _corrupt(name, f"unknown encoding {kind!r}")
-    if positions.size != values.numel() or (positions.size and positions[-1] >= n):
+    if positions.size != values.numel():
         raise _corrupt(name, f"{values.numel()} values for {positions.size} mask positions")
-    flat = torch.zeros(n, dtype=dtype)
-    flat[torch.from_numpy(positions)] = values
-    return flat.reshape(shape)
+    bits = int_view(values)
+    flat = np.zeros(n, dtype=bits.dtype)
+    flat[positions] = bits
+    return from_int_view(flat, dtype, shape)
 
 
 def _corrupt(name: str, why: str) -> UserError:
@@ -272,40 +283,54 @@ def _u8(array: np.ndarray) -> torch.Tensor:
 
 
 def _rice_encode(gaps: np.ndarray, k: int) -> dict[str, torch.Tensor]:
+    """Two bit streams: each gap's quotient `gap >> k` in unary (that many zeros, then a one); its k low bits."""
     quotients = gaps >> k
     unary = np.zeros(int(quotients.sum()) + gaps.size, dtype=bool)
-    unary[np.cumsum(quotients + 1) - 1] = True  # q zeros, then a one
-    rest = ((gaps[:, None] >> np.arange(k)) & 1).astype(bool).reshape(-1)
-    return {"unary": _u8(np.packbits(unary, bitorder="little")), "rest": _u8(np.packbits(rest, bitorder="little"))}
+    unary[np.cumsum(quotients + 1) - 1] = True
+    return {"unary": _u8(np.packbits(unary, bitorder="little")), "rest": _u8(_pack_low_bits(gaps, k))}
+
+
+def _pack_low_bits(numbers: np.ndarray, k: int) -> np.ndarray:
+    """The k low bits of each number, least significant first, concatenated and packed into bytes."""
+    width = next(w for w in (1, 2, 4, 8) if 8 * w >= k)
+    as_bytes = numbers.astype(f"<u{width}").view(np.uint8).reshape(-1, width)
+    low_bits = np.unpackbits(as_bytes, axis=1, bitorder="little")[:, :k]
+    return np.packbits(low_bits.reshape(-1), bitorder="little")
+
+
+def _unpack_low_bits(packed: np.ndarray, count: int, k: int) -> np.ndarray:
+    """Inverse of `_pack_low_bits`: `count` numbers of k bits each, as int64."""
+    width = next(w for w in (1, 2, 4, 8) if 8 * w >= k)
+    low_bits = np.zeros((count, 8 * width), dtype=np.uint8)
+    low_bits[:, :k] = np.unpackbits(packed, count=count * k, bitorder="little").reshape(count, k)
+    return np.packbits(low_bits, axis=1, bitorder="little").view(f"<u{width}").reshape(-1).astype(np.int64)
 
 
 def _rice_decode(unary: np.ndarray, rest: np.ndarray, nnz: int, k: int, name: str) -> np.ndarray:
     ends = np.flatnonzero(np.unpackbits(unary, bitorder="little"))
     if ends.size != nnz or rest.size != -(-(nnz * k) // 8):
         raise _corrupt(name, "index streams do not match the count of non-zeros")
-    quotients = np.diff(ends, prepend=-1) - 1
-    remainders = np.unpackbits(rest, count=nnz * k, bitorder="little").reshape(nnz, k).astype(np.int64)
-    gaps = (quotients << k) | (remainders << np.arange(k)).sum(axis=1)
+    gaps = ((np.diff(ends, prepend=-1) - 1) << k) | _unpack_low_bits(rest, nnz, k)
     return np.cumsum(gaps + 1) - 1
 
 
-def _nm_encode(tensor: torch.Tensor, mask: np.ndarray, n: int, m: int, axis: int) -> dict[str, torch.Tensor]:
+def _nm_encode(tensor: torch.Tensor, bits: np.ndarray, n: int, m: int, axis: int) -> dict[str, torch.Tensor]:
     pattern_rank, slots, digits = _nm_tables(n, m)
-    ranks = pattern_rank[_group_patterns(_nm_groups(mask, m, axis))]
-    grouped = (tensor.T if axis == 0 else tensor).contiguous().reshape(-1, m)
-    values = torch.gather(grouped, 1, torch.from_numpy(slots[ranks])).reshape(-1)
+    grouped = bits.reshape(tuple(tensor.shape))
+    grouped = np.ascontiguousarray(grouped.T if axis == 0 else grouped).reshape(-1, m)
+    ranks = pattern_rank[_group_patterns(grouped != 0)]
+    values = np.take_along_axis(grouped, slots[ranks], axis=1).reshape(-1)
     padded = np.zeros(-(-ranks.size // digits) * digits, dtype=np.uint64)
     padded[:ranks.size] = ranks
     words = np.zeros(padded.size // digits, dtype=np.uint64)
     for column in reversed(range(digits)):  # Horner: word = sum(rank_j * C**j)
         words = words * np.uint64(len(slots)) + padded[column::digits]
-    return {"values": values, "ranks": _u8(words.astype("<u8").view(np.uint8))}
+    return {"values": from_int_view(values, tensor.dtype, -1), "ranks": _u8(words.astype("<u8").view(np.uint8))}
 
 
 def _nm_decode(values: torch.Tensor, ranks_bytes: torch.Tensor, shape: list[int], name: str, n: int, m: int,
                axis: int) -> torch.Tensor:
     _, slots, digits = _nm_tables(n, m)
-    grouped_shape = list(reversed(shape)) if axis == 0 else list(shape)
     groups = math.prod(shape) // m
     if ranks_bytes.numel() != 8 * -(-groups // digits) or values.numel() != groups * n:
         raise _corrupt(name, "N:M streams have the wrong length")
@@ -317,8 +342,9 @@ def _nm_decode(values: torch.Tensor, ranks_bytes: torch.Tensor, shape: list[int]
     ranks = ranks.reshape(-1)
     if words.any() or ranks[groups:].any():  # digits beyond those written
         raise _corrupt(name, "an N:M group rank is out of range")
-    ranks = ranks[:groups]
-    dense = torch.zeros(groups, m, dtype=values.dtype)
-    dense.scatter_(1, torch.from_numpy(slots[ranks]), values.reshape(groups, n))
-    dense = dense.reshape(grouped_shape)
-    return (dense.T if axis == 0 else dense).contiguous()
+    bits = int_view(values)
+    dense = np.zeros((groups, m), dtype=bits.dtype)
+    np.put_along_axis(dense, slots[ranks[:groups]], bits.reshape(groups, n), axis=1)
+    if axis == 0:
+        dense = dense.reshape(list(reversed(shape))).T
+    return from_int_view(dense, values.dtype, shape)

@@ -13,11 +13,13 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 
 from ..errors import UserError
 from .container import WEIGHTS_NAME, dtype_name, read_compressed
+from .encoding import int_view
 from .record import RECORD_NAME, read_record, verify_files
 
 _SHOWN = 4  # tensor names quoted per kind in an error message
@@ -170,10 +172,9 @@ def _check_bits(model: torch.nn.Module, state: dict[str, torch.Tensor], director
     loaded = model.state_dict()
     for name, tensor in state.items():
         target = loaded.get(name)
-        if target is None or target.dtype != tensor.dtype:
+        if target is None or target.dtype != tensor.dtype or not tensor.is_floating_point():
             continue  # renamed by a key mapping, or cast on request: from_pretrained's own checks apply
-        if target.shape != tensor.shape or not torch.equal(
-                target.detach().cpu().reshape(-1).view(torch.uint8), tensor.reshape(-1).view(torch.uint8)):
+        if target.shape != tensor.shape or not np.array_equal(int_view(target), int_view(tensor)):
             raise RuntimeError(f"tensor {name!r} of {directory} changed while loading into "
                                f"{type(model).__name__} ({dtype_name(tensor.dtype)})")
 

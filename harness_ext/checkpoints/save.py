@@ -18,11 +18,13 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .. import __version__
 from ..errors import UserError
 from .container import WEIGHTS_NAME, read_compressed, write_compressed
+from .encoding import int_view
 from .record import RECORD_NAME, RECORD_VERSION, SAVE_FORMATS, file_digest, write_json_atomic
 from .sizes import measure_state, sizes_of_state
 
@@ -125,10 +127,10 @@ def _save_compressed(model: torch.nn.Module, staging: Path, verify: bool) -> dic
 def _same_bits(decoded: torch.Tensor | None, original: torch.Tensor) -> bool:
     if decoded is None or decoded.dtype != original.dtype or decoded.shape != original.shape:
         return False
-    original = original.detach().cpu()
-    if original.is_floating_point():
-        return torch.equal(decoded.reshape(-1).view(torch.uint8), original.reshape(-1).view(torch.uint8))
-    return torch.equal(decoded, original)
+    if original.numel() == 0:
+        return True
+    return np.array_equal(int_view(decoded), int_view(original)) if original.is_floating_point() \
+        else torch.equal(decoded, original.detach().cpu())
 
 
 def _move_into_place(staging: Path, out_dir: Path) -> None:
