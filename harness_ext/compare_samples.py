@@ -1,0 +1,152 @@
+"""`sparse-bench compare-samples A.jsonl B.jsonl`: two runs' per-sample outputs side by side, with their scores.
+
+The inputs are lm-eval's per-sample files (`samples_<task>_<date>.jsonl`, written by `--log_samples`), e.g. a dense
+and a pruned run of `sparsebench_billsum`. Samples are paired by `doc_id`; the pairs must be the same documents
+(lm-eval's `doc_hash`). Scores are the per-sample metrics the task logged (ROUGE for Billsum), never recomputed.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .errors import UserError
+
+
+def read_samples(path: Path, filter_name: str | None = None) -> dict[int, dict[str, Any]]:
+    """{doc_id: sample} from an lm-eval samples file, for one filter (the file's first one by default)."""
+    if not path.is_file():
+        raise UserError(f"{path} does not exist; pass the samples_<task>_<date>.jsonl files that lm-eval writes "
+                        "with --log_samples")
+    samples: dict[int, dict[str, Any]] = {}
+    with open(path, encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                sample = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise UserError(f"{path}, line {line_number}: not JSON ({error.msg}); is this an lm-eval "
+                                "samples file?") from error
+            if not isinstance(sample, dict) or "doc_id" not in sample:
+                raise UserError(f"{path}, line {line_number}: no doc_id; is this an lm-eval samples file?")
+            filter_name = filter_name or sample.get("filter")
+            if sample.get("filter") == filter_name:
+                samples[int(sample["doc_id"])] = sample
+    if not samples:
+        raise UserError(f"{path} holds no samples" + (f" for filter {filter_name!r}" if filter_name else ""))
+    return samples
+
+
+def output_text(sample: dict[str, Any]) -> str | None:
+    """The generated text of a generation sample (stripped), None for likelihood tasks."""
+    responses = sample.get("filtered_resps") or []
+    first = responses[0] if responses else None
+    return first.strip() if isinstance(first, str) else None
+
+
+def scalar_metrics(sample: dict[str, Any]) -> dict[str, float]:
+    """The sample's per-sample metrics that are plain numbers (aggregation inputs such as pairs are left out)."""
+    return {name: float(sample[name]) for name in sample.get("metrics", [])
+            if isinstance(sample.get(name), (int, float)) and not isinstance(sample.get(name), bool)}
+
+
+def pair_samples(samples_a: dict[int, dict], samples_b: dict[int, dict], metric: str | None,
+                 sort: str) -> tuple[list[dict[str, Any]], str | None]:
+    """Rows {doc_id, reference, a, b} for the documents both runs scored, and the metric used to sort them."""
+    shared = sorted(set(samples_a) & set(samples_b))
+    if not shared:
+        raise UserError("the two files share no doc_id; compare two runs of the same task")
+    for doc_id in shared:
+        if samples_a[doc_id].get("doc_hash") != samples_b[doc_id].get("doc_hash"):
+            raise UserError(f"doc_id {doc_id} is a different document in the two files (another task, data "
+                            "or limit?); compare two runs of the same task on the same data")
+    rows = [{"doc_id": doc_id, "reference": str(samples_a[doc_id].get("target", "")),
+             "a": {"output": output_text(samples_a[doc_id]), "metrics": scalar_metrics(samples_a[doc_id])},
+             "b": {"output": output_text(samples_b[doc_id]), "metrics": scalar_metrics(samples_b[doc_id])}}
+            for doc_id in shared]
+    common = [name for name in rows[0]["a"]["metrics"] if name in rows[0]["b"]["metrics"]]
+    if metric is not None and metric not in common:
+        raise UserError(f"no per-sample metric {metric!r} in both files; they have: {', '.join(common) or 'none'}")
+    metric = metric or (common[0] if common else None)
+    if sort == "drop" and metric is not None:
+        rows.sort(key=lambda row: row["b"]["metrics"][metric] - row["a"]["metrics"][metric])
+    return rows, metric
+
+
+def mean_metrics(rows: list[dict[str, Any]], side: str) -> dict[str, float]:
+    names = rows[0][side]["metrics"]
+    return {name: sum(row[side]["metrics"][name] for row in rows) / len(rows) for name in names}
+
+
+def _block(label: str, text: str | None, width: int, max_chars: int) -> str:
+    if text is None:
+        return f"{label}: (no text: a likelihood task)"
+    shown = text if len(text) <= max_chars else text[:max_chars] + " [...]"
+    return textwrap.fill(shown or "(empty)", width=width, initial_indent=f"{label}: ", subsequent_indent="    ")
+
+
+def render_text(rows: list[dict[str, Any]], metric: str | None, names: tuple[str, str], width: int,
+                max_chars: int) -> str:
+    parts = []
+    for row in rows:
+        score_a, score_b = (row[side]["metrics"].get(metric) for side in ("a", "b")) if metric else (None, None)
+        header = f"== doc {row['doc_id']}"
+        if score_a is not None and score_b is not None:
+            header += f"  {metric}: A {score_a:.3f}  B {score_b:.3f}  (B - A {score_b - score_a:+.3f})"
+        parts += [header, _block("reference", row["reference"], width, max_chars),
+                  _block(f"A {names[0]}", row["a"]["output"], width, max_chars),
+                  _block(f"B {names[1]}", row["b"]["output"], width, max_chars), ""]
+    return "\n".join(parts)
+
+
+def summary_table(all_rows: list[dict[str, Any]], names: tuple[str, str]) -> str:
+    from tabulate import tabulate
+
+    means_a, means_b = mean_metrics(all_rows, "a"), mean_metrics(all_rows, "b")
+    table = [[name, means_a[name], means_b[name], means_b[name] - means_a[name],
+              sum(row["b"]["metrics"][name] < row["a"]["metrics"][name] for row in all_rows)]
+             for name in means_a if name in means_b]
+    return (f"mean over the {len(all_rows)} documents both runs scored (A = {names[0]}, B = {names[1]}):\n"
+            + tabulate(table, headers=["metric", "A", "B", "B - A", "docs B < A"], floatfmt=".4f"))
+
+
+@click.command("compare-samples")
+@click.argument("file_a", type=click.Path(path_type=Path))
+@click.argument("file_b", type=click.Path(path_type=Path))
+@click.option("--metric", help="Per-sample metric to show and sort by (default: the task's first, rouge1 for "
+                               "Billsum).")
+@click.option("--sort", type=click.Choice(["drop", "doc"]), default="drop", show_default=True,
+              help="drop: largest B - A loss first; doc: document order.")
+@click.option("--limit", type=click.IntRange(min=0), default=10, show_default=True,
+              help="Pairs to print (the summary covers all).")
+@click.option("--filter", "filter_name", help="lm-eval filter to read (default: each file's first).")
+@click.option("--width", type=click.IntRange(min=40), default=100, show_default=True, help="Text width.")
+@click.option("--max-chars", type=click.IntRange(min=20), default=600, show_default=True,
+              help="Characters of each text to print.")
+@click.option("--json", "as_json", is_flag=True, help="Print every pair and the means as JSON.")
+def compare_samples_command(file_a: Path, file_b: Path, metric: str | None, sort: str, limit: int,
+                            filter_name: str | None, width: int, max_chars: int, as_json: bool) -> None:
+    """Put two runs' per-sample outputs (lm-eval --log_samples files) side by side with their scores.
+
+    \b
+    Example:
+      sparse-bench eval --model hf --model_args pretrained=DENSE --tasks sparsebench_billsum --limit 16 \\
+        --output_path dense/ --log_samples
+      (same with --model sparse-hf ... method=magnitude,sparsity=0.5 --output_path pruned/)
+      sparse-bench compare-samples dense/*/samples_sparsebench_billsum_*.jsonl \\
+        pruned/*/samples_sparsebench_billsum_*.jsonl --limit 5
+    """
+    rows, metric = pair_samples(read_samples(file_a, filter_name), read_samples(file_b, filter_name), metric, sort)
+    names = (file_a.name, file_b.name)
+    if as_json:
+        click.echo(json.dumps({"a": str(file_a), "b": str(file_b), "metric": metric,
+                               "mean": {"a": mean_metrics(rows, "a"), "b": mean_metrics(rows, "b")},
+                               "pairs": rows}, indent=2, ensure_ascii=False))
+        return
+    click.echo(render_text(rows[:limit], metric, names, width, max_chars))
+    click.echo(summary_table(rows, names))
