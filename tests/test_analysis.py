@@ -311,3 +311,22 @@ def test_thresholds_are_validated():
 def test_parameter_names_are_classified(name, block, side, module_type):
     kind = classify(name)
     assert (kind.block, kind.side, kind.module_type) == (block, side, module_type)
+
+
+def test_hub_id_is_read_from_the_local_cache(tiny_model_dirs, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    commit = "0" * 40
+    snapshot = tmp_path / "models--tiny-org--tiny-gpt2" / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for name in ("config.json", "model.safetensors"):
+        (snapshot / name).write_bytes((tiny_model_dirs["gpt2"] / name).read_bytes())
+    (tmp_path / "models--tiny-org--tiny-gpt2" / "refs").mkdir()
+    (tmp_path / "models--tiny-org--tiny-gpt2" / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    result = analyze("tiny-org/tiny-gpt2")
+    assert result["model"]["path"] == str(snapshot)
+    assert result["overall"] == analyze(tiny_model_dirs["gpt2"])["overall"]
+    with pytest.raises(UserError, match="neither a local path nor a hub model"):
+        analyze("tiny-org/not-cached")
