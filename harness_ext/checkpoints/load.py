@@ -43,9 +43,21 @@ def load_checkpoint(auto_class, path: str | os.PathLike, *, verify: bool = True,
         verify_files(directory, record)
     if record is not None and record["save_format"] == "compressed":
         return _load_compressed(auto_class, directory, kwargs)
-    model, info = _from_pretrained(auto_class, str(path), kwargs)
+    try:
+        model, info = _from_pretrained(auto_class, str(path), kwargs)
+    except UserError as error:
+        if directory is None and _hub_offline():
+            raise UserError(f"{error} (offline: HF_HUB_OFFLINE is set; download the model while online, "
+                            "or pass a local directory)") from error
+        raise
     _refuse_incomplete(str(path), info)
     return model
+
+
+def _hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
 
 
 def _local_directory(path, subfolder: str) -> Path | None:
