@@ -108,13 +108,17 @@ def test_rerun_skips_and_cache_avoids_pruning_again(finished_grid, tiny_spec, tm
     summary = run_grid(load_spec(tiny_spec), out_dir, cache_root=cache, progress=False)
     assert len(summary.done) == 5 and summary.ok == [] and summary.failed == []
     assert {p.name: p.read_bytes() for p in (out_dir / "cells").glob("*.json")} == before
-    # a fresh output folder with the same cache evaluates again but prunes nothing
-    summary = run_grid(load_spec(tiny_spec), tmp_path / "again", cache_root=cache, progress=False)
-    assert len(summary.ok) == 5
-    for cell in expand_cells(load_spec(tiny_spec)):
-        record = read_result(result_path(tmp_path / "again", cell))
-        assert cell.is_dense or record["prune_cached"] is True
-    assert quality_table(tmp_path / "again") == quality_table(out_dir)
+    # another grid over the same pruned models (other tasks, no latency) prunes nothing again
+    spec = load_spec(tiny_spec)
+    other = write_spec(tmp_path / "other.yaml", list(spec.models), Path(spec.include_path), methods=["wanda"],
+                       sparsities=[0.75], tasks=[{"name": "tinylb_b", "limit": 2}], latency=None)
+    summary = run_grid(load_spec(other), tmp_path / "again", cache_root=cache, progress=False)
+    assert len(summary.ok) == 2
+    pruned = next(c for c in expand_cells(load_spec(other)) if not c.is_dense)
+    again = read_result(result_path(tmp_path / "again", pruned))
+    assert again["prune_cached"] is True
+    first = read_result(next((out_dir / "cells").glob("*wanda_0.75*.json")))
+    assert again["prune"] == first["prune"] and again["sparsity"]["layers"] == first["sparsity"]["layers"]
 
 
 def test_failed_cell_is_recorded_and_grid_goes_on(tiny_spec, tiny_llama, tmp_path):
