@@ -12,6 +12,7 @@ from tiny_models import AUTO_CLASSES
 from sparse_bench.harness_ext.analysis import analyze
 from sparse_bench.harness_ext.analysis.plots import band_fractions, linear_histogram, write_plots
 from sparse_bench.harness_ext.analysis.report import comparison_markdown, markdown_summary
+from sparse_bench.harness_ext.analysis.stats import histogram_counts
 from sparse_bench.harness_ext.cli import main
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -127,7 +128,10 @@ def test_bands_and_linear_rebinning_conserve_counts(pruned_llama):
         bands = band_fractions(row, result["thresholds"])
         assert abs(sum(bands) - 1.0) < 1e-12 and bands[0] == row["zero_fraction"]
     overall = result["overall"]
-    histogram = {"counts": overall["histogram"]["counts"], "underflow": overall["histogram"]["underflow"]}
-    edges, counts = linear_histogram(histogram, overall["zeros"], upper=overall["max_abs"] * 1.01)
+    log_counts = histogram_counts(overall["histogram"])
+    assert log_counts.sum() + overall["histogram"]["underflow"] + overall["histogram"]["overflow"] == (
+        overall["numel"] - overall["zeros"] - overall["nonfinite"])
+    edges, counts = linear_histogram(log_counts, overall["histogram"]["underflow"], overall["zeros"],
+                                     upper=overall["max_abs"] * 1.01)
     assert abs(counts.sum() - (overall["numel"] - overall["histogram"]["overflow"])) < 1e-6 * overall["numel"]
     assert counts[0] >= overall["zeros"] and edges[0] == 0.0

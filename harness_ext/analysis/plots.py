@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ..io import write_bytes_atomic  # noqa: E402
-from .stats import histogram_edges, threshold_key  # noqa: E402
+from .stats import histogram_counts, histogram_edges, threshold_key  # noqa: E402
 
 LINEAR_BINS = 100
 LINEAR_QUANTILE = 0.995
@@ -117,10 +117,12 @@ def band_fractions(group: dict, thresholds: list[float]) -> list[float]:
     return [count / numel for count in counts]
 
 
-def linear_histogram(histogram: dict, zeros: int, upper: float, bins: int = LINEAR_BINS) -> tuple:
-    """(edges, counts) on `bins` uniform |w| bins over [0, upper], re-binned from the log histogram."""
+def linear_histogram(counts: np.ndarray, underflow: int, zeros: int, upper: float,
+                     bins: int = LINEAR_BINS) -> tuple:
+    """(edges, counts) on `bins` uniform |w| bins over [0, upper], re-binned from the HISTOGRAM_BINS log-bin
+    `counts` (see `histogram_counts`) with their `underflow` and the exact `zeros`."""
     edges = histogram_edges()
-    cumulative = zeros + histogram["underflow"] + np.concatenate([[0], np.cumsum(histogram["counts"])])
+    cumulative = zeros + underflow + np.concatenate([[0], np.cumsum(counts)])
     linear_edges = np.linspace(0.0, upper, bins + 1)
     at_edges = np.interp(linear_edges, np.concatenate([[0.0], edges]), np.concatenate([[zeros], cumulative]))
     at_edges[0] = 0.0  # exact zeros fall in the first bin
@@ -129,8 +131,8 @@ def linear_histogram(histogram: dict, zeros: int, upper: float, bins: int = LINE
 
 def _histogram(analysis: dict, group: str) -> dict:
     source = analysis[group] if group in analysis else analysis["per_module_type"][group]
-    return {"counts": np.asarray(source["histogram"]["counts"], dtype=np.float64),
-            "underflow": source["histogram"]["underflow"], "zeros": source["zeros"], "numel": source["numel"]}
+    return {"counts": histogram_counts(source["histogram"]), "underflow": source["histogram"]["underflow"],
+            "zeros": source["zeros"], "numel": source["numel"]}
 
 
 def _quantile_edge(histogram: dict, quantile: float) -> float:
@@ -144,7 +146,7 @@ def _plot_linear(histograms: dict[str, dict], thresholds: list[float], path: Pat
     upper = max(_quantile_edge(histogram, LINEAR_QUANTILE) for histogram in histograms.values())
     figure, axes = plt.subplots(figsize=(8, 4.5))
     for label, histogram in histograms.items():
-        edges, counts = linear_histogram(histogram, histogram["zeros"], upper)
+        edges, counts = linear_histogram(histogram["counts"], histogram["underflow"], histogram["zeros"], upper)
         axes.stairs(counts / max(1, histogram["numel"]), edges, label=_legend(label, histogram))
     _threshold_lines(axes, [threshold for threshold in thresholds if threshold <= upper])
     axes.set_xlim(0, upper)

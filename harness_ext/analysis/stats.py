@@ -105,8 +105,7 @@ class MagnitudeStats:
             "nonfinite": self.nonfinite,
         }
         if with_histogram:
-            summary["histogram"] = {"underflow": int(self.histogram[0]), "overflow": int(self.histogram[-1]),
-                                    "counts": self.histogram[1:-1].tolist()}
+            summary["histogram"] = _histogram_dict(self.histogram)
         return summary
 
 
@@ -115,8 +114,25 @@ def threshold_key(threshold: float) -> str:
     return repr(float(threshold))
 
 
+def histogram_counts(histogram: dict) -> np.ndarray:
+    """All HISTOGRAM_BINS counts (float64) of a histogram as stored in an analysis (`first_bin` + run)."""
+    counts = np.zeros(HISTOGRAM_BINS, dtype=np.float64)
+    counts[histogram["first_bin"]:histogram["first_bin"] + len(histogram["counts"])] = histogram["counts"]
+    return counts
+
+
+def _histogram_dict(histogram: np.ndarray) -> dict:
+    """JSON form: underflow, overflow and the run of bins from the first to the last non-empty one."""
+    inner = histogram[1:-1]
+    occupied = np.flatnonzero(inner)
+    first, stop = (int(occupied[0]), int(occupied[-1]) + 1) if occupied.size else (0, 0)
+    return {"underflow": int(histogram[0]), "overflow": int(histogram[-1]), "first_bin": first,
+            "counts": inner[first:stop].tolist()}
+
+
 def histogram_spec() -> dict:
-    """How to read every histogram in an analysis (`counts[i]` covers [edges[i], edges[i + 1]) in |w|)."""
+    """How to read every histogram in an analysis: `counts[j]` covers bin i = first_bin + j, that is
+    |w| in [10**(log10_min + i / bins_per_decade), 10**(log10_min + (i + 1) / bins_per_decade))."""
     return {"scale": "log10(|w|)", "log10_min": LOG10_MIN, "log10_max": LOG10_MAX,
             "bins_per_decade": BINS_PER_DECADE, "bins": HISTOGRAM_BINS,
             "excludes": "exact zeros (see zeros) and NaN/inf (see nonfinite)"}
