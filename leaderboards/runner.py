@@ -35,6 +35,7 @@ from .spec import Cell, GridSpec, TaskSpec, expand_cells, prune_key, shard_cells
 RESULT_FORMAT = "sparse-bench-leaderboard-cell/1"
 GRID_FORMAT = "sparse-bench-leaderboard-grid/1"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".json", ".model")
+CHARS_PER_TOKEN_CAP = 16  # see cell_perplexity
 NOT_METRICS = ("alias", "name", "sample_len", "samples")  # bookkeeping entries of lm-eval's per-task results
 
 
@@ -227,26 +228,43 @@ def make_task_manager(spec: GridSpec) -> Any:
     return TaskManager(include_path=spec.include_path)
 
 
-def wikitext2_test_file() -> Path:
-    """WikiText-2 raw test text from SPARSE_BENCH_DATA_DIR (laid out like the shared data folder)."""
+def wikitext2_test_text() -> str:
+    """WikiText-2 raw test: $SPARSE_BENCH_DATA_DIR/wikitext2/wiki.test.raw, else the hub's
+    `Salesforce/wikitext` (wikitext-2-raw-v1, test) rows joined with "\\n\\n" as the pruning papers do."""
+    from ..harness_ext.perplexity import read_text
+
     root = os.environ.get("SPARSE_BENCH_DATA_DIR")
-    path = Path(root or ".") / "wikitext2" / "wiki.test.raw"
-    if not root or not path.is_file():
-        raise UserError("perplexity.data=wikitext2 needs SPARSE_BENCH_DATA_DIR pointing at a folder with "
-                        "wikitext2/wiki.test.raw; or set perplexity.data to a text file, or perplexity: null")
-    return path
+    if root:
+        return read_text(Path(root) / "wikitext2" / "wiki.test.raw")
+    try:
+        import datasets
+
+        rows = datasets.load_dataset("Salesforce/wikitext", "wikitext-2-raw-v1", split="test")["text"]
+    except Exception as error:  # noqa: BLE001 - offline, no such dataset: one line for the user
+        raise UserError(f"cannot load WikiText-2 test from the hub ({type(error).__name__}); set "
+                        "SPARSE_BENCH_DATA_DIR to a folder with wikitext2/wiki.test.raw, or set perplexity.data "
+                        "to a text file, or perplexity: null") from None
+    return "\n\n".join(rows)
 
 
 def cell_perplexity(lm: Any, spec: GridSpec) -> dict[str, Any] | None:
+    """Token-level perplexity (harness_ext.perplexity) on the first `max_tokens` tokens of the text.
+
+    Tokenizing all of WikiText-2 test takes ~5 s on 2 cores, so the text is first cut to `CHARS_PER_TOKEN_CAP`
+    characters per wanted token (BPE splits words locally, so the first `max_tokens` tokens are unchanged);
+    if the cut yields fewer tokens than asked, the whole text is used.
+    """
     if spec.perplexity is None:
         return None
-    from ..harness_ext.perplexity import token_perplexity
+    from ..harness_ext.perplexity import read_text, token_perplexity
 
     settings = spec.perplexity
-    path = wikitext2_test_file() if settings.data == "wikitext2" else Path(settings.data)
-    text = path.read_text(encoding="utf-8")
-    result = token_perplexity(lm.model, lm.tokenizer, text, settings.seqlen, settings.max_tokens)
-    return {**result, "data": settings.data, "seqlen": settings.seqlen, "max_tokens": settings.max_tokens}
+    text = wikitext2_test_text() if settings.data == "wikitext2" else read_text(settings.data)
+    head = text[:settings.max_tokens * CHARS_PER_TOKEN_CAP]
+    result = token_perplexity(lm.model, lm.tokenizer, head, settings.seqlen, settings.max_tokens)
+    if len(head) < len(text) and result["tokens"] < settings.max_tokens - settings.seqlen + 1:
+        result = token_perplexity(lm.model, lm.tokenizer, text, settings.seqlen, settings.max_tokens)
+    return {**result, "data": settings.data}
 
 
 def cell_size(model: Any) -> dict[str, Any]:

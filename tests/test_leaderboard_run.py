@@ -57,7 +57,7 @@ def write_spec(path: Path, models: list[str], tasks_dir: Path, **changes) -> Pat
             "structures": ["unstructured"], "dtypes": ["float32"], "include_path": str(tasks_dir),
             "tasks": [{"name": "tinylb_a", "limit": 8}, {"name": "tinylb_b", "limit": 4}],
             "calibration": {"data": "c4", "nsamples": 4, "seqlen": 32, "seed": 0},
-            "perplexity": None, "latency": {"batch": 1, "seqlen": 16, "new_tokens": 4, "repeats": 2},
+            "perplexity": {"data": "wikitext2", "seqlen": 64, "max_tokens": 256}, "latency": {"batch": 1, "seqlen": 16, "new_tokens": 4, "repeats": 2},
             "batch_size": 4, "bootstrap_iters": 100, **changes}
     path.write_text(yaml.safe_dump(spec))
     return path
@@ -94,6 +94,7 @@ def test_two_by_two_grid_end_to_end(finished_grid, tiny_spec):
         assert set(record["metrics"]) == {"tinylb_a", "tinylb_b"}
         assert 0.0 <= record["metrics"]["tinylb_a"]["acc"] <= 1.0 and "acc_stderr" in record["metrics"]["tinylb_a"]
         assert [e["limit"] for e in record["evaluations"]] == [8, 4]
+        assert record["perplexity"]["tokens"] == 256 and record["perplexity"]["perplexity"] > 1
         assert record["latency"]["forward_ms"] > 0 and record["latency"]["torch_threads"] >= 1
         assert record["size"]["compressed_bytes"] > 0
         assert (record["prune"] is None) == cell.is_dense
@@ -111,7 +112,8 @@ def test_rerun_skips_and_cache_avoids_pruning_again(finished_grid, tiny_spec, tm
     # another grid over the same pruned models (other tasks, no latency) prunes nothing again
     spec = load_spec(tiny_spec)
     other = write_spec(tmp_path / "other.yaml", list(spec.models), Path(spec.include_path), methods=["wanda"],
-                       sparsities=[0.75], tasks=[{"name": "tinylb_b", "limit": 2}], latency=None)
+                       sparsities=[0.75], tasks=[{"name": "tinylb_b", "limit": 2}], latency=None,
+                       perplexity=None)
     summary = run_grid(load_spec(other), tmp_path / "again", cache_root=cache, progress=False)
     assert len(summary.ok) == 2
     pruned = next(c for c in expand_cells(load_spec(other)) if not c.is_dense)
@@ -124,7 +126,8 @@ def test_rerun_skips_and_cache_avoids_pruning_again(finished_grid, tiny_spec, tm
 def test_failed_cell_is_recorded_and_grid_goes_on(tiny_spec, tiny_llama, tmp_path):
     spec_path = write_spec(tmp_path / "grid.yaml", [str(tiny_llama), str(tmp_path / "no_such_model")],
                            Path(load_spec(tiny_spec).include_path), methods=["magnitude"], sparsities=[0.5],
-                           tasks=[{"name": "tinylb_a", "limit": 2}], latency=None)
+                           tasks=[{"name": "tinylb_a", "limit": 2}], latency=None,
+                           perplexity=None)
     summary = run_grid(load_spec(spec_path), tmp_path / "out", cache_root=tmp_path / "cache", progress=False)
     assert len(summary.ok) == 2 and len(summary.failed) == 2
     failed = [read_result(tmp_path / "out" / "cells" / f"{cell_id}.json") for cell_id in summary.failed]
