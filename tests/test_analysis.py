@@ -12,6 +12,7 @@ from tiny_models import AUTO_CLASSES
 
 from sparse_bench.harness_ext.analysis import analyze, parse_thresholds
 from sparse_bench.harness_ext.analysis.naming import classify
+from sparse_bench.harness_ext.analysis.report import markdown_summary
 from sparse_bench.harness_ext.analysis.stats import HISTOGRAM_BINS, MagnitudeStats
 from sparse_bench.harness_ext.errors import UserError
 
@@ -250,8 +251,15 @@ def test_missing_parameters_are_reported(tiny_model_dirs, tmp_path):
     state = {n: p.detach().clone() for n, p in model.state_dict().items() if "layers.1.mlp" not in n}
     save_file(state, str(tmp_path / "model.safetensors"))
     (tmp_path / "config.json").write_text((tiny_model_dirs["llama"] / "config.json").read_text())
-    assert sorted(analyze(tmp_path)["missing"]) == [f"model.layers.1.mlp.{p}_proj.weight"
-                                                    for p in ("down", "gate", "up")]
+    result = analyze(tmp_path)
+    assert sorted(result["missing"]) == [f"model.layers.1.mlp.{p}_proj.weight" for p in ("down", "gate", "up")]
+    assert "MISSING from the checkpoint (3 parameters" in markdown_summary(result)
+
+    renamed = {f"legacy.{name}": tensor for name, tensor in state.items()}  # nothing matches the definition
+    save_file(renamed, str(tmp_path / "model.safetensors"))
+    result = analyze(tmp_path)
+    assert result["missing"] == [] and result["tied"] == [] and "no stored name" in result["tied_detection"]
+    assert result["overall"]["numel"] == sum(tensor.numel() for tensor in state.values())
 
 
 def test_chunk_statistics_nonfinite_and_histogram():

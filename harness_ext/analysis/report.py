@@ -101,7 +101,7 @@ def _notes(analysis: dict) -> list[str]:
         notes.append(f"- not counted: {names}{more}")
     if analysis["missing"]:
         notes.append(f"- MISSING from the checkpoint ({len(analysis['missing'])} parameters, e.g. "
-                     f"`{analysis['missing'][0]}`): transformers would initialise them randomly")
+                     f"`{analysis['missing'][0]}`): loading it may initialise them randomly")
     nonfinite = analysis["overall"]["nonfinite"]
     if nonfinite:
         notes.append(f"- {nonfinite:,} weights are NaN or infinite")

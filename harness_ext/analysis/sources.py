@@ -125,6 +125,8 @@ def checkpoint_weights(path: Path, stack: contextlib.ExitStack) -> WeightSource:
 def _apply_model_definition(source: WeightSource, stored: dict[str, TensorEntry], config) -> None:
     """Drop buffers and duplicate tied copies from `stored`, record tied aliases and missing parameters."""
     groups, buffers, problem = _definition_groups(config)
+    if groups and not any(name in stored for names in groups for name in names):
+        groups, buffers, problem = [], set(), "unavailable: no stored name matches the model definition"
     source.tied_detection = problem or "model definition (config.json on the meta device)"
     duplicates: set[str] = set()
     already_tied = {tied["name"] for tied in source.tied}
