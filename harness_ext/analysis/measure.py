@@ -38,9 +38,9 @@ def analyze(model_or_path, thresholds=DEFAULT_THRESHOLDS, progress: bool = False
                    for entry in source.entries]
     if not tensors:
         raise UserError(f"no floating-point weights found in {source.origin['path'] or 'the model'}")
-    report = _assemble(source, tensors, thresholds)
-    report["seconds"] = round(time.perf_counter() - started, 3)
-    return report
+    analysis = _assemble(source, tensors, thresholds)
+    analysis["seconds"] = round(time.perf_counter() - started, 3)
+    return analysis
 
 
 def parse_thresholds(thresholds) -> tuple[float, ...]:
