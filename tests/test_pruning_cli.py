@@ -1,0 +1,51 @@
+"""`sparse-bench prune` end to end on a tiny model: writes a loadable checkpoint and reports measured sparsity."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+from transformers import AutoModelForCausalLM
+
+from sparse_bench.harness_ext.cli import main
+from sparse_bench.harness_ext.pruning.report import measure_sparsity
+
+CALIBRATION = ["--calibration", "c4", "--nsamples", "4", "--seqlen", "32", "--no-progress"]
+
+
+def test_prune_writes_a_stock_loadable_checkpoint(tiny_llama, tmp_path):
+    out = tmp_path / "wanda24"
+    result = CliRunner().invoke(main, ["prune", str(tiny_llama), "--method", "wanda", "--structure", "2:4",
+                                       *CALIBRATION, "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert record["overall_sparsity"] == 0.5 and record["calibration"]["nsamples"] == 4
+    assert record["plan"]["steps"][0]["structure"] == "2:4"
+    reloaded = AutoModelForCausalLM.from_pretrained(out)
+    assert measure_sparsity(reloaded).overall_sparsity == 0.5
+
+
+def test_prune_text_summary_and_global_magnitude(tiny_llama, tmp_path):
+    result = CliRunner().invoke(main, ["prune", str(tiny_llama), "--method", "magnitude", "--scope", "global",
+                                       "--sparsity", "0.7", "--out", str(tmp_path / "mag"), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "overall sparsity 0.7000" in result.stdout and "saved dense checkpoint" in result.stdout
+
+
+def test_prune_user_errors_exit_2_and_write_nothing(tiny_llama, tmp_path):
+    runner = CliRunner()
+    cases = [
+        (["--sparsity", "0.5"], "without method"),
+        (["--method", "wanda", "--sparsity", "1.5"], "sparsity must be in"),
+        (["--method", "wanda", "--structure", "5:4"], "impossible N:M"),
+        (["--method", "wanda", "--sparsity", "0.5", "--recipe", str(tmp_path / "r.yaml")], "--recipe describes"),
+        (["--method", "wanda", "--sparsity", "0.5", "--target", "re:nothing.*"], "matches no"),
+        (["--method", "wanda", "--sparsity", "0.5", "--calibration", str(tmp_path / "none.txt")], "nor a file"),
+    ]
+    for arguments, message in cases:
+        out = tmp_path / "never"
+        result = runner.invoke(main, ["prune", str(tiny_llama), *arguments, "--nsamples", "2", "--seqlen", "32",
+                                      "--no-progress", "--out", str(out)])
+        assert result.exit_code == 2, (arguments, result.output)
+        assert message in result.stderr, (arguments, result.stderr)
+        assert not out.exists()
