@@ -10,6 +10,7 @@ measured all the same. The measurement lands in the results JSON under `config.s
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from lm_eval.api.registry import register_model
@@ -21,6 +22,9 @@ from ..harness_ext.models import parse_dtype, resolve_model_path
 from ..harness_ext.pruning.engine import prune
 from ..harness_ext.pruning.plan import CalibrationConfig, PruningPlan, shortcut_plan
 from ..harness_ext.pruning.report import measure_sparsity
+
+
+LOGGER = logging.getLogger("lm_eval.models.sparse_hf")  # under lm-eval's handler and format
 
 
 class _CheckedAutoClass:
@@ -75,6 +79,12 @@ class SparseHFLM(HFLM):
             self.sparsity_report = measure_sparsity(self.model)
         else:
             self.sparsity_report = prune(self.model, plan, calibration_config, tokenizer=self.tokenizer)
+        report = self.sparsity_report
+        LOGGER.info("sparse-hf: measured sparsity %.4f (%d of %d weights are zero in %d prunable layers); "
+                       "%d non-zero parameters in the model", report.overall_sparsity, report.zeros, report.numel,
+                       len(report.layers), report.nonzero_params)
+        for message in report.warnings:
+            LOGGER.warning("sparse-hf: %s", message)
 
     def _create_model(self, pretrained: str, **kwargs: Any) -> None:
         auto_class = self.AUTO_MODEL_CLASS
