@@ -284,3 +284,63 @@ def test_subfolder_is_honoured(llama, tmp_path):
     prune_rows(pruned, 0.9)
     save_checkpoint(pruned, tokenizer, tmp_path / "repo" / "pruned", save_format="compressed")
     assert_same_weights(load_checkpoint(AutoModelForCausalLM, tmp_path / "repo", subfolder="pruned"), pruned)
+
+
+def write_compressed_tensors_layout(model: torch.nn.Module, out: Path, two_four: bool = False) -> None:
+    """A checkpoint laid out as compressed-tensors <= 0.14.0.1 wrote it (checked against that library):
+    per Linear weight `.shape`, `.compressed` (kept values, row-major), `.bitmask` (rows x ceil(cols / 8),
+    little bit order) and, for sparse-bitmask, `.row_offsets`; config.json carries the sparsity config."""
+    import numpy as np
+
+    model.save_pretrained(out)
+    (out / "model.safetensors").unlink()
+    arrays = {}
+    for name, tensor in model.state_dict().items():
+        if name == "lm_head.weight":
+            continue
+        if ".layers." not in name or not name.endswith("proj.weight"):
+            arrays[name] = tensor.contiguous()
+            continue
+        prefix, kept = name[: -len(".weight")], tensor != 0
+        arrays[f"{prefix}.shape"] = torch.tensor(list(tensor.shape))
+        arrays[f"{prefix}.bitmask"] = torch.from_numpy(np.packbits(kept.numpy(), axis=-1, bitorder="little"))
+        values = tensor[kept]
+        arrays[f"{prefix}.compressed"] = values.reshape(tensor.shape[0], -1) if two_four else values
+        if not two_four:
+            counts = kept.sum(dim=1)
+            arrays[f"{prefix}.row_offsets"] = torch.cumsum(counts, 0) - counts
+    save_file(arrays, str(out / "model.safetensors"), metadata={"format": "pt"})
+    config = json.loads((out / "config.json").read_text())
+    config["quantization_config"] = {
+        "quant_method": "compressed-tensors", "version": "0.14.0.1", "transform_config": {},
+        "sparsity_config": {"format": "sparse-24-bitmask" if two_four else "sparse-bitmask",
+                            "sparsity_structure": "2:4" if two_four else "unstructured",
+                            "targets": ["Linear"], "ignore": ["lm_head"], "global_sparsity": 0.5}}
+    (out / "config.json").write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize("two_four", [False, True])
+def test_compressed_tensors_sparse_layouts_load_exactly(llama, tmp_path, two_four):
+    model, _ = llama
+    pruned = AutoModelForCausalLM.from_pretrained(model.name_or_path)
+    prune_rows(pruned, 0.6, n_m=(2, 4) if two_four else None)
+    write_compressed_tensors_layout(pruned, tmp_path / "ct", two_four)
+    assert_same_weights(load_checkpoint(AutoModelForCausalLM, tmp_path / "ct"), pruned)
+
+
+def test_compressed_tensors_damage_and_quantized_variants_are_refused(llama, tmp_path):
+    model, _ = llama
+    pruned = AutoModelForCausalLM.from_pretrained(model.name_or_path)
+    prune_rows(pruned, 0.6)
+    out = tmp_path / "ct"
+    write_compressed_tensors_layout(pruned, out)
+    arrays = load_file(str(out / "model.safetensors"))
+    arrays["model.layers.0.mlp.up_proj.row_offsets"][1] += 1
+    save_file(arrays, str(out / "model.safetensors"))
+    with pytest.raises(UserError, match="row offsets disagree"):
+        load_checkpoint(AutoModelForCausalLM, out)
+    config = json.loads((out / "config.json").read_text())
+    config["quantization_config"]["config_groups"] = {"group_0": {"targets": ["Linear"]}}
+    (out / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match="sparse and quantized"):
+        load_checkpoint(AutoModelForCausalLM, out)

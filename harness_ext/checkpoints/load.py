@@ -19,6 +19,7 @@ from safetensors import SafetensorError
 
 from ..errors import UserError
 from .container import WEIGHTS_NAME, dtype_name, read_compressed
+from .ct_bitmask import read_sparse_bitmask, sparsity_format
 from .encoding import int_view
 from .record import RECORD_NAME, read_record, verify_files
 
@@ -42,7 +43,9 @@ def load_checkpoint(auto_class, path: str | os.PathLike, *, verify: bool = True,
     if record is not None and verify:
         verify_files(directory, record)
     if record is not None and record["save_format"] == "compressed":
-        return _load_compressed(auto_class, directory, kwargs)
+        return _load_state(auto_class, directory, read_compressed(directory / WEIGHTS_NAME), kwargs)
+    if directory is not None and sparsity_format(directory):
+        return _load_state(auto_class, directory, read_sparse_bitmask(directory), kwargs)
     try:
         model, info = _from_pretrained(auto_class, str(path), kwargs)
     except UserError as error:
@@ -129,20 +132,22 @@ def _refuse_incomplete(source: str, info: dict) -> None:
         return
     hint = "the checkpoint is incomplete or of another architecture; re-save it with sparse-bench"
     if any(name.endswith(_COMPRESSED_TENSORS_SUFFIXES) for name in unexpected):
-        hint = ("it looks like a compressed-tensors (llm-compressor) compressed checkpoint, whose sparse "
-                "layout transformers no longer decodes; save it dense with llm-compressor or re-save with sparse-bench")
+        hint = ("it holds compressed-tensors (llm-compressor) arrays but its config.json names no sparse format "
+                "sparse-bench decodes; save it dense with llm-compressor")
     raise UserError(f"refusing to load {source}: {'; '.join(problems)}; {hint}")
 
 
-def _load_compressed(auto_class, directory: Path, kwargs: dict):
-    """Decode `model.sparse.safetensors` and load it through from_pretrained's state_dict path, checked."""
+def _load_state(auto_class, directory: Path, state: dict[str, torch.Tensor], kwargs: dict):
+    """Load decoded weights through from_pretrained's state_dict path, with the same checks as a dense load.
+
+    The config's own compression entry (compressed-tensors' `quantization_config`) is dropped: the weights
+    are already dense. Tensors loaded in their stored dtype are compared with the decoded ones bit for bit.
+    """
     for option in ("gguf_file", "quantization_config"):
         if kwargs.get(option):
-            raise UserError(f"{option} does not apply to a sparse-bench compressed checkpoint ({directory}); "
-                            "drop it")
+            raise UserError(f"{option} does not apply to the compressed checkpoint {directory}; drop it")
     from transformers import AutoConfig
 
-    state = read_compressed(directory / WEIGHTS_NAME)
     stored = {t.dtype for t in state.values() if t.is_floating_point()}
     load_kwargs = {k: v for k, v in kwargs.items() if k not in ("revision", "subfolder", "gguf_file",
                                                                  "quantization_config")}
@@ -153,6 +158,9 @@ def _load_compressed(auto_class, directory: Path, kwargs: dict):
         config = AutoConfig.from_pretrained(directory, trust_remote_code=kwargs.get("trust_remote_code", False))
     except (OSError, ValueError) as error:
         raise UserError(f"cannot read the config of {directory}: {_first_line(error)}") from error
+    for entry in ("quantization_config", "compression_config"):
+        if hasattr(config, entry):
+            delattr(config, entry)
     model, info = _from_pretrained(_model_class(auto_class, config, directory), None,
                                    {**load_kwargs, "config": config, "state_dict": dict(state)})
     _refuse_incomplete(str(directory), info)
