@@ -193,3 +193,15 @@ def test_docs_table_lists_every_modifier_and_field():
         assert f"`{spec.name}`" in docs, spec.name
         for field in spec.known_fields:
             assert f"`{field}`" in docs, (spec.name, field)
+
+
+@pytest.mark.parametrize("params, targets", [
+    ("__ALL_PRUNABLE__", ()), ("[__ALL__]", ()), ("[Linear]", ()), ("[LlamaDecoderLayer]", ()),
+    ("['re:.*weight']", ()), ("['model.layers.0.mlp.up_proj.weight']", ("model.layers.0.mlp.up_proj",)),
+    (r"['re:model\.layers\.0\..*_proj\.weight']", (r"re:model\.layers\.0\..*_proj",)),
+    ("['re:model.layers.1.*weight']", ("re:model.layers.1.*",)), ("['re:model.layers.0$']", ("re:model.layers.0",)),
+    ("model.layers.1", ("model.layers.1",)),
+])
+def test_target_spellings(tmp_path, params, targets):
+    text = f"modifiers:\n  - !GMPruningModifier\n    final_sparsity: 0.5\n    params: {params}\n"
+    assert _plan_of(tmp_path, text).steps[0].targets == targets

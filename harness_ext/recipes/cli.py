@@ -13,7 +13,7 @@ from ..errors import UserError
 from ..io import write_text_atomic
 from ..pruning.plan import PruningPlan, shortcut_plan
 from .authoring import FORMATS, check_round_trip, render_recipe
-from .loader import LoadedRecipe, read_recipe
+from .loader import FORMAT_NAMES, LoadedRecipe, read_recipe
 from .yaml_loader import parse_value
 
 RECIPE_FILE = click.argument("recipe_file", type=click.Path(dir_okay=False, path_type=Path))
@@ -89,7 +89,7 @@ def validate_command(recipe_file: Path, model: str | None, recipe_args: tuple[st
     if as_json:
         click.echo(json.dumps({"valid": True, **report}, indent=2))
         return
-    click.echo(f"OK {recipe.path}: {report['plan']['notes'][0]}, {len(recipe.plan.steps)} pruning step(s)")
+    click.echo(f"OK {recipe.path} ({FORMAT_NAMES[recipe.format]}): {len(recipe.plan.steps)} pruning step(s)")
     for line in _step_lines(recipe.plan):
         click.echo(f"  {line}")
     for note in recipe.plan.notes[1:]:

@@ -150,7 +150,7 @@ def _module_pattern(fields: _Fields, name: str, item: str) -> str:
         expression = expression[:-1]
     if re.search(r"(\\?\.|_)bias$", expression):
         raise fields.error(name, f"{item!r} names biases; only weights are pruned")
-    expression = re.sub(r"\\?\.weight$", "", expression)
+    expression = re.sub(r"(\\?\.|(?<=\.\*))weight$", "", expression)
     pattern = ("re:" + expression) if item.startswith("re:") else expression
     try:
         compile_pattern(pattern)
@@ -160,7 +160,8 @@ def _module_pattern(fields: _Fields, name: str, item: str) -> str:
 
 
 def _is_everything(item: str) -> bool:
-    return item in ALL_LAYERS or item in PRUNABLE_CLASSES or (
+    """`__ALL__`, `Linear`, a block class name, or a regex for every weight (`re:.*`, `re:.*weight`)."""
+    return item in ALL_LAYERS or item in PRUNABLE_CLASSES or item in ("re:.*", "re:.*weight", r"re:.*\.weight") or (
         CLASS_NAME.fullmatch(item) is not None and item.endswith(BLOCK_CLASS_SUFFIXES))
 
 
