@@ -24,9 +24,10 @@ import shutil
 import socket
 import time
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from ..harness_ext.errors import UserError
 from ..harness_ext.io import write_json_atomic
@@ -206,6 +207,7 @@ def evaluate_cell(lm: Any, spec: GridSpec, task_manager: Any) -> list[dict[str, 
 
     evaluations = []
     for limit, num_fewshot, names in task_groups(spec.tasks):
+        start = time.perf_counter()
         results = lm_eval.simple_evaluate(
             model=lm, tasks=names, limit=limit, num_fewshot=num_fewshot, bootstrap_iters=spec.bootstrap_iters,
             task_manager=task_manager, log_samples=False, random_seed=spec.seed, numpy_random_seed=spec.seed,
@@ -213,19 +215,26 @@ def evaluate_cell(lm: Any, spec: GridSpec, task_manager: Any) -> list[dict[str, 
         if results is None:
             raise RuntimeError("lm-eval returned no results (not rank 0?)")
         results.pop("samples", None)
-        evaluations.append({"tasks": names, "limit": limit, "num_fewshot": num_fewshot, "results": results})
+        evaluations.append({"tasks": names, "limit": limit, "num_fewshot": num_fewshot, "results": results,
+                            "seconds": time.perf_counter() - start})
     return evaluations
 
 
-def make_task_manager(spec: GridSpec) -> Any:
-    """lm-eval's TaskManager over our task folder and the spec's include_path only, when they hold every task
-    of the grid (indexing lm-eval's thousands of built-in YAML files takes 10-40 s on 2 cores); else all."""
+def needs_builtin_tasks(spec: GridSpec) -> bool:
+    """True if some task of the grid is neither ours nor in include_path, so lm-eval's thousands of built-in
+    task YAML files must be indexed (10-40 s on 2 cores, once per cell)."""
     from lm_eval.tasks import TaskManager
 
     own = TaskManager(include_path=spec.include_path, include_defaults=False)
-    if all(task.name in own.all_tasks for task in spec.tasks):
-        return own
-    return TaskManager(include_path=spec.include_path)
+    return not all(task.name in own.all_tasks for task in spec.tasks)
+
+
+def make_task_manager(spec: GridSpec, model_args: dict[str, Any], builtin_tasks: bool) -> Any:
+    """A TaskManager that hands `model_args` to the tasks as metadata, as `lm_eval --model_args` does (Billsum
+    reads the tokenizer and context length from them)."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=spec.include_path, include_defaults=builtin_tasks, metadata=dict(model_args))
 
 
 def wikitext2_test_text() -> str:
@@ -274,37 +283,55 @@ def cell_size(model: Any) -> dict[str, Any]:
     return {"status": "measured", **checkpoint_sizes(model)}
 
 
+@contextmanager
+def timed(timings: dict[str, float], phase: str) -> Iterator[None]:
+    """Add the wall seconds of the block to `timings[phase]`."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[phase] = timings.get(phase, 0.0) + time.perf_counter() - start
+
+
 def run_cell(cell: Cell, spec: GridSpec, model_path: str, fingerprint: str, cache: PrunedModelCache,
-             task_manager: Any) -> dict[str, Any]:
-    """Everything one cell measures, as a JSON-ready dict (status ok). Raises on failure."""
+             builtin_tasks: bool) -> dict[str, Any]:
+    """Everything one cell measures, as a JSON-ready dict (status ok). Raises on failure.
+
+    `timings` holds the wall seconds of each phase: prune (pruning, saving and the cache lookup), load,
+    evaluate (all lm-eval calls), perplexity, latency, size."""
     from lm_eval.api.registry import get_model
 
     from .measure import measure_latency
 
-    record: dict[str, Any] = {"model_path": model_path, "model_fingerprint": fingerprint, "prune": None}
+    timings: dict[str, float] = {}
+    record: dict[str, Any] = {"model_path": model_path, "model_fingerprint": fingerprint, "prune": None,
+                              "timings": timings}
     source = model_path
     if not cell.is_dense:
-        folder, prune_report, cached = pruned_checkpoint(cell, spec, model_path, fingerprint, cache)
+        with timed(timings, "prune"):
+            folder, prune_report, cached = pruned_checkpoint(cell, spec, model_path, fingerprint, cache)
         source = str(folder)
         record.update(prune=prune_report, pruned_checkpoint=source, prune_cached=cached)
-    load_start = time.perf_counter()
-    lm = get_model("sparse-hf").create_from_arg_obj(
-        {"pretrained": source, "dtype": cell.dtype}, {"batch_size": spec.batch_size, "device": spec.device})
-    record["load_seconds"] = time.perf_counter() - load_start
+    model_args = {"pretrained": source, "dtype": cell.dtype}
+    with timed(timings, "load"):
+        lm = get_model("sparse-hf").create_from_arg_obj(
+            model_args, {"batch_size": spec.batch_size, "device": spec.device})
     record["sparsity"] = lm.sparsity_report.to_dict()
-    eval_start = time.perf_counter()
-    record["evaluations"] = evaluate_cell(lm, spec, task_manager)
-    record["eval_seconds"] = time.perf_counter() - eval_start
+    with timed(timings, "evaluate"):
+        record["evaluations"] = evaluate_cell(lm, spec, make_task_manager(spec, model_args, builtin_tasks))
     record["metrics"], record["higher_is_better"] = {}, {}
     for evaluation in record["evaluations"]:
         metrics, better = flatten_metrics(evaluation["results"])
         record["metrics"].update(metrics)
         record["higher_is_better"].update(better)
-    record["perplexity"] = cell_perplexity(lm, spec)
+    with timed(timings, "perplexity"):
+        record["perplexity"] = cell_perplexity(lm, spec)
     latency = spec.latency
-    record["latency"] = None if latency is None else measure_latency(
-        lm.model, latency.batch, latency.seqlen, latency.new_tokens, latency.repeats, spec.seed)
-    record["size"] = cell_size(lm.model)
+    with timed(timings, "latency"):
+        record["latency"] = None if latency is None else measure_latency(
+            lm.model, latency.batch, latency.seqlen, latency.new_tokens, latency.repeats, spec.seed)
+    with timed(timings, "size"):
+        record["size"] = cell_size(lm.model)
     ppl = (record["perplexity"] or {}).get("perplexity")
     record["flags"] = nonfinite_flags(record["metrics"], ("perplexity", ppl))
     return record
@@ -375,7 +402,7 @@ def run_grid(spec: GridSpec, out_dir: Path, shard: tuple[int, int] = (0, 1), cac
     if not todo:
         return summary
     register_with_lm_eval()
-    task_manager = make_task_manager(spec)
+    builtin_tasks = needs_builtin_tasks(spec)
     models: dict[str, tuple[str, str]] = {}
     env = environment()
     bar = tqdm(todo, desc=f"grid {spec.name}", unit="cell", disable=not progress)
@@ -394,7 +421,8 @@ def run_grid(spec: GridSpec, out_dir: Path, shard: tuple[int, int] = (0, 1), cac
             if cell.model not in models:
                 path = resolve_model_path(cell.model)
                 models[cell.model] = (path, model_fingerprint(path))
-            record.update(status="ok", reason=None, **run_cell(cell, spec, *models[cell.model], cache, task_manager))
+            record.update(status="ok", reason=None,
+                          **run_cell(cell, spec, *models[cell.model], cache, builtin_tasks))
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as error:  # noqa: BLE001 - a failed cell is recorded and the grid goes on

@@ -17,45 +17,26 @@ import yaml
 from sparse_bench.leaderboards.render import load_grid, render, task_rows
 from sparse_bench.leaderboards.runner import read_result, result_path, run_grid
 from sparse_bench.leaderboards.spec import expand_cells, load_spec
+from tiny_tasks import TASK_NAME, write_tiny_choice_task
 
-TASK_YAML = """\
-task: {name}
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-test_split: test
-output_type: multiple_choice
-doc_to_text: "{{{{text}}}}\\nIs this about history?\\nAnswer:"
-doc_to_target: label
-doc_to_choice: ["no", "yes"]
-metric_list:
-  - metric: acc
-    aggregation: mean
-    higher_is_better: true
-metadata:
-  version: 1.0
-"""
+SECOND_TASK = f"{TASK_NAME}_b"
+
 QUALITY_COLUMNS = ("rank", "model", "method", "structure", "target", "measured", "nonzero (M)", "dtype", "acc",
                    "Δ acc vs dense")
 
 
-def write_tasks(folder: Path, data_dir: Path) -> Path:
-    """Two tiny multiple-choice tasks over WikiText-2 lines (two limits: two simple_evaluate calls)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    lines = [line.strip() for line in (data_dir / "wikitext2" / "wiki.test.raw").read_text().splitlines()
-             if len(line.strip()) > 80][:12]
-    data = folder / "docs.jsonl"
-    data.write_text("".join(json.dumps({"text": line[:200], "label": i % 2}) + "\n" for i, line in enumerate(lines)))
-    for name in ("tinylb_a", "tinylb_b"):
-        (folder / f"{name}.yaml").write_text(TASK_YAML.format(name=name, data=data))
+def write_tasks(folder: Path) -> Path:
+    """Two tiny multiple-choice tasks (two limits: two simple_evaluate calls per cell)."""
+    write_tiny_choice_task(folder)
+    text = (folder / f"{TASK_NAME}.yaml").read_text()
+    (folder / f"{SECOND_TASK}.yaml").write_text(text.replace(f"task: {TASK_NAME}", f"task: {SECOND_TASK}"))
     return folder
 
 
 def write_spec(path: Path, models: list[str], tasks_dir: Path, **changes) -> Path:
     spec = {"name": "tiny", "models": models, "methods": ["magnitude", "wanda"], "sparsities": [0.5, 0.75],
             "structures": ["unstructured"], "dtypes": ["float32"], "include_path": str(tasks_dir),
-            "tasks": [{"name": "tinylb_a", "limit": 8}, {"name": "tinylb_b", "limit": 4}],
+            "tasks": [{"name": TASK_NAME, "limit": 8}, {"name": SECOND_TASK, "limit": 4}],
             "calibration": {"data": "c4", "nsamples": 4, "seqlen": 32, "seed": 0},
             "perplexity": {"data": "wikitext2", "seqlen": 64, "max_tokens": 256}, "latency": {"batch": 1, "seqlen": 16, "new_tokens": 4, "repeats": 2},
             "batch_size": 4, "bootstrap_iters": 100, **changes}
@@ -64,9 +45,9 @@ def write_spec(path: Path, models: list[str], tasks_dir: Path, **changes) -> Pat
 
 
 @pytest.fixture(scope="module")
-def tiny_spec(tmp_path_factory, tiny_llama, data_dir) -> Path:
+def tiny_spec(tmp_path_factory, tiny_llama) -> Path:
     root = tmp_path_factory.mktemp("tiny_grid")
-    return write_spec(root / "grid.yaml", [str(tiny_llama)], write_tasks(root / "tasks", data_dir))
+    return write_spec(root / "grid.yaml", [str(tiny_llama)], write_tasks(root / "tasks"))
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +60,7 @@ def finished_grid(tiny_spec, tmp_path_factory) -> tuple[Path, Path]:
 
 
 def quality_table(out_dir: Path) -> list[tuple]:
-    return [tuple(row[c] for c in QUALITY_COLUMNS) for row in task_rows(load_grid(out_dir), "tinylb_a")[0]]
+    return [tuple(row[c] for c in QUALITY_COLUMNS) for row in task_rows(load_grid(out_dir), TASK_NAME)[0]]
 
 
 def test_two_by_two_grid_end_to_end(finished_grid, tiny_spec):
@@ -91,15 +72,15 @@ def test_two_by_two_grid_end_to_end(finished_grid, tiny_spec):
         record = records[cell.cell_id]
         measured = record["sparsity"]["overall_sparsity"]
         assert measured == pytest.approx(cell.sparsity or 0.0, abs=0.01), cell.cell_id
-        assert set(record["metrics"]) == {"tinylb_a", "tinylb_b"}
-        assert 0.0 <= record["metrics"]["tinylb_a"]["acc"] <= 1.0 and "acc_stderr" in record["metrics"]["tinylb_a"]
+        assert set(record["metrics"]) == {TASK_NAME, SECOND_TASK}
+        assert 0.0 <= record["metrics"][TASK_NAME]["acc"] <= 1.0 and "acc_stderr" in record["metrics"][TASK_NAME]
         assert [e["limit"] for e in record["evaluations"]] == [8, 4]
         assert record["perplexity"]["tokens"] == 256 and record["perplexity"]["perplexity"] > 1
         assert record["latency"]["forward_ms"] > 0 and record["latency"]["torch_threads"] >= 1
         assert record["size"]["compressed_bytes"] > 0
         assert (record["prune"] is None) == cell.is_dense
     text, _ = render(out_dir, "md")
-    assert "## tinylb_a" in text and "## tinylb_b" in text and "5 of 5 finished" in text
+    assert f"## {TASK_NAME}" in text and f"## {SECOND_TASK}" in text and "5 of 5 finished" in text
     assert [row[2] for row in quality_table(out_dir)] == ["dense", "magnitude", "magnitude", "wanda", "wanda"]
 
 
@@ -112,7 +93,7 @@ def test_rerun_skips_and_cache_avoids_pruning_again(finished_grid, tiny_spec, tm
     # another grid over the same pruned models (other tasks, no latency) prunes nothing again
     spec = load_spec(tiny_spec)
     other = write_spec(tmp_path / "other.yaml", list(spec.models), Path(spec.include_path), methods=["wanda"],
-                       sparsities=[0.75], tasks=[{"name": "tinylb_b", "limit": 2}], latency=None,
+                       sparsities=[0.75], tasks=[{"name": SECOND_TASK, "limit": 2}], latency=None,
                        perplexity=None)
     summary = run_grid(load_spec(other), tmp_path / "again", cache_root=cache, progress=False)
     assert len(summary.ok) == 2
@@ -126,7 +107,7 @@ def test_rerun_skips_and_cache_avoids_pruning_again(finished_grid, tiny_spec, tm
 def test_failed_cell_is_recorded_and_grid_goes_on(tiny_spec, tiny_llama, tmp_path):
     spec_path = write_spec(tmp_path / "grid.yaml", [str(tiny_llama), str(tmp_path / "no_such_model")],
                            Path(load_spec(tiny_spec).include_path), methods=["magnitude"], sparsities=[0.5],
-                           tasks=[{"name": "tinylb_a", "limit": 2}], latency=None,
+                           tasks=[{"name": TASK_NAME, "limit": 2}], latency=None,
                            perplexity=None)
     summary = run_grid(load_spec(spec_path), tmp_path / "out", cache_root=tmp_path / "cache", progress=False)
     assert len(summary.ok) == 2 and len(summary.failed) == 2
