@@ -103,7 +103,8 @@ def _gaps(flat_mask: np.ndarray) -> np.ndarray:
 
 @lru_cache(maxsize=None)
 def _nm_tables(n: int, m: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """(rank of each m-bit pattern after filling spare slots, -1 if > n bits; slots of each rank; digits/word)."""
+    """Lookup tables for N:M: (rank of every m-bit pattern once its spare slots are filled from the lowest
+    position up, -1 if it has more than n bits; the n-bit pattern of every rank; rank digits per 64-bit word)."""
     combos = list(itertools.combinations(range(m), n))
     rank_of = {sum(1 << i for i in combo): rank for rank, combo in enumerate(combos)}
     pattern_rank = np.full(1 << m, -1, dtype=np.int64)
@@ -115,11 +116,11 @@ def _nm_tables(n: int, m: int) -> tuple[np.ndarray, np.ndarray, int]:
             filled |= 1 << bit
         if bin(filled).count("1") == n:
             pattern_rank[pattern] = rank_of[filled]
-    slots = np.array(combos, dtype=np.int64).reshape(len(combos), n)
+    rank_pattern = np.array(sorted(rank_of, key=rank_of.get), dtype=np.uint8)
     base, digits = len(combos), 1
     while base ** (digits + 1) <= 2 ** 64:
         digits += 1
-    return pattern_rank, slots, digits
+    return pattern_rank, rank_pattern, digits
 
 
 def _nm_groups(mask: np.ndarray, m: int, axis: int) -> np.ndarray | None:
@@ -134,7 +135,19 @@ def _nm_groups(mask: np.ndarray, m: int, axis: int) -> np.ndarray | None:
 
 
 def _group_patterns(groups: np.ndarray) -> np.ndarray:
-    return (groups.astype(np.int64) << np.arange(groups.shape[1], dtype=np.int64)).sum(axis=1)
+    """Each group's mask (G, m booleans, m = 4 or 8) as an m-bit number, bit i = position i (uint8)."""
+    packed = np.packbits(groups.reshape(-1), bitorder="little")
+    if groups.shape[1] == 8:
+        return packed
+    patterns = np.empty(groups.shape[0], dtype=np.uint8)  # m = 4: two groups per byte
+    patterns[0::2] = packed & 0x0F
+    patterns[1::2] = packed[: groups.shape[0] // 2] >> 4
+    return patterns
+
+
+def _pattern_mask(patterns: np.ndarray, m: int) -> np.ndarray:
+    """Inverse of `_group_patterns`: (G, m) booleans."""
+    return np.unpackbits(patterns[:, None], axis=1, count=m, bitorder="little").astype(bool)
 
 
 @dataclass(frozen=True)
@@ -158,7 +171,7 @@ def mask_stats(mask: np.ndarray) -> MaskStats:
     nnz = int(np.count_nonzero(flat))
     rice = {}
     for code_zeros, count in ((False, nnz), (True, flat.size - nnz)):
-        if 2 * count <= flat.size:  # coding more than half the positions never beats the bitmask
+        if 20 * count < 9 * flat.size:  # from 45 % coded up, the unary + remainder bits match the bitmask's
             gaps = _gaps(~flat if code_zeros else flat)
             k, bits = rice_parameter(gaps)
             rice[code_zeros] = (k, _rice_mask_bytes(count, k, bits))
@@ -315,36 +328,37 @@ def _rice_decode(unary: np.ndarray, rest: np.ndarray, nnz: int, k: int, name: st
 
 
 def _nm_encode(tensor: torch.Tensor, bits: np.ndarray, n: int, m: int, axis: int) -> dict[str, torch.Tensor]:
-    pattern_rank, slots, digits = _nm_tables(n, m)
+    pattern_rank, rank_pattern, digits = _nm_tables(n, m)
     grouped = bits.reshape(tuple(tensor.shape))
-    grouped = np.ascontiguousarray(grouped.T if axis == 0 else grouped).reshape(-1, m)
-    ranks = pattern_rank[_group_patterns(grouped != 0)]
-    values = np.take_along_axis(grouped, slots[ranks], axis=1).reshape(-1)
+    grouped = np.ascontiguousarray(grouped.T if axis == 0 else grouped).reshape(-1)
+    ranks = pattern_rank[_group_patterns((grouped != 0).reshape(-1, m))]
+    slots = np.flatnonzero(_pattern_mask(rank_pattern[ranks], m))  # kept and spare slots, in order
     padded = np.zeros(-(-ranks.size // digits) * digits, dtype=np.uint64)
     padded[:ranks.size] = ranks
     words = np.zeros(padded.size // digits, dtype=np.uint64)
     for column in reversed(range(digits)):  # Horner: word = sum(rank_j * C**j)
-        words = words * np.uint64(len(slots)) + padded[column::digits]
-    return {"values": from_int_view(values, tensor.dtype, -1), "ranks": _u8(words.astype("<u8").view(np.uint8))}
+        words = words * np.uint64(rank_pattern.size) + padded[column::digits]
+    return {"values": from_int_view(grouped.take(slots), tensor.dtype, -1),
+            "ranks": _u8(words.astype("<u8").view(np.uint8))}
 
 
 def _nm_decode(values: torch.Tensor, ranks_bytes: torch.Tensor, shape: list[int], name: str, n: int, m: int,
                axis: int) -> torch.Tensor:
-    _, slots, digits = _nm_tables(n, m)
+    _, rank_pattern, digits = _nm_tables(n, m)
     groups = math.prod(shape) // m
     if ranks_bytes.numel() != 8 * -(-groups // digits) or values.numel() != groups * n:
         raise _corrupt(name, "N:M streams have the wrong length")
     words = ranks_bytes.numpy().view("<u8").astype(np.uint64)
     ranks = np.empty((words.size, digits), dtype=np.int64)
     for column in range(digits):
-        ranks[:, column] = (words % np.uint64(len(slots))).astype(np.int64)
-        words = words // np.uint64(len(slots))
+        ranks[:, column] = (words % np.uint64(rank_pattern.size)).astype(np.int64)
+        words = words // np.uint64(rank_pattern.size)
     ranks = ranks.reshape(-1)
     if words.any() or ranks[groups:].any():  # digits beyond those written
         raise _corrupt(name, "an N:M group rank is out of range")
     bits = int_view(values)
-    dense = np.zeros((groups, m), dtype=bits.dtype)
-    np.put_along_axis(dense, slots[ranks[:groups]], bits.reshape(groups, n), axis=1)
+    dense = np.zeros(groups * m, dtype=bits.dtype)
+    dense[np.flatnonzero(_pattern_mask(rank_pattern[ranks[:groups]], m))] = bits
     if axis == 0:
         dense = dense.reshape(list(reversed(shape))).T
     return from_int_view(dense, values.dtype, shape)
