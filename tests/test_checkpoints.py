@@ -344,3 +344,17 @@ def test_compressed_tensors_damage_and_quantized_variants_are_refused(llama, tmp
     (out / "config.json").write_text(json.dumps(config))
     with pytest.raises(UserError, match="sparse and quantized"):
         load_checkpoint(AutoModelForCausalLM, out)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_sparse_hf_loads_a_compressed_checkpoint_bit_for_bit(llama, tmp_path, dtype):
+    """lm-eval's `--model sparse-hf --model_args pretrained=DIR` path: HFLM's own from_pretrained call."""
+    from sparse_bench.model_wrappers.sparse_hf import SparseHFLM
+
+    model, tokenizer = llama
+    pruned = AutoModelForCausalLM.from_pretrained(model.name_or_path, dtype=getattr(torch, dtype))
+    prune_rows(pruned, n_m=(2, 4))
+    out = save_checkpoint(pruned, tokenizer, tmp_path / "ckpt", {"method": "test"}, save_format="compressed")
+    lm = SparseHFLM(pretrained=str(out), dtype=dtype, device="cpu", batch_size=1)
+    assert_same_weights(lm.model, pruned)
+    assert lm.sparsity_report.overall_sparsity == pytest.approx(0.5)
