@@ -54,10 +54,14 @@ class LazyGroup(click.Group):
             formatter.write_dl([(name, SUBCOMMANDS[name][1]) for name in self.list_commands(ctx)])
 
     def invoke(self, ctx: click.Context):
+        """Run the subcommand; user errors and bad usage become one line and exit status 2."""
         try:
             return super().invoke(ctx)
         except UserError as error:
             report_and_exit(error)
+        except click.UsageError as error:
+            command = error.ctx.command_path if error.ctx else ctx.command_path
+            report_and_exit(UserError(f"{error.format_message().rstrip('.')}; see '{command} --help'"))
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
