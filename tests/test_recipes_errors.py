@@ -131,6 +131,11 @@ def test_missing_file(tmp_path):
         load_recipe(tmp_path / "nope.yaml")
 
 
+def test_sparsezoo_stub_is_refused_clearly():
+    with pytest.raises(UserError, match="SparseZoo stubs are not supported"):
+        load_recipe("zoo:nlp/masked_language_modeling/bert-base/pytorch/huggingface/wikipedia_bookcorpus/pruned80")
+
+
 def test_not_utf8(tmp_path):
     path = tmp_path / "r.yaml"
     path.write_bytes(b"x: \xff\xfe\n")

@@ -190,6 +190,9 @@ def load_yaml(path: str | Path) -> tuple[Any, bytes]:
     Raises UserError naming the file and line for unreadable files, YAML syntax errors, duplicate keys,
     refused tags and several YAML documents in one file.
     """
+    if str(path).startswith("zoo:"):
+        raise UserError(f"{path}: SparseZoo stubs are not supported (SparseZoo is end-of-life); download the "
+                        "recipe file and pass its path")
     path = Path(path)
     try:
         raw = path.read_bytes()
