@@ -200,15 +200,22 @@ def test_compressed_checkpoint_missing_a_tensor_is_refused(compressed_dir):
         load_checkpoint(AutoModelForCausalLM, compressed_dir, verify=False)
 
 
-def test_dense_checkpoint_with_missing_tensors_is_refused(tiny_llama, tmp_path):
-    out = tmp_path / "broken"
+def edited_copy(source: Path, out: Path, edit) -> Path:
+    """A copy of the checkpoint folder `source` whose model.safetensors state dict went through `edit`."""
     out.mkdir()
-    for path in tiny_llama.iterdir():
+    for path in source.iterdir():
         (out / path.name).write_bytes(path.read_bytes())
     state = load_file(str(out / "model.safetensors"))
-    for name in ("model.layers.0.mlp.up_proj.weight", "model.norm.weight"):
-        del state[name]
+    edit(state)
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    return out
+
+
+def test_dense_checkpoint_with_missing_tensors_is_refused(tiny_llama, tmp_path):
+    def drop_two(state):
+        del state["model.layers.0.mlp.up_proj.weight"], state["model.norm.weight"]
+
+    out = edited_copy(tiny_llama, tmp_path / "broken", drop_two)
     with pytest.raises(UserError) as error:
         load_checkpoint(AutoModelForCausalLM, out)
     message = str(error.value)
@@ -217,15 +224,12 @@ def test_dense_checkpoint_with_missing_tensors_is_refused(tiny_llama, tmp_path):
 
 
 def test_compressed_tensors_style_keys_get_a_hint(tiny_llama, tmp_path):
-    out = tmp_path / "ct"
-    out.mkdir()
-    for path in tiny_llama.iterdir():
-        (out / path.name).write_bytes(path.read_bytes())
-    state = load_file(str(out / "model.safetensors"))
-    weight = state.pop("model.layers.0.self_attn.q_proj.weight")
-    state["model.layers.0.self_attn.q_proj.weight.compressed"] = weight.reshape(-1)
-    state["model.layers.0.self_attn.q_proj.weight.bitmask"] = torch.ones(64, 8, dtype=torch.uint8)
-    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    def compress_one(state):
+        weight = state.pop("model.layers.0.self_attn.q_proj.weight")
+        state["model.layers.0.self_attn.q_proj.compressed"] = weight.reshape(-1)
+        state["model.layers.0.self_attn.q_proj.bitmask"] = torch.ones(64, 8, dtype=torch.uint8)
+
+    out = edited_copy(tiny_llama, tmp_path / "ct", compress_one)
     with pytest.raises(UserError, match="compressed-tensors"):
         load_checkpoint(AutoModelForCausalLM, out)
 
@@ -243,13 +247,7 @@ def test_truncated_dense_file_is_refused(tiny_llama, llama, tmp_path):
 
 
 def test_shape_mismatch_is_refused(tiny_llama, tmp_path):
-    out = tmp_path / "mismatch"
-    out.mkdir()
-    for path in tiny_llama.iterdir():
-        (out / path.name).write_bytes(path.read_bytes())
-    state = load_file(str(out / "model.safetensors"))
-    state["model.norm.weight"] = torch.ones(7)
-    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    out = edited_copy(tiny_llama, tmp_path / "mismatch", lambda state: state.update({"model.norm.weight": torch.ones(7)}))
     with pytest.raises(UserError, match="model.norm.weight"):
         load_checkpoint(AutoModelForCausalLM, out)
     with pytest.raises(UserError, match="wrong shape"):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +28,6 @@ def file_digest(path: Path) -> dict[str, Any]:
         while chunk := handle.read(1 << 24):
             digest.update(chunk)
     return {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Write `data` as indented JSON to a temporary name beside `path`, then rename it into place."""
-    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    temporary.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8")
-    os.replace(temporary, path)
 
 
 def read_record(directory: Path) -> dict | None:
@@ -66,4 +58,5 @@ def verify_files(directory: Path, record: dict) -> None:
                             f"{expected['bytes']}: it is truncated or was replaced; save the checkpoint again")
         if file_digest(path)["sha256"] != expected["sha256"]:
             raise UserError(f"weights file {path} does not match its SHA-256 in {RECORD_NAME}: it was altered "
-                            "after saving; save the checkpoint again")
+                            f"after saving; save the checkpoint again (or delete {RECORD_NAME} if the change was "
+                            "intended)")

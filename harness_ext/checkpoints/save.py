@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import tempfile
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -23,9 +23,10 @@ import torch
 
 from .. import __version__
 from ..errors import UserError
+from ..io import write_json_atomic
 from .container import WEIGHTS_NAME, read_compressed, write_compressed
 from .encoding import int_view
-from .record import RECORD_NAME, RECORD_VERSION, SAVE_FORMATS, file_digest, write_json_atomic
+from .record import RECORD_NAME, RECORD_VERSION, SAVE_FORMATS, file_digest
 from .sizes import measure_state, sizes_of_state
 
 
@@ -74,8 +75,8 @@ def save_checkpoint(model: torch.nn.Module, tokenizer, out_dir: str | os.PathLik
         raise UserError(f"unknown save format {save_format!r}; use one of {', '.join(SAVE_FORMATS)}")
     out_dir = Path(out_dir).expanduser().resolve()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
-    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes 0700; give the checkpoint the usual permissions
+    staging = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial")
+    staging.mkdir()  # (not mkdtemp: its 0700 would stick to the finished checkpoint)
     try:
         with _plain_weights(model) as quantized:
             if save_format == "dense":
@@ -144,12 +145,6 @@ def _move_into_place(staging: Path, out_dir: Path) -> None:
     os.replace(staging, out_dir)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _transformers() -> str:
