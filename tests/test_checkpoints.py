@@ -356,3 +356,17 @@ def test_sparse_hf_loads_a_compressed_checkpoint_bit_for_bit(llama, tmp_path, dt
     lm = SparseHFLM(pretrained=str(out), dtype=dtype, device="cpu", batch_size=1)
     assert_same_weights(lm.model, pruned)
     assert lm.sparsity_report.overall_sparsity == pytest.approx(0.5)
+
+
+def test_hub_ids_take_the_same_path_from_the_cache(llama, tmp_path):
+    """A Hub repository (here a populated offline cache) holding a compressed checkpoint loads exactly."""
+    model, tokenizer = llama
+    pruned = AutoModelForCausalLM.from_pretrained(model.name_or_path)
+    prune_rows(pruned, 0.9)
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "cache" / "models--sparse-bench-test--tiny-pruned"
+    save_checkpoint(pruned, tokenizer, repo / "snapshots" / commit, save_format="compressed")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    loaded = load_checkpoint(AutoModelForCausalLM, "sparse-bench-test/tiny-pruned", cache_dir=str(tmp_path / "cache"))
+    assert_same_weights(loaded, pruned)

@@ -36,6 +36,11 @@ def sparsity_format(directory: Path) -> str | None:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return None  # from_pretrained reports an unreadable config itself
+    return config_sparsity_format(config, str(directory))
+
+
+def config_sparsity_format(config: dict, source: str) -> str | None:
+    """The compressed-tensors sparse format a parsed config.json names; UserError for one we cannot decode."""
     compression = config.get("quantization_config") or config.get("compression_config") or {}
     if not isinstance(compression, dict) or compression.get("quant_method", "compressed-tensors") != "compressed-tensors":
         return None
@@ -43,10 +48,10 @@ def sparsity_format(directory: Path) -> str | None:
     if sparse_format in (None, "dense"):
         return None
     if sparse_format not in SPARSE_FORMATS:
-        raise UserError(f"{directory} uses compressed-tensors sparse format {sparse_format!r}, which sparse-bench "
+        raise UserError(f"{source} uses compressed-tensors sparse format {sparse_format!r}, which sparse-bench "
                         f"cannot decode (it reads {', '.join(SPARSE_FORMATS)}); decompress it with compressed-tensors")
     if compression.get("config_groups"):
-        raise UserError(f"{directory} is sparse and quantized (compressed-tensors {sparse_format} + quantization "
+        raise UserError(f"{source} is sparse and quantized (compressed-tensors {sparse_format} + quantization "
                         "groups); sparse-bench only decodes unquantized sparse checkpoints")
     return sparse_format
 

@@ -19,7 +19,7 @@ from safetensors import SafetensorError
 
 from ..errors import UserError
 from .container import WEIGHTS_NAME, dtype_name, read_compressed
-from .ct_bitmask import read_sparse_bitmask, sparsity_format
+from .ct_bitmask import config_sparsity_format, read_sparse_bitmask, sparsity_format
 from .encoding import int_view
 from .record import RECORD_NAME, read_record, verify_files
 
@@ -77,28 +77,35 @@ def _local_directory(path, subfolder: str) -> Path | None:
 
 
 def _hub_compressed_snapshot(repo_id: str, kwargs: dict) -> Path | None:
-    """A local snapshot of a Hub repository if it holds a sparse-bench record; None otherwise (or offline)."""
-    from transformers.utils import cached_file
+    """A local snapshot of a Hub repository holding a compressed checkpoint (ours or compressed-tensors'
+    sparse layouts); None for any other, which from_pretrained then fetches and checks like any model."""
+    record, config = (_hub_json(repo_id, name, kwargs) for name in (RECORD_NAME, "config.json"))
+    compressed = (record or {}).get("save_format") == "compressed" or \
+        (record is None and config is not None and config_sparsity_format(config, repo_id) is not None)
+    if not compressed:
+        return None
+    from huggingface_hub import snapshot_download
 
     subfolder = kwargs.get("subfolder") or ""
     try:
-        record_file = cached_file(repo_id, RECORD_NAME, revision=kwargs.get("revision"), subfolder=subfolder,
-                                  _raise_exceptions_for_missing_entries=False,
-                                  _raise_exceptions_for_connection_errors=False)
-    except (OSError, ValueError):
-        return None
-    if record_file is None:
-        return None
-    if json.loads(Path(record_file).read_text(encoding="utf-8")).get("save_format") != "compressed":
-        return Path(record_file).parent
-    from huggingface_hub import snapshot_download
-
-    try:
-        root = snapshot_download(repo_id, revision=kwargs.get("revision"),
+        root = snapshot_download(repo_id, revision=kwargs.get("revision"), cache_dir=kwargs.get("cache_dir"),
                                  allow_patterns=[f"{subfolder}/*" if subfolder else "*"])
     except Exception as error:  # huggingface_hub raises many types; all mean "could not fetch it"
         raise UserError(f"cannot download compressed checkpoint {repo_id}: {_first_line(error)}") from error
     return Path(root) / subfolder if subfolder else Path(root)
+
+
+def _hub_json(repo_id: str, name: str, kwargs: dict) -> dict | None:
+    """The JSON file `name` of a Hub repository (cached or fetched), None if absent or unreachable."""
+    from transformers.utils import cached_file
+
+    try:
+        path = cached_file(repo_id, name, revision=kwargs.get("revision"), subfolder=kwargs.get("subfolder") or "",
+                           cache_dir=kwargs.get("cache_dir"), _raise_exceptions_for_missing_entries=False,
+                           _raise_exceptions_for_connection_errors=False)
+        return json.loads(Path(path).read_text(encoding="utf-8")) if path else None
+    except (OSError, ValueError):  # json.JSONDecodeError is a ValueError
+        return None
 
 
 def _from_pretrained(auto_class, source, kwargs: dict):
@@ -110,7 +117,7 @@ def _from_pretrained(auto_class, source, kwargs: dict):
     try:
         return auto_class.from_pretrained(source, output_loading_info=True,
                                           **{**kwargs, "ignore_mismatched_sizes": True})
-    except (OSError, ValueError, SafetensorError, json.JSONDecodeError) as error:
+    except (OSError, ValueError, ImportError, SafetensorError) as error:
         raise UserError(f"cannot load checkpoint {source or kwargs.get('config')}: {_first_line(error)}") from error
 
 
@@ -150,7 +157,7 @@ def _load_state(auto_class, directory: Path, state: dict[str, torch.Tensor], kwa
 
     stored = {t.dtype for t in state.values() if t.is_floating_point()}
     load_kwargs = {k: v for k, v in kwargs.items() if k not in ("revision", "subfolder", "gguf_file",
-                                                                 "quantization_config")}
+                                                                 "quantization_config", "cache_dir")}
     if load_kwargs.get("dtype", "auto") == "auto":
         load_kwargs["dtype"] = max(stored, key=lambda d: sum(t.numel() for t in state.values() if t.dtype == d)) \
             if stored else None
