@@ -157,3 +157,11 @@ def test_billsum_without_a_usable_tokenizer_is_a_one_line_error(data_dir, monkey
     with pytest.raises(billsum.DataError) as error:
         billsum.load_billsum(pretrained=str(tiny_llama), max_length=160)
     assert "160-token context" in one_line(error)
+
+
+def test_a_model_object_names_its_tokenizer_and_context(tiny_llama):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    tokenizer, context = billsum.model_tokenizer_and_context({"pretrained": model})
+    assert context == 512 and tokenizer("a bill")["input_ids"]

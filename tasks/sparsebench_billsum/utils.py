@@ -115,19 +115,30 @@ def read_jsonl(path: Path) -> list[dict]:
 # ---------------------------------------------------------------- the model's tokens
 
 def model_tokenizer_and_context(model_args: dict):
-    """(tokenizer, context length in tokens) of the model named by lm-eval's model arguments."""
-    name = model_args.get("tokenizer") or model_args.get("pretrained")
-    if not name:
+    """(tokenizer, context length in tokens) of the model that lm-eval's model arguments name.
+
+    `tokenizer` and `pretrained` may be names (directory or hub id) or, in Python, a tokenizer and a model object.
+    """
+    tokenizer, pretrained = model_args.get("tokenizer"), model_args.get("pretrained")
+    config = None
+    if pretrained is not None and not isinstance(pretrained, str):  # a model object: its config and origin
+        config = getattr(pretrained, "config", None)
+        pretrained = getattr(config, "name_or_path", None) or None
+    source = tokenizer or pretrained
+    if not source:
         raise DataError("Billsum cuts bills to the model's context and needs its tokenizer: pass "
                         "--model_args pretrained=... (or tokenizer=...), or, with a model object in Python, "
-                        "simple_evaluate(..., metadata={'tokenizer': PATH_OR_TOKENIZER, 'max_length': N})")
-    if not isinstance(name, str):  # a tokenizer object handed over in `metadata`
-        tokenizer, config_name = name, model_args.get("pretrained")
-    else:
-        tokenizer, config_name = _load_tokenizer(name, model_args), model_args.get("pretrained") or name
+                        "TaskManager(metadata={'tokenizer': PATH_OR_TOKENIZER, 'max_length': N})")
+    if isinstance(source, str):
+        tokenizer = _load_tokenizer(source, model_args)
     if model_args.get("max_length"):
         return tokenizer, int(model_args["max_length"])
-    return tokenizer, _context_length(config_name, tokenizer, model_args)
+    config_name = pretrained or source
+    if config is None and isinstance(config_name, str):
+        config = _load_config(config_name, model_args)
+    from lm_eval.models.utils import resolve_max_length
+
+    return tokenizer, resolve_max_length(config, tokenizer)
 
 
 def _loading_options(model_args: dict) -> dict:
@@ -145,18 +156,14 @@ def _load_tokenizer(name: str, model_args: dict):
                         "pass tokenizer=<checkpoint directory or hub id> in --model_args or --metadata") from error
 
 
-def _context_length(config_name, tokenizer, model_args: dict) -> int:
-    from lm_eval.models.utils import resolve_max_length
+def _load_config(name: str, model_args: dict):
     from transformers import AutoConfig
 
-    if not isinstance(config_name, str):
-        return resolve_max_length(None, tokenizer)
     try:
-        config = _cached(AutoConfig, config_name, **_loading_options(model_args))
+        return _cached(AutoConfig, name, **_loading_options(model_args))
     except Exception as error:
-        raise DataError(f"cannot read the model config of {config_name!r} for its context length ({error}); "
+        raise DataError(f"cannot read the model config of {name!r} for its context length ({error}); "
                         "pass max_length=N in --model_args or --metadata") from error
-    return resolve_max_length(config, tokenizer)
 
 
 @functools.lru_cache(maxsize=8)
