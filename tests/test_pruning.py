@@ -259,3 +259,14 @@ def test_encoder_decoder_calibration_is_refused(tiny_model_dirs):
         prune(model, shortcut_plan("wanda", 0.5), CALIBRATION, tokenizer, progress=False)
     report = prune(model, shortcut_plan("magnitude", 0.5), progress=False)  # magnitude needs no walk
     assert report.overall_sparsity == 0.5
+
+
+def test_prune_lowest_equals_a_stable_sort_with_many_ties():
+    from sparse_bench.harness_ext.pruning.masks import prune_lowest
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(100):
+        scores = torch.randint(0, 4, (5, 17), generator=generator).float()
+        count = int(torch.randint(0, 18, (1,), generator=generator))
+        expected = torch.ones_like(scores, dtype=torch.bool)
+        expected.scatter_(-1, torch.argsort(scores, dim=-1, stable=True)[:, :count], False)
+        assert torch.equal(prune_lowest(scores, count), expected)

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from ..errors import UserError
 from .targets import transformer_blocks
 
-DEFAULT_BATCH_TOKENS = 4096
+DEFAULT_BATCH_TOKENS = 2048
 
 
 def default_batch_size(seqlen: int) -> int:
@@ -45,13 +45,15 @@ class InputStatistics:
         self.hessian = torch.zeros(columns, columns, dtype=torch.float32, device=device) if with_hessian else None
 
     def add(self, inputs: torch.Tensor) -> None:
-        """Add one batch of inputs shaped (samples, tokens, in), one sample at a time."""
-        for sample in inputs.float():
-            if self.hessian is not None:
+        """Add one batch of inputs shaped (samples, tokens, in), sample by sample in order."""
+        inputs = inputs.float()
+        if self.hessian is not None:
+            for sample in inputs:
                 self.hessian.addmm_(sample.t(), sample)
-            else:
-                self.squares += sample.square().sum(dim=0)
-            self.tokens += sample.shape[0]
+        else:
+            for sample_norms in torch.linalg.vector_norm(inputs, dim=1).double():
+                self.squares += sample_norms.square()
+        self.tokens += inputs.shape[0] * inputs.shape[1]
 
     def column_norms(self) -> torch.Tensor:
         """||X_j||_2 over all calibration tokens, shape (in,), fp32."""

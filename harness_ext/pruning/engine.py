@@ -186,7 +186,7 @@ def prune(model: nn.Module, plan: PruningPlan, calibration: CalibrationConfig | 
     """Prune `model` in place as `plan` says and return what was measured afterwards.
 
     Magnitude needs no data; Wanda, SparseGPT and OWL need `calibration` and `tokenizer`. `batch_size` is
-    the number of calibration samples per forward (default: about 4096 tokens); it changes speed and
+    the number of calibration samples per forward (default: about 2048 tokens); it changes speed and
     memory, not the masks.
     """
     started = time.perf_counter()

@@ -18,24 +18,33 @@ def prune_count(numel: int, sparsity: float) -> int:
     return min(numel, int(numel * sparsity + 0.5))
 
 
-def _prune_lowest(scores: torch.Tensor, count: int) -> torch.Tensor:
-    """Keep-mask over the last dimension pruning the `count` lowest scores of every row (stable ties)."""
+def prune_lowest(scores: torch.Tensor, count: int) -> torch.Tensor:
+    """Keep-mask over the last dimension pruning the `count` lowest scores of every row.
+
+    Selection by k-th value (linear time), with ties at the k-th value pruned in position order, so the
+    result equals a stable sort's first `count` and is deterministic.
+    """
     keep = torch.ones(scores.shape, dtype=torch.bool, device=scores.device)
-    if count > 0:
-        lowest = torch.argsort(scores, dim=-1, stable=True)[..., :count]
-        keep.scatter_(-1, lowest, False)
-    return keep
+    if count <= 0:
+        return keep
+    kth = scores.kthvalue(count, dim=-1, keepdim=True).values
+    prune = scores < kth
+    ties = scores == kth
+    needed = count - prune.sum(dim=-1, keepdim=True)
+    if bool((ties.sum(dim=-1, keepdim=True) > needed).any()):
+        ties &= ties.cumsum(dim=-1) <= needed
+    return keep.masked_fill_(prune | ties, False)
 
 
 def layer_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
     """Prune the lowest `sparsity` fraction of the whole layer (one threshold per layer)."""
     flat = scores.reshape(1, -1)
-    return _prune_lowest(flat, prune_count(flat.numel(), sparsity)).reshape(scores.shape)
+    return prune_lowest(flat, prune_count(flat.numel(), sparsity)).reshape(scores.shape)
 
 
 def row_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
     """Prune the lowest `sparsity` fraction of every output row (Wanda's comparison group)."""
-    return _prune_lowest(scores, prune_count(scores.shape[-1], sparsity))
+    return prune_lowest(scores, prune_count(scores.shape[-1], sparsity))
 
 
 def check_nm_shape(columns: int, structure: NMStructure, layer: str = "layer") -> None:
@@ -49,7 +58,7 @@ def nm_mask(scores: torch.Tensor, structure: NMStructure) -> torch.Tensor:
     rows, columns = scores.shape
     check_nm_shape(columns, structure)
     groups = scores.reshape(rows, columns // structure.m, structure.m)
-    return _prune_lowest(groups, structure.m - structure.n).reshape(rows, columns)
+    return prune_lowest(groups, structure.m - structure.n).reshape(rows, columns)
 
 
 def scores_mask(scores: torch.Tensor, sparsity: float, structure: NMStructure | None,
@@ -60,4 +69,4 @@ def scores_mask(scores: torch.Tensor, sparsity: float, structure: NMStructure | 
     return row_mask(scores, sparsity) if per_row else layer_mask(scores, sparsity)
 
 
-__all__ = ["prune_count", "layer_mask", "row_mask", "check_nm_shape", "nm_mask", "scores_mask"]
+__all__ = ["prune_count", "prune_lowest", "layer_mask", "row_mask", "check_nm_shape", "nm_mask", "scores_mask"]

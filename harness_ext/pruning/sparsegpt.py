@@ -18,7 +18,7 @@ from typing import Sequence
 import torch
 
 from ..errors import UserError
-from .masks import prune_count
+from .masks import prune_count, prune_lowest
 from .plan import NMStructure
 
 MAX_DAMPENING = 1.0  # after 0.01 -> 0.1 -> 1.0 the Hessian is dominated by the identity; stop there
@@ -49,21 +49,15 @@ def _block_prune_flags(block: torch.Tensor, inverse_diagonal: torch.Tensor,
     scores = block.square() / inverse_diagonal.square().reshape(-1, 1)
     prune = torch.zeros_like(block, dtype=torch.bool)
     for start, stop, count in segments:
-        if count:
-            segment = scores[:, start:stop].reshape(-1)
-            flags = torch.zeros(segment.numel(), dtype=torch.bool, device=block.device)
-            flags[torch.argsort(segment, stable=True)[:count]] = True
-            prune[:, start:stop] = flags.reshape(block.shape[0], stop - start)
+        segment = scores[:, start:stop]
+        prune[:, start:stop] = ~prune_lowest(segment.reshape(1, -1), count).reshape(segment.shape)
     return prune
 
 
 def _nm_prune_flags(group: torch.Tensor, inverse_diagonal: torch.Tensor, structure: NMStructure) -> torch.Tensor:
     """Prune flags (m, rows) for one group of m columns: per row the m - n lowest w^2 / d^2."""
     scores = group.square() / inverse_diagonal.square().reshape(-1, 1)
-    lowest = torch.argsort(scores, dim=0, stable=True)[:structure.m - structure.n]
-    flags = torch.zeros_like(group, dtype=torch.bool)
-    flags.scatter_(0, lowest, True)
-    return flags
+    return ~prune_lowest(scores.t(), structure.m - structure.n).t()
 
 
 @torch.no_grad()

@@ -1,0 +1,187 @@
+"""Pruning wall time, peak memory and perplexity: ours against llm-compressor, side by side in one run.
+
+Reference setting (issue 5): SmolLM2-135M-Instruct in float32, calibration 64 x 256 tokens of C4 (seed 0),
+WikiText-2 test, first 65,536 tokens, windows of 256 (`sparse_bench.harness_ext.perplexity`). Every case runs
+in its own process, so its peak RSS is its own (read right after pruning, before the perplexity pass).
+The floor is the time of the calibration forwards alone (block inputs captured, then every block run twice,
+as a layer-sequential method must); ratios to the floor and to llm-compressor are printed.
+
+llm-compressor runs in a separate virtual environment (it pins its own dependencies), on the very same
+calibration tokens (written to a file by this script) and is scored by the same perplexity code:
+
+    python -m venv /work/venv-llmc && /work/venv-llmc/bin/pip install -c constraints.txt llmcompressor
+    python benchmarks/bench_prune.py                              # the whole table (~30 min on 2 cores)
+    python benchmarks/bench_prune.py --cases wanda-50,sparsegpt-24 --peer-python none --json out.json
+
+Targets: our perplexity within 2 % of llm-compressor's, prune wall <= 0.5x theirs, peak RSS <= 1.5x model bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = Path(os.environ.get("SPARSE_BENCH_DATA_DIR") or REPO.parent / "shared" / "data")
+CASES = {  # name -> (method, sparsity, structure); "dense" and "floor" are special
+    "dense": (None, None, None),
+    "floor": (None, None, None),
+    "magnitude-50": ("magnitude", 0.5, None),
+    "wanda-50": ("wanda", 0.5, None),
+    "sparsegpt-50": ("sparsegpt", 0.5, None),
+    "wanda-24": ("wanda", None, "2:4"),
+    "sparsegpt-24": ("sparsegpt", None, "2:4"),
+}
+PEER_CASES = ("wanda-50", "sparsegpt-50", "wanda-24", "sparsegpt-24")
+
+
+def run_json(command: list[str], env: dict) -> dict:
+    """Run one worker process; its last stdout line is a JSON object."""
+    completed = subprocess.run(command, capture_output=True, text=True, env=env)
+    if completed.returncode != 0:
+        return {"error": (completed.stderr.strip().splitlines() or ["failed"])[-1]}
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def worker(args: argparse.Namespace) -> None:
+    """One of our cases in this process; prints one JSON line."""
+    import resource
+
+    import torch
+
+    from sparse_bench.harness_ext.models import load_model
+    from sparse_bench.harness_ext.perplexity import read_text, token_perplexity
+    from sparse_bench.harness_ext.pruning.calibration import (Stopwatch, default_batch_size, layer_sequential,
+                                                              run_block)
+    from sparse_bench.harness_ext.pruning.calibration_data import calibration_tokens
+    from sparse_bench.harness_ext.pruning.engine import prune
+    from sparse_bench.harness_ext.pruning.plan import CalibrationConfig, shortcut_plan
+
+    torch.manual_seed(0)
+    baseline_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # interpreter + libraries
+    model, tokenizer = load_model(args.model, "float32", "cpu")
+    model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    config = CalibrationConfig("c4", args.nsamples, args.seqlen, 0)
+    result = {"case": args.worker, "model_bytes": model_bytes, "baseline_rss": baseline_rss,
+              "rss_after_load": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+    method, sparsity, structure = CASES[args.worker]
+    started = time.perf_counter()
+    if args.worker == "floor":
+        tokens, _, _ = calibration_tokens(config, tokenizer)
+        stopwatch = Stopwatch()
+        for block in layer_sequential(model, tokens, default_batch_size(args.seqlen), stopwatch, progress=False):
+            run_block(block.block, block.inputs, None)  # the statistics forward; the loop runs the second
+        result["wall"] = time.perf_counter() - started
+    elif method is not None:
+        report = prune(model, shortcut_plan(method, sparsity, structure), config, tokenizer, progress=False)
+        result.update(wall=time.perf_counter() - started, sparsity=report.overall_sparsity,
+                      calibration_seconds=report.calibration_seconds)
+    result["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    if args.worker != "floor":
+        text = read_text(args.eval_text)
+        result["ppl"] = token_perplexity(model, tokenizer, text, args.seqlen, args.eval_tokens)["perplexity"]
+    print(json.dumps(result))
+
+
+def fmt(value, pattern: str) -> str:
+    return "-" if value is None else format(value, pattern)
+
+
+def rss_ratio(row: dict) -> str:
+    """(peak RSS - RSS before the model was loaded) / model bytes: what pruning holds beyond the libraries."""
+    if "peak_rss" not in row or "baseline_rss" not in row:
+        return "-"
+    return fmt((row["peak_rss"] - row["baseline_rss"]) / row["model_bytes"], ".2f")
+
+
+def table(ours: dict, peer: dict, floor: float | None) -> str:
+    from tabulate import tabulate
+
+    rows = []
+    for case, row in ours.items():
+        if case == "floor":
+            continue
+        other = peer.get(case, {})
+        wall, peer_wall = row.get("wall"), other.get("wall")
+        ppl, peer_ppl = row.get("ppl"), other.get("ppl")
+        rows.append([case, fmt(wall, ".1f"), fmt(row.get("peak_rss", 0) / 2**20, ".0f"), rss_ratio(row),
+                     fmt(ppl, ".2f"), fmt(wall / floor if wall and floor else None, ".2f"),
+                     fmt(peer_wall, ".1f"), fmt(other.get("peak_rss", 0) / 2**20 if other else None, ".0f"),
+                     rss_ratio(other),
+                     fmt(peer_ppl, ".2f"), fmt(wall / peer_wall if wall and peer_wall else None, ".2f"),
+                     fmt(ppl / peer_ppl - 1 if ppl and peer_ppl else None, "+.1%"),
+                     row.get("error") or other.get("error") or ""])
+    headers = ["case", "ours s", "ours RSS MiB", "(RSS-base)/model", "ours ppl", "wall/floor", "llmc s",
+               "llmc RSS MiB", "(RSS-base)/model", "llmc ppl", "wall ours/llmc", "ppl ours vs llmc", "error"]
+    return tabulate(rows, headers=headers, disable_numparse=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--nsamples", type=int, default=64)
+    parser.add_argument("--seqlen", type=int, default=256)
+    parser.add_argument("--eval-text", default=str(DEFAULT_DATA / "wikitext2" / "wiki.test.raw"))
+    parser.add_argument("--eval-tokens", type=int, default=65536)
+    parser.add_argument("--cases", default=",".join(CASES), help="comma-separated subset of " + ", ".join(CASES))
+    parser.add_argument("--peer-python", default="/work/venv-llmc/bin/python",
+                        help="python of the llm-compressor venv ('none' to skip the peer)")
+    parser.add_argument("--json", dest="json_out", help="also write all numbers to this JSON file")
+    parser.add_argument("--worker", choices=list(CASES), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        return worker(args)
+
+    env = {**os.environ, "SPARSE_BENCH_DATA_DIR": str(DEFAULT_DATA), "TOKENIZERS_PARALLELISM": "false"}
+    common = ["--model", args.model, "--nsamples", str(args.nsamples), "--seqlen", str(args.seqlen),
+              "--eval-text", args.eval_text, "--eval-tokens", str(args.eval_tokens)]
+    cases = [case for case in args.cases.split(",") if case]
+    unknown = sorted(set(cases) - set(CASES))
+    if unknown:
+        parser.error(f"unknown cases {unknown}")
+    ours = {}
+    for case in cases:
+        ours[case] = run_json([sys.executable, __file__, "--worker", case, *common], env)
+        print(f"ours {case}: {json.dumps(ours[case])}", flush=True)
+    peer = {}
+    peer_python = None if args.peer_python == "none" else Path(args.peer_python)
+    if peer_python is None or not peer_python.exists():
+        print(f"note: llm-compressor venv not found at {args.peer_python}; peer columns skipped "
+              "(python -m venv /work/venv-llmc && /work/venv-llmc/bin/pip install -c constraints.txt llmcompressor)")
+    else:
+        from sparse_bench.harness_ext.models import load_model, resolve_model_path
+        from sparse_bench.harness_ext.pruning.calibration_data import calibration_tokens
+        from sparse_bench.harness_ext.pruning.plan import CalibrationConfig
+
+        os.environ["SPARSE_BENCH_DATA_DIR"] = str(DEFAULT_DATA)
+        _, tokenizer = load_model(args.model, "float32", "cpu")
+        tokens, _, _ = calibration_tokens(CalibrationConfig("c4", args.nsamples, args.seqlen, 0), tokenizer)
+        with tempfile.TemporaryDirectory() as scratch:
+            token_file = Path(scratch) / "calibration.json"
+            token_file.write_text(json.dumps(tokens.tolist()))
+            for case in (case for case in cases if case in PEER_CASES):
+                method, sparsity, structure = CASES[case]
+                peer[case] = run_json([str(peer_python), str(REPO / "benchmarks" / "bench_prune_llmc.py"),
+                                       "--model", resolve_model_path(args.model), "--tokens", str(token_file),
+                                       "--method", method, "--structure", structure or "0:0",
+                                       "--eval-text", args.eval_text, "--eval-tokens", str(args.eval_tokens),
+                                       "--seqlen", str(args.seqlen)], env)
+                print(f"llm-compressor {case}: {json.dumps(peer[case])}", flush=True)
+    floor = ours.get("floor", {}).get("wall")
+    print()
+    print(f"model {args.model} float32, calibration c4 {args.nsamples} x {args.seqlen} seed 0, perplexity on "
+          f"{args.eval_tokens} tokens of {Path(args.eval_text).name} (windows of {args.seqlen}); floor "
+          f"(capture + 2 forwards per block) {fmt(floor, '.1f')} s")
+    print(table(ours, peer, floor))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps({"ours": ours, "llm_compressor": peer, "floor": floor}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

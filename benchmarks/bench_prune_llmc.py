@@ -1,0 +1,64 @@
+"""llm-compressor's side of benchmarks/bench_prune.py; runs with the python of its own venv (not ours).
+
+Prunes the model with llm-compressor's oneshot (WandaPruningModifier or SparseGPTModifier, lm_head ignored)
+on the calibration tokens that bench_prune.py wrote, then scores perplexity with our perplexity module
+(imported from this repository by path, so both sides share one protocol). Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", required=True, help="checkpoint directory")
+    parser.add_argument("--tokens", required=True, help="JSON list of token id lists (nsamples x seqlen)")
+    parser.add_argument("--method", choices=["wanda", "sparsegpt"], required=True)
+    parser.add_argument("--structure", default="0:0", help="N:M, or 0:0 for unstructured 50 %%")
+    parser.add_argument("--eval-text", required=True)
+    parser.add_argument("--eval-tokens", type=int, default=65536)
+    parser.add_argument("--seqlen", type=int, default=256)
+    args = parser.parse_args()
+
+    import torch
+    from datasets import Dataset
+    from llmcompressor import oneshot
+    from llmcompressor.modifiers.pruning import SparseGPTModifier, WandaPruningModifier
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    sys.path.insert(0, str(REPO))
+    from harness_ext.perplexity import token_perplexity  # our protocol, imported by path
+
+    baseline_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    tokens = json.loads(Path(args.tokens).read_text())
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    dataset = Dataset.from_dict({"input_ids": tokens, "attention_mask": [[1] * len(row) for row in tokens]})
+    modifier_class = WandaPruningModifier if args.method == "wanda" else SparseGPTModifier
+    modifier = modifier_class(sparsity=0.5, mask_structure=args.structure, targets=["Linear"], ignore=["lm_head"])
+    started = time.perf_counter()
+    oneshot(model=model, dataset=dataset, recipe=[modifier], num_calibration_samples=len(tokens),
+            max_seq_length=len(tokens[0]), shuffle_calibration_samples=False)
+    wall = time.perf_counter() - started
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    weights = [m.weight for name, m in model.named_modules()
+               if isinstance(m, torch.nn.Linear) and ".layers." in name]
+    zeros = sum(int((w == 0).sum()) for w in weights)
+    sparsity = zeros / sum(w.numel() for w in weights)
+    text = Path(args.eval_text).read_text(encoding="utf-8")
+    ppl = token_perplexity(model, tokenizer, text, args.seqlen, args.eval_tokens)["perplexity"]
+    print(json.dumps({"case": f"{args.method}-{args.structure}", "wall": wall, "peak_rss": peak_rss,
+                      "baseline_rss": baseline_rss, "model_bytes": model_bytes, "sparsity": sparsity, "ppl": ppl}))
+
+
+if __name__ == "__main__":
+    main()
