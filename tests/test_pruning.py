@@ -270,3 +270,10 @@ def test_prune_lowest_equals_a_stable_sort_with_many_ties():
         expected = torch.ones_like(scores, dtype=torch.bool)
         expected.scatter_(-1, torch.argsort(scores, dim=-1, stable=True)[:, :count], False)
         assert torch.equal(prune_lowest(scores, count), expected)
+
+
+def test_pruning_a_tied_lm_head_says_so(tiny_model_dirs):
+    model, _ = _model(tiny_model_dirs)
+    report = prune(model, shortcut_plan("magnitude", 0.5, targets=("lm_head",), ignore=()), progress=False)
+    assert any("lm_head shares its weight with model.embed_tokens" in warning for warning in report.warnings)
+    assert float((model.model.embed_tokens.weight == 0).float().mean()) == 0.5

@@ -22,10 +22,10 @@ from ..errors import UserError
 from .calibration import InputStatistics, Stopwatch, default_batch_size, layer_sequential
 from .calibration_data import calibration_tokens
 from .magnitude import magnitude_mask, prune_global_magnitude
-from .masks import check_nm_shape
+from .masks import check_nm_shape, prune_count
 from .owl import outlier_ratio, owl_sparsities
 from .plan import CalibrationConfig, PruneStep, PruningPlan, matches_any
-from .report import PruneReport, count_parameters, layer_sparsity, peak_rss_bytes
+from .report import LayerSparsity, PruneReport, count_parameters, layer_sparsity, peak_rss_bytes
 from .sparsegpt import sparsegpt_prune
 from .targets import find_target_layers, weight_matrix
 from .wanda import wanda_mask, wanda_scores
@@ -171,6 +171,44 @@ def _calibrated_pass(model: nn.Module, jobs: list[LayerJob], tokens: torch.Tenso
         block.mark_modified()
 
 
+def _minimum_zeros(job: LayerJob) -> int:
+    """Zeros the method guarantees in this layer (more appear where weights already were zero)."""
+    rows, columns = weight_matrix(job.module).shape
+    if job.step.structure is not None:
+        return rows * columns // job.step.structure.m * (job.step.structure.m - job.step.structure.n)
+    if job.step.method == "wanda":
+        return rows * prune_count(columns, job.sparsity)
+    return prune_count(rows * columns, job.sparsity)
+
+
+def _check_result(jobs: list[LayerJob], measured: dict[str, LayerSparsity]) -> None:
+    """Fail loudly if any layer (or global group) holds fewer zeros than its method guarantees."""
+    global_groups: dict[int, list[LayerJob]] = {}
+    for job in jobs:
+        if job.sparsity is None:
+            global_groups.setdefault(id(job.step), []).append(job)
+        elif measured[job.name].zeros < _minimum_zeros(job):
+            raise RuntimeError(f"{job.name}: {measured[job.name].zeros} zeros after {job.step.method}, "
+                               f"expected at least {_minimum_zeros(job)}")
+    for group in global_groups.values():
+        zeros = sum(measured[job.name].zeros for job in group)
+        expected = prune_count(sum(measured[job.name].numel for job in group), group[0].step.sparsity)
+        if zeros < expected:
+            raise RuntimeError(f"global magnitude left {zeros} zeros, expected at least {expected}")
+
+
+def _tied_weight_warnings(model: nn.Module, jobs: list[LayerJob]) -> list[str]:
+    """Targets whose weight is shared with a module that is not a target (lm_head tied to the embedding)."""
+    owners: dict[int, list[str]] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        weight = getattr(module, "weight", None)
+        if isinstance(weight, torch.Tensor):
+            owners.setdefault(id(weight), []).append(name)
+    targets = {job.name for job in jobs}
+    return [f"{job.name} shares its weight with {', '.join(others)}, which is pruned with it"
+            for job in jobs if (others := [n for n in owners[id(job.module.weight)] if n not in targets])]
+
+
 def model_context(model: nn.Module) -> int | None:
     """The model's maximum sequence length from its config (None when it does not say)."""
     config = getattr(model, "config", None)
@@ -196,7 +234,7 @@ def prune(model: nn.Module, plan: PruningPlan, calibration: CalibrationConfig | 
     if needs_data and (calibration is None or tokenizer is None):
         raise UserError(f"{' and '.join(needs_data)} need calibration data and a tokenizer; pass a "
                         "CalibrationConfig (e.g. c4, 128 x 2048 tokens) or use method=magnitude")
-    warnings: list[str] = []
+    warnings = _tied_weight_warnings(model, jobs)
     stopwatch = Stopwatch()
     calibration_record = None
     was_training = model.training
@@ -217,10 +255,10 @@ def prune(model: nn.Module, plan: PruningPlan, calibration: CalibrationConfig | 
                 _calibrated_pass(model, jobs, tokens, batch, stopwatch, progress, warnings)
     finally:
         model.train(was_training)
+    measured = layer_sparsity({job.name: job.module for job in jobs}, {job.name: job.sparsity for job in jobs})
+    _check_result(jobs, measured)
     nonzero, total = count_parameters(model)
-    return PruneReport(layers=layer_sparsity({job.name: job.module for job in jobs},
-                                             {job.name: job.sparsity for job in jobs}),
-                       nonzero_params=nonzero, total_params=total, plan=plan.describe(),
+    return PruneReport(layers=measured, nonzero_params=nonzero, total_params=total, plan=plan.describe(),
                        calibration=calibration_record, prune_seconds=time.perf_counter() - started,
                        calibration_seconds=stopwatch.seconds, peak_rss_bytes=peak_rss_bytes(),
                        warnings=warnings)
