@@ -44,8 +44,11 @@ def leaderboard_group() -> None:
               help="Run cells that failed in an earlier run again, or leave them failed.")
 @click.option("--render/--no-render", "render_after", default=True, show_default=True,
               help="Render leaderboard.md and plots after the run.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="torch CPU threads (default: torch's choice, one per core). On a machine shared with other "
+                   "jobs, fewer threads than cores can be much faster; the leaderboard header records it.")
 def run_command(spec: str, out_dir: Path, shard: str, cache_root: Path | None, retry_failed: bool,
-                render_after: bool) -> None:
+                render_after: bool, threads: int | None) -> None:
     """Run every cell of the grid SPEC (a YAML file or a shipped spec name) into --out.
 
     Finished cells are skipped, so re-running resumes; a failed cell is recorded with its reason and the
@@ -59,6 +62,10 @@ def run_command(spec: str, out_dir: Path, shard: str, cache_root: Path | None, r
     from .runner import run_grid
 
     grid = load_spec(resolve_spec(spec))
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     summary = run_grid(grid, out_dir, parse_shard(shard), cache_root, retry_failed)
     if render_after:
         _render(out_dir, "md", plots=True, echo=False)

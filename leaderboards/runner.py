@@ -402,6 +402,7 @@ def run_grid(spec: GridSpec, out_dir: Path, shard: tuple[int, int] = (0, 1), cac
     if not todo:
         return summary
     register_with_lm_eval()
+    quiet_library_progress_bars()
     builtin_tasks = needs_builtin_tasks(spec)
     models: dict[str, tuple[str, str]] = {}
     env = environment()
@@ -435,6 +436,15 @@ def run_grid(spec: GridSpec, out_dir: Path, shard: tuple[int, int] = (0, 1), cac
             + (f" - {record['reason']}" if record["reason"] else "")
             + (f" - FLAGGED: {'; '.join(record['flags'])}" if record.get("flags") else ""))
     return summary
+
+
+def quiet_library_progress_bars() -> None:
+    """Hide transformers' and datasets' per-file progress bars: the grid shows its own bar over cells."""
+    import datasets
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+    datasets.disable_progress_bars()
 
 
 def _now() -> str:
