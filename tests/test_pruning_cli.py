@@ -49,3 +49,16 @@ def test_prune_user_errors_exit_2_and_write_nothing(tiny_llama, tmp_path):
         assert result.exit_code == 2, (arguments, result.output)
         assert message in result.stderr, (arguments, result.stderr)
         assert not out.exists()
+
+
+def test_prune_with_a_recipe_file(tiny_llama, tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("sparsity_stage:\n  run_type: oneshot\n  sparsity_modifiers:\n    WandaPruningModifier:\n"
+                      "      sparsity: 0.5\n      mask_structure: \"2:4\"\n      targets: [\"Linear\"]\n"
+                      "      ignore: [\"lm_head\"]\n")
+    result = CliRunner().invoke(main, ["prune", str(tiny_llama), "--recipe", str(recipe), *CALIBRATION,
+                                       "--out", str(tmp_path / "out"), "--json"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert record["overall_sparsity"] == 0.5
+    assert record["plan"]["steps"][0]["method"] == "wanda" and record["plan"]["steps"][0]["structure"] == "2:4"
