@@ -29,24 +29,25 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = Path(os.environ.get("SPARSE_BENCH_DATA_DIR") or REPO.parent / "shared" / "data")
-CASES = {  # name -> (method, sparsity, structure); "dense" and "floor" are special
-    "dense": (None, None, None),
-    "floor": (None, None, None),
-    "magnitude-50": ("magnitude", 0.5, None),
+CASES = {  # name -> (method, sparsity, structure); "dense" and "floor" are special. Run in this order.
     "wanda-50": ("wanda", 0.5, None),
     "sparsegpt-50": ("sparsegpt", 0.5, None),
+    "floor": (None, None, None),
     "wanda-24": ("wanda", None, "2:4"),
     "sparsegpt-24": ("sparsegpt", None, "2:4"),
+    "magnitude-50": ("magnitude", 0.5, None),
+    "dense": (None, None, None),
 }
 PEER_CASES = ("wanda-50", "sparsegpt-50", "wanda-24", "sparsegpt-24")
 
 
 def run_json(command: list[str], env: dict) -> dict:
-    """Run one worker process; its last stdout line is a JSON object."""
+    """Run one worker process; its last stdout line is a JSON object (plus the 1-minute load average)."""
+    load = os.getloadavg()[0]
     completed = subprocess.run(command, capture_output=True, text=True, env=env)
     if completed.returncode != 0:
-        return {"error": (completed.stderr.strip().splitlines() or ["failed"])[-1]}
-    return json.loads(completed.stdout.strip().splitlines()[-1])
+        return {"error": (completed.stderr.strip().splitlines() or ["failed"])[-1], "loadavg": load}
+    return {**json.loads(completed.stdout.strip().splitlines()[-1]), "loadavg": load}
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -122,6 +123,30 @@ def table(ours: dict, peer: dict, floor: float | None) -> str:
     return tabulate(rows, headers=headers, disable_numparse=True)
 
 
+def write_calibration_tokens(args: argparse.Namespace, folder: Path) -> Path:
+    """Our calibration tokens (C4, seed 0) as JSON, so llm-compressor calibrates on exactly the same ones."""
+    from sparse_bench.harness_ext.models import load_model
+    from sparse_bench.harness_ext.pruning.calibration_data import calibration_tokens
+    from sparse_bench.harness_ext.pruning.plan import CalibrationConfig
+
+    os.environ["SPARSE_BENCH_DATA_DIR"] = str(DEFAULT_DATA)
+    _, tokenizer = load_model(args.model, "float32", "cpu")
+    tokens, _, _ = calibration_tokens(CalibrationConfig("c4", args.nsamples, args.seqlen, 0), tokenizer)
+    path = folder / "calibration.json"
+    path.write_text(json.dumps(tokens.tolist()))
+    return path
+
+
+def run_peer(peer_python: Path, case: str, token_file: Path, args: argparse.Namespace, env: dict) -> dict:
+    from sparse_bench.harness_ext.models import resolve_model_path
+
+    method, _, structure = CASES[case]
+    return run_json([str(peer_python), str(REPO / "benchmarks" / "bench_prune_llmc.py"),
+                     "--model", resolve_model_path(args.model), "--tokens", str(token_file), "--method", method,
+                     "--structure", structure or "0:0", "--eval-text", args.eval_text,
+                     "--eval-tokens", str(args.eval_tokens), "--seqlen", str(args.seqlen)], env)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m")
@@ -145,34 +170,22 @@ def main() -> None:
     unknown = sorted(set(cases) - set(CASES))
     if unknown:
         parser.error(f"unknown cases {unknown}")
-    ours = {}
-    for case in cases:
-        ours[case] = run_json([sys.executable, __file__, "--worker", case, *common], env)
-        print(f"ours {case}: {json.dumps(ours[case])}", flush=True)
-    peer = {}
     peer_python = None if args.peer_python == "none" else Path(args.peer_python)
     if peer_python is None or not peer_python.exists():
         print(f"note: llm-compressor venv not found at {args.peer_python}; peer columns skipped "
               "(python -m venv /work/venv-llmc && /work/venv-llmc/bin/pip install -c constraints.txt llmcompressor)")
-    else:
-        from sparse_bench.harness_ext.models import load_model, resolve_model_path
-        from sparse_bench.harness_ext.pruning.calibration_data import calibration_tokens
-        from sparse_bench.harness_ext.pruning.plan import CalibrationConfig
-
-        os.environ["SPARSE_BENCH_DATA_DIR"] = str(DEFAULT_DATA)
-        _, tokenizer = load_model(args.model, "float32", "cpu")
-        tokens, _, _ = calibration_tokens(CalibrationConfig("c4", args.nsamples, args.seqlen, 0), tokenizer)
-        with tempfile.TemporaryDirectory() as scratch:
-            token_file = Path(scratch) / "calibration.json"
-            token_file.write_text(json.dumps(tokens.tolist()))
-            for case in (case for case in cases if case in PEER_CASES):
-                method, sparsity, structure = CASES[case]
-                peer[case] = run_json([str(peer_python), str(REPO / "benchmarks" / "bench_prune_llmc.py"),
-                                       "--model", resolve_model_path(args.model), "--tokens", str(token_file),
-                                       "--method", method, "--structure", structure or "0:0",
-                                       "--eval-text", args.eval_text, "--eval-tokens", str(args.eval_tokens),
-                                       "--seqlen", str(args.seqlen)], env)
+        peer_python = None
+    ours, peer = {}, {}
+    with tempfile.TemporaryDirectory() as scratch:
+        token_file = write_calibration_tokens(args, Path(scratch)) if peer_python else None
+        for case in cases:  # ours and the peer back to back, so both see the same machine load
+            ours[case] = run_json([sys.executable, __file__, "--worker", case, *common], env)
+            print(f"ours {case}: {json.dumps(ours[case])}", flush=True)
+            if peer_python and case in PEER_CASES:
+                peer[case] = run_peer(peer_python, case, token_file, args, env)
                 print(f"llm-compressor {case}: {json.dumps(peer[case])}", flush=True)
+            if args.json_out:  # after every case, so an interrupted run keeps what it measured
+                Path(args.json_out).write_text(json.dumps({"ours": ours, "llm_compressor": peer}, indent=2))
     floor = ours.get("floor", {}).get("wall")
     print()
     print(f"model {args.model} float32, calibration c4 {args.nsamples} x {args.seqlen} seed 0, perplexity on "
