@@ -2,6 +2,8 @@
 
     python benchmarks/bench_tasks.py                      # SmolLM2-135M: dense, magnitude 50 %, Wanda 50 %
     python benchmarks/bench_tasks.py --methods dense,magnitude --bills 4 --mrpc-pairs 64   # a quick look
+    python benchmarks/bench_tasks.py --methods wanda --threads 1 --json wanda.json          # side by side runs,
+    python benchmarks/bench_tasks.py --from-json dense.json wanda.json                     # one table
 
 Each method runs in its own process (so one method's memory does not inflate the next one's peak): the model
 is loaded (and pruned) once, then each task runs alone through `lm_eval.simple_evaluate`; the peak RSS of each
@@ -147,6 +149,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--nsamples", type=int, default=64, help="Wanda/SparseGPT calibration sequences")
     parser.add_argument("--seqlen", type=int, default=256, help="calibration sequence length in tokens")
     parser.add_argument("--json", type=Path, help="also write every record to this file")
+    parser.add_argument("--from-json", type=Path, nargs="+", metavar="FILE",
+                        help="print the table of earlier --json files (e.g. methods run side by side) and exit")
     parser.add_argument("--one-method", help=argparse.SUPPRESS)
     parser.add_argument("--record", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -159,6 +163,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     os.environ.setdefault("SPARSE_BENCH_DATA_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    if args.from_json:
+        print(report([record for path in args.from_json for record in json.loads(path.read_text())]))
+        return
     if args.one_method:
         args.record.write_text(json.dumps(run_method(args.one_method, args), indent=2))
         return
