@@ -324,6 +324,9 @@ def test_compressed_tensors_sparse_layouts_load_exactly(llama, tmp_path, two_fou
     prune_rows(pruned, 0.6, n_m=(2, 4) if two_four else None)
     write_compressed_tensors_layout(pruned, tmp_path / "ct", two_four)
     assert_same_weights(load_checkpoint(AutoModelForCausalLM, tmp_path / "ct"), pruned)
+    sizes = checkpoint_sizes(tmp_path / "ct")
+    assert sizes["save_format"].startswith("compressed-tensors sparse-")
+    assert sizes["nonzero_parameters"] == checkpoint_sizes(pruned)["nonzero_parameters"]
 
 
 def test_compressed_tensors_damage_and_quantized_variants_are_refused(llama, tmp_path):

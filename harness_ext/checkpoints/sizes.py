@@ -21,6 +21,7 @@ from safetensors import safe_open
 
 from ..errors import UserError
 from .container import WEIGHTS_NAME, dtype_name, predicted_file_bytes, read_compressed
+from .ct_bitmask import read_sparse_bitmask, sparsity_format
 from .encoding import MaskStats, choose_encoding, is_encodable, mask_bound_bits, mask_stats, nonzero_mask
 from .record import read_record
 
@@ -110,7 +111,8 @@ def _dense_state(directory: Path) -> dict[str, torch.Tensor]:
 
 
 def checkpoint_sizes(path_or_model) -> dict:
-    """Size figures of a checkpoint directory (dense or compressed) or of an in-memory model / state dict.
+    """Size figures of a checkpoint directory (dense, compressed, or compressed-tensors sparse) or of an
+    in-memory model / state dict (computed without writing anything).
 
     For a directory, `files` lists the bytes of each weights file on disk, and for a compressed one
     `compressed_bytes` is checked against the file actually written.
@@ -124,9 +126,13 @@ def checkpoint_sizes(path_or_model) -> dict:
         raise UserError(f"{directory} is not a checkpoint directory; pass the folder that holds config.json")
     record = read_record(directory)
     compressed = record is not None and record["save_format"] == "compressed"
-    state = read_compressed(directory / WEIGHTS_NAME) if compressed else _dense_state(directory)
-    figures = {"source": str(directory), "save_format": "compressed" if compressed else "dense",
-               **sizes_of_state(state)}
+    if compressed:
+        state, save_format = read_compressed(directory / WEIGHTS_NAME), "compressed"
+    elif (layout := sparsity_format(directory)) is not None:
+        state, save_format = read_sparse_bitmask(directory), f"compressed-tensors {layout}"
+    else:
+        state, save_format = _dense_state(directory), "dense"
+    figures = {"source": str(directory), "save_format": save_format, **sizes_of_state(state)}
     figures["files"] = {p.name: p.stat().st_size for p in sorted(directory.glob("*.safetensors"))}
     if compressed and figures["files"][WEIGHTS_NAME] != figures["compressed_bytes"]:
         raise UserError(f"{directory / WEIGHTS_NAME} has {figures['files'][WEIGHTS_NAME]} bytes where its tensors "
