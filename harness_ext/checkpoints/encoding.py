@@ -33,7 +33,6 @@ import torch
 
 from ..errors import UserError
 
-ENCODINGS = ("dense", "bitmask", "nm", "rice")
 NM_GROUP_SIZES = (4, 8)
 _INT_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
@@ -208,13 +207,13 @@ def candidate_encodings(stats: MaskStats, width: int) -> list[Encoding]:
     return found
 
 
-def choose_encoding(tensor: torch.Tensor, stats: MaskStats | None = None, width: int | None = None) -> Encoding:
-    """The smallest encoding for `tensor` (dense for non-float tensors); `width` overrides its element size."""
-    width = width or tensor.element_size()
+def choose_encoding(tensor: torch.Tensor, stats: MaskStats | None = None) -> Encoding:
+    """The smallest encoding for `tensor` (dense for non-float tensors). `tensor` may be on the meta device
+    when `stats` are given: only its shape and dtype are used then."""
     if not is_encodable(tensor):
-        return Encoding("dense", tensor.numel() * width)
+        return Encoding("dense", tensor.numel() * tensor.element_size())
     stats = stats or mask_stats(nonzero_mask(tensor))
-    return min(candidate_encodings(stats, width), key=lambda e: e.nbytes)
+    return min(candidate_encodings(stats, tensor.element_size()), key=lambda e: e.nbytes)
 
 
 def mask_bound_bits(stats: MaskStats) -> float:
