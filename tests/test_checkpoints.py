@@ -373,3 +373,22 @@ def test_hub_ids_take_the_same_path_from_the_cache(llama, tmp_path):
     (repo / "refs" / "main").write_text(commit)
     loaded = load_checkpoint(AutoModelForCausalLM, "sparse-bench-test/tiny-pruned", cache_dir=str(tmp_path / "cache"))
     assert_same_weights(loaded, pruned)
+
+
+@pytest.mark.parametrize("kind, axis", [("llama", -1), ("gpt2", 0)])
+def test_engine_n_m_masks_get_the_n_m_encoding(tiny_model_dirs, tmp_path, kind, axis):
+    """The pruning engine's 2:4 (along the input dimension: last for Linear, first for GPT-2's Conv1D)."""
+    from sparse_bench.harness_ext.checkpoints.encoding import choose_encoding
+    from sparse_bench.harness_ext.pruning.engine import prune
+    from sparse_bench.harness_ext.pruning.plan import shortcut_plan
+
+    model = AUTO[kind].from_pretrained(tiny_model_dirs[kind])
+    report = prune(model, shortcut_plan("magnitude", None, "2:4"), progress=False)
+    out = save_checkpoint(model, None, tmp_path / kind, report.to_dict(), save_format="compressed")
+    assert_same_weights(load_checkpoint(AUTO[kind], out), model)
+    state = model.state_dict()
+    for name in report.layers:
+        encoding = choose_encoding(state[f"{name}.weight"])
+        assert (encoding.kind, encoding.params["n"], encoding.params["m"], encoding.params["axis"]) == ("nm", 2, 4, axis)
+    saved = json.loads((out / RECORD_NAME).read_text())["prune_record"]
+    assert saved["overall_sparsity"] == pytest.approx(0.5)
