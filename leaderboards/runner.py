@@ -30,13 +30,14 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from ..harness_ext.errors import UserError
-from ..harness_ext.io import write_json_atomic
+from ..harness_ext.io import write_json_atomic, write_text_atomic
 from .spec import Cell, GridSpec, TaskSpec, expand_cells, prune_key, shard_cells
 
 RESULT_FORMAT = "sparse-bench-leaderboard-cell/1"
 GRID_FORMAT = "sparse-bench-leaderboard-grid/1"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".json", ".model")
 CHARS_PER_TOKEN_CAP = 16  # see cell_perplexity
+RESULT_NEUTRAL_KEYS = ("source", "name", "log_samples")  # spec keys that change no number in a cell
 NOT_METRICS = ("alias", "name", "sample_len", "samples")  # bookkeeping entries of lm-eval's per-task results
 
 
@@ -62,19 +63,23 @@ def read_result(path: Path) -> dict[str, Any] | None:
 def write_grid_file(out_dir: Path, spec: GridSpec, cells: list[Cell]) -> None:
     """Record the spec in OUT/grid.json; refuse an OUT that holds another spec's results."""
     path = Path(out_dir) / "grid.json"
-    spec_dict = {k: v for k, v in spec.to_dict().items() if k != "source"}
+    spec_dict = json.loads(json.dumps(_without(spec.to_dict(), RESULT_NEUTRAL_KEYS)))
     existing = None
     if path.is_file():
         try:
             existing = json.loads(path.read_text(encoding="utf-8"))
         except ValueError:
             existing = None
-    if existing is not None and existing.get("spec") != json.loads(json.dumps(spec_dict)):
+    if existing is not None and _without(existing.get("spec"), RESULT_NEUTRAL_KEYS) != spec_dict:
         raise UserError(f"{out_dir} holds results of a different grid spec ({existing.get('source')}); use "
                         "another --out folder, or delete its grid.json to mix grids on purpose")
     if existing is None:
-        write_json_atomic(path, {"format": GRID_FORMAT, "source": spec.source, "spec": spec_dict,
+        write_json_atomic(path, {"format": GRID_FORMAT, "source": spec.source, "spec": spec.to_dict(),
                                  "cells": [{"cell_id": c.cell_id, **c.describe()} for c in cells]})
+
+
+def _without(data: Any, keys: tuple[str, ...]) -> Any:
+    return {k: v for k, v in data.items() if k not in keys} if isinstance(data, dict) else data
 
 
 # --- models: fingerprints and the pruned-model cache -------------------------------------------------------
@@ -210,11 +215,11 @@ def evaluate_cell(lm: Any, spec: GridSpec, task_manager: Any) -> list[dict[str, 
         start = time.perf_counter()
         results = lm_eval.simple_evaluate(
             model=lm, tasks=names, limit=limit, num_fewshot=num_fewshot, bootstrap_iters=spec.bootstrap_iters,
-            task_manager=task_manager, log_samples=False, random_seed=spec.seed, numpy_random_seed=spec.seed,
-            torch_random_seed=spec.seed, fewshot_random_seed=spec.seed, verbosity="WARNING")
+            task_manager=task_manager, log_samples=spec.log_samples, random_seed=spec.seed,
+            numpy_random_seed=spec.seed, torch_random_seed=spec.seed, fewshot_random_seed=spec.seed,
+            verbosity="WARNING")
         if results is None:
             raise RuntimeError("lm-eval returned no results (not rank 0?)")
-        results.pop("samples", None)
         evaluations.append({"tasks": names, "limit": limit, "num_fewshot": num_fewshot, "results": results,
                             "seconds": time.perf_counter() - start})
     return evaluations
@@ -235,6 +240,18 @@ def make_task_manager(spec: GridSpec, model_args: dict[str, Any], builtin_tasks:
     from lm_eval.tasks import TaskManager
 
     return TaskManager(include_path=spec.include_path, include_defaults=builtin_tasks, metadata=dict(model_args))
+
+
+def samples_path(out_dir: Path, cell: Cell) -> Path:
+    return Path(out_dir) / "samples" / cell.cell_id
+
+
+def write_samples(folder: Path, evaluations: list[dict[str, Any]]) -> None:
+    """Move lm-eval's per-sample records out of the results into one JSONL file per task."""
+    for evaluation in evaluations:
+        for task, samples in (evaluation["results"].pop("samples", None) or {}).items():
+            lines = "".join(json.dumps(sample, default=str, ensure_ascii=False) + "\n" for sample in samples)
+            write_text_atomic(Path(folder) / f"samples_{task}.jsonl", lines)
 
 
 def wikitext2_test_text() -> str:
@@ -294,11 +311,12 @@ def timed(timings: dict[str, float], phase: str) -> Iterator[None]:
 
 
 def run_cell(cell: Cell, spec: GridSpec, model_path: str, fingerprint: str, cache: PrunedModelCache,
-             builtin_tasks: bool) -> dict[str, Any]:
+             builtin_tasks: bool, samples_dir: Path) -> dict[str, Any]:
     """Everything one cell measures, as a JSON-ready dict (status ok). Raises on failure.
 
     `timings` holds the wall seconds of each phase: prune (pruning, saving and the cache lookup), load,
-    evaluate (all lm-eval calls), perplexity, latency, size."""
+    evaluate (all lm-eval calls), perplexity, latency, size. Per-sample outputs (spec `log_samples`) go to
+    `samples_dir/samples_TASK.jsonl`, lm-eval's own format (for `sparse-bench compare-samples`)."""
     from lm_eval.api.registry import get_model
 
     from .measure import measure_latency
@@ -319,6 +337,7 @@ def run_cell(cell: Cell, spec: GridSpec, model_path: str, fingerprint: str, cach
     record["sparsity"] = lm.sparsity_report.to_dict()
     with timed(timings, "evaluate"):
         record["evaluations"] = evaluate_cell(lm, spec, make_task_manager(spec, model_args, builtin_tasks))
+    write_samples(samples_dir, record["evaluations"])
     record["metrics"], record["higher_is_better"] = {}, {}
     for evaluation in record["evaluations"]:
         metrics, better = flatten_metrics(evaluation["results"])
@@ -423,7 +442,8 @@ def run_grid(spec: GridSpec, out_dir: Path, shard: tuple[int, int] = (0, 1), cac
                 path = resolve_model_path(cell.model)
                 models[cell.model] = (path, model_fingerprint(path))
             record.update(status="ok", reason=None,
-                          **run_cell(cell, spec, *models[cell.model], cache, builtin_tasks))
+                          **run_cell(cell, spec, *models[cell.model], cache, builtin_tasks,
+                                     samples_path(out_dir, cell)))
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as error:  # noqa: BLE001 - a failed cell is recorded and the grid goes on

@@ -95,6 +95,7 @@ class GridSpec:
     bootstrap_iters: int = 1000
     prune_dtype: str = "float32"
     seed: int = 0
+    log_samples: bool = False
     source: str = "<dict>"
 
     def to_dict(self) -> dict[str, Any]:
@@ -211,7 +212,7 @@ def load_spec(path: str | Path) -> GridSpec:
 
 GRID_KEYS = ("name", "models", "methods", "sparsities", "structures", "dtypes", "tasks", "calibration",
              "perplexity", "latency", "include_path", "device", "batch_size", "bootstrap_iters",
-             "prune_dtype", "seed")
+             "prune_dtype", "seed", "log_samples")
 
 
 def parse_spec(data: Any, source: str = "<dict>", base_dir: Path | None = None) -> GridSpec:
@@ -238,7 +239,7 @@ def parse_spec(data: Any, source: str = "<dict>", base_dir: Path | None = None) 
         latency=_latency(fields), include_path=include_path, device=str(fields.get("device", "cpu")),
         batch_size=fields.integer("batch_size", 8), bootstrap_iters=fields.integer("bootstrap_iters", 1000, 0),
         prune_dtype=_choice(fields, "prune_dtype", fields.get("prune_dtype", "float32"), DTYPES),
-        seed=fields.integer("seed", 0, 0), source=source)
+        seed=fields.integer("seed", 0, 0), log_samples=_flag(fields, "log_samples"), source=source)
     for index, cell in enumerate(expand_cells(spec)):  # build every plan now: errors before any model loads
         try:
             if cell.method is not None and cell.method.recipe is None:
@@ -253,6 +254,13 @@ def _model_name(fields: _Fields, index: int, value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         fields.fail(f"models[{index}]", f"must be a model path, hub id or short name, got {value!r}")
     return value.strip()
+
+
+def _flag(fields: _Fields, key: str) -> bool:
+    value = fields.get(key, False)
+    if not isinstance(value, bool):
+        fields.fail(key, f"must be true or false, got {value!r}")
+    return value
 
 
 def _choice(fields: _Fields, key: str, value: Any, choices: tuple[str, ...]) -> str:

@@ -38,8 +38,9 @@ def write_spec(path: Path, models: list[str], tasks_dir: Path, **changes) -> Pat
             "structures": ["unstructured"], "dtypes": ["float32"], "include_path": str(tasks_dir),
             "tasks": [{"name": TASK_NAME, "limit": 8}, {"name": SECOND_TASK, "limit": 4}],
             "calibration": {"data": "c4", "nsamples": 4, "seqlen": 32, "seed": 0},
-            "perplexity": {"data": "wikitext2", "seqlen": 64, "max_tokens": 256}, "latency": {"batch": 1, "seqlen": 16, "new_tokens": 4, "repeats": 2},
-            "batch_size": 4, "bootstrap_iters": 100, **changes}
+            "perplexity": {"data": "wikitext2", "seqlen": 64, "max_tokens": 256},
+            "latency": {"batch": 1, "seqlen": 16, "new_tokens": 4, "repeats": 2},
+            "batch_size": 4, "bootstrap_iters": 100, "log_samples": True, **changes}
     path.write_text(yaml.safe_dump(spec))
     return path
 
@@ -73,12 +74,15 @@ def test_two_by_two_grid_end_to_end(finished_grid, tiny_spec):
         measured = record["sparsity"]["overall_sparsity"]
         assert measured == pytest.approx(cell.sparsity or 0.0, abs=0.01), cell.cell_id
         assert set(record["metrics"]) == {TASK_NAME, SECOND_TASK}
-        assert 0.0 <= record["metrics"][TASK_NAME]["acc"] <= 1.0 and "acc_stderr" in record["metrics"][TASK_NAME]
+        metrics = record["metrics"][TASK_NAME]
+        assert 0.0 <= metrics["acc"] <= 1.0 and "acc_stderr" in metrics
         assert [e["limit"] for e in record["evaluations"]] == [8, 4]
         assert record["perplexity"]["tokens"] == 256 and record["perplexity"]["perplexity"] > 1
         assert record["latency"]["forward_ms"] > 0 and record["latency"]["torch_threads"] >= 1
         assert record["size"]["compressed_bytes"] > 0
         assert (record["prune"] is None) == cell.is_dense
+        samples = (out_dir / "samples" / cell.cell_id / f"samples_{TASK_NAME}.jsonl").read_text().splitlines()
+        assert [json.loads(line)["doc_id"] for line in samples] == list(range(8))
     text, _ = render(out_dir, "md")
     assert f"## {TASK_NAME}" in text and f"## {SECOND_TASK}" in text and "5 of 5 finished" in text
     assert [row[2] for row in quality_table(out_dir)] == ["dense", "magnitude", "magnitude", "wanda", "wanda"]
