@@ -158,6 +158,14 @@ def test_an_interrupted_save_leaves_the_old_checkpoint(llama, tmp_path):
         save_checkpoint(model, tokenizer, tmp_path / "other", save_format="sparse")
 
 
+def test_a_folder_that_is_not_a_checkpoint_is_never_replaced(llama, tmp_path):
+    model, tokenizer = llama
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="not empty and holds no sparse-bench checkpoint"):
+        save_checkpoint(model, tokenizer, tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
 @pytest.fixture()
 def compressed_dir(llama, tmp_path) -> Path:
     model, tokenizer = llama

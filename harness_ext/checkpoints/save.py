@@ -74,6 +74,7 @@ def save_checkpoint(model: torch.nn.Module, tokenizer, out_dir: str | os.PathLik
     if save_format not in SAVE_FORMATS:
         raise UserError(f"unknown save format {save_format!r}; use one of {', '.join(SAVE_FORMATS)}")
     out_dir = Path(out_dir).expanduser().resolve()
+    _check_replaceable(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial")
     staging.mkdir()  # (not mkdtemp: its 0700 would stick to the finished checkpoint)
@@ -134,10 +135,18 @@ def _same_bits(decoded: torch.Tensor | None, original: torch.Tensor) -> bool:
         else torch.equal(decoded, original.detach().cpu())
 
 
-def _move_into_place(staging: Path, out_dir: Path) -> None:
-    """Rename the finished folder to `out_dir`, replacing an existing one only after the new one is complete."""
+def _check_replaceable(out_dir: Path) -> None:
+    """Refuse an output path whose current contents a save would delete: a file, or a folder that is neither
+    empty nor a sparse-bench checkpoint."""
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"{out_dir} exists and is not a directory; choose another output path")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / RECORD_NAME).is_file():
+        raise UserError(f"{out_dir} is not empty and holds no sparse-bench checkpoint; saving would replace "
+                        "its contents: choose a new or empty directory")
+
+
+def _move_into_place(staging: Path, out_dir: Path) -> None:
+    """Rename the finished folder to `out_dir`, replacing an existing one only after the new one is complete."""
     old = None
     if out_dir.exists():
         old = out_dir.with_name(f".{out_dir.name}.old{os.getpid()}")
