@@ -4,6 +4,7 @@ the files written, and loud refusals of truncated, altered or incomplete checkpo
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -156,6 +157,21 @@ def test_an_interrupted_save_leaves_the_old_checkpoint(llama, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
     with pytest.raises(UserError, match="unknown save format"):
         save_checkpoint(model, tokenizer, tmp_path / "other", save_format="sparse")
+
+
+def test_folders_of_killed_saves_are_cleaned_up(llama, tmp_path):
+    import socket
+    import subprocess
+
+    model, tokenizer = llama
+    finished = subprocess.Popen(["true"])
+    finished.wait()
+    abandoned = tmp_path / f".ckpt.{socket.gethostname()}.{finished.pid}.0badc0de.partial"
+    running = tmp_path / f".ckpt.{socket.gethostname()}.{os.getpid()}.0badc0de.partial"
+    for folder in (abandoned, running):
+        folder.mkdir()
+    save_checkpoint(model, tokenizer, tmp_path / "ckpt")
+    assert not abandoned.exists() and running.exists()
 
 
 def test_a_folder_that_is_not_a_checkpoint_is_never_replaced(llama, tmp_path):

@@ -12,8 +12,10 @@ interrupted save leaves no half checkpoint behind (an existing `out_dir` is repl
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import shutil
+import socket
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
@@ -76,7 +78,8 @@ def save_checkpoint(model: torch.nn.Module, tokenizer, out_dir: str | os.PathLik
     out_dir = Path(out_dir).expanduser().resolve()
     _check_replaceable(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial")
+    _remove_abandoned(out_dir)
+    staging = out_dir.with_name(f".{out_dir.name}.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial")
     staging.mkdir()  # (not mkdtemp: its 0700 would stick to the finished checkpoint)
     try:
         with _plain_weights(model) as quantized:
@@ -143,6 +146,24 @@ def _check_replaceable(out_dir: Path) -> None:
     if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / RECORD_NAME).is_file():
         raise UserError(f"{out_dir} is not empty and holds no sparse-bench checkpoint; saving would replace "
                         "its contents: choose a new or empty directory")
+
+
+def _remove_abandoned(out_dir: Path) -> None:
+    """Delete staging folders for `out_dir` left by saves of this host whose process no longer exists."""
+    for staging in out_dir.parent.glob(f".{glob.escape(out_dir.name)}.*.*.*.partial"):
+        host, pid, _, _ = staging.name[len(out_dir.name) + 2:].rsplit(".", 3)  # host may hold dots
+        if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _move_into_place(staging: Path, out_dir: Path) -> None:
