@@ -135,9 +135,9 @@ def cell_columns(result: dict[str, Any]) -> dict[str, Any]:
         "dense MiB": mebibytes(size.get("dense_bytes")) if size.get("status") == "measured" else "not measured",
         "compressed MiB": (mebibytes(size.get("compressed_bytes")) if size.get("status") == "measured"
                            else "not measured"),
-        "ms/forward": fmt(latency.get("forward_ms"), 3), "tokens/s": fmt(latency.get("generate_tokens_per_s"), 3),
+        "ms/forward": fmt(latency.get("forward_ms")), "tokens/s": fmt(latency.get("generate_tokens_per_s"), 3),
         "peak MiB": mebibytes(latency.get("peak_memory_bytes")),
-        "prune s": "-" if not prune else fmt(prune.get("prune_seconds"), 3),
+        "prune s": "-" if not prune else fmt(prune.get("prune_seconds")),
     }
 
 
@@ -255,9 +255,30 @@ def failed_rows(grid: Grid) -> list[dict[str, str]]:
             if (r := grid.results[c["cell_id"]]) and r["status"] == "failed"]
 
 
+def summary_rows(grid: Grid) -> list[dict[str, Any]]:
+    """One row per finished cell: what it is, each task's primary metric (value ± stderr), perplexity, cost."""
+    primaries = {task: task_rows(grid, task)[1] for task in task_names(grid)}
+    rows = []
+    for result in grid.ok():
+        columns = cell_columns(result)
+        row = {key: columns[key] for key in ("method", "structure", "target", "measured", "dtype")}
+        if len(grid.spec["models"]) > 1:
+            row = {"model": columns["model"], **row}
+        for task, primary in primaries.items():
+            values = result["metrics"].get(task, {})
+            if primary:
+                row[f"{task} {primary}"] = with_stderr(values.get(primary), values.get(f"{primary}_stderr"))
+        row.update({key: columns[key] for key in ("ppl (token)", "compressed MiB", "ms/forward", "prune s")})
+        rows.append(row)
+    return rows
+
+
 def render_markdown(grid: Grid, plots: dict[str, Path] | None = None) -> str:
     lines = [f"# Leaderboard: {grid.spec['name']}", ""]
     lines += [f"- **{label}**: {text}" for label, text in header(grid).items()]
+    if len(task_names(grid)) > 1:
+        lines += ["", "## Summary: each task's primary metric", "",
+                  tabulate(summary_rows(grid), headers="keys", tablefmt="github", disable_numparse=True)]
     for task in task_names(grid):
         rows, primary = task_rows(grid, task)
         metrics = task_metrics(grid, task)
@@ -302,5 +323,5 @@ def render(folder: Path, fmt_name: str = "md", plots: dict[str, Path] | None = N
     return text, write_text_atomic(Path(folder) / f"leaderboard.{fmt_name}", text)
 
 
-__all__ = ["FORMATS", "Grid", "load_grid", "task_rows", "task_names", "header", "render", "render_markdown",
+__all__ = ["FORMATS", "Grid", "load_grid", "task_rows", "summary_rows", "task_names", "header", "render", "render_markdown",
            "render_csv", "render_json", "cell_columns"]

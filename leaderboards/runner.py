@@ -61,25 +61,27 @@ def read_result(path: Path) -> dict[str, Any] | None:
 
 
 def write_grid_file(out_dir: Path, spec: GridSpec, cells: list[Cell]) -> None:
-    """Record the spec in OUT/grid.json; refuse an OUT that holds another spec's results."""
+    """Record the spec in OUT/grid.json; refuse an OUT that holds results of a spec whose numbers differ
+    (display-only changes such as `name`, `log_samples` or a task's `metrics` just update the file)."""
     path = Path(out_dir) / "grid.json"
-    spec_dict = json.loads(json.dumps(_without(spec.to_dict(), RESULT_NEUTRAL_KEYS)))
-    existing = None
-    if path.is_file():
-        try:
-            existing = json.loads(path.read_text(encoding="utf-8"))
-        except ValueError:
-            existing = None
-    if existing is not None and _without(existing.get("spec"), RESULT_NEUTRAL_KEYS) != spec_dict:
+    spec_dict = json.loads(json.dumps(spec.to_dict()))
+    try:
+        existing = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        existing = None
+    if existing is not None and _result_relevant(existing.get("spec", {})) != _result_relevant(spec_dict):
         raise UserError(f"{out_dir} holds results of a different grid spec ({existing.get('source')}); use "
                         "another --out folder, or delete its grid.json to mix grids on purpose")
-    if existing is None:
-        write_json_atomic(path, {"format": GRID_FORMAT, "source": spec.source, "spec": spec.to_dict(),
+    if existing is None or existing.get("spec") != spec_dict:
+        write_json_atomic(path, {"format": GRID_FORMAT, "source": spec.source, "spec": spec_dict,
                                  "cells": [{"cell_id": c.cell_id, **c.describe()} for c in cells]})
 
 
-def _without(data: Any, keys: tuple[str, ...]) -> Any:
-    return {k: v for k, v in data.items() if k not in keys} if isinstance(data, dict) else data
+def _result_relevant(spec_dict: dict[str, Any]) -> dict[str, Any]:
+    """The spec without the keys that change no number in a cell."""
+    kept = {k: v for k, v in spec_dict.items() if k not in RESULT_NEUTRAL_KEYS}
+    kept["tasks"] = [{k: v for k, v in task.items() if k != "metrics"} for task in kept.get("tasks", [])]
+    return kept
 
 
 # --- models: fingerprints and the pruned-model cache -------------------------------------------------------

@@ -89,6 +89,8 @@ def test_markdown_has_header_tables_plots_and_failures(grid_dir):
     assert "## Failed cells" in text and "out of memory: could not allocate" in text
     assert "4 of 5 finished, 1 failed, 0 not run" in text
     assert "lower is better" in text
+    summary = text.split("## Summary: each task's primary metric")[1].split("## loglik")[0]
+    assert "loglik bits_per_byte" in summary and "mc acc" in summary and "0.65 ± 0.05" in summary
 
 
 def test_csv_and_json(grid_dir):
@@ -112,3 +114,7 @@ def test_other_spec_in_same_folder_is_refused(grid_dir):
     spec = parse_spec({**SPEC, "sparsities": [0.7]})
     with pytest.raises(UserError, match="different grid spec"):
         write_grid_file(grid_dir, spec, expand_cells(spec))
+    # display-only changes are accepted and recorded
+    spec = parse_spec({**SPEC, "name": "renamed", "tasks": [{"name": "loglik"}, {"name": "mc", "metrics": ["acc"]}]})
+    write_grid_file(grid_dir, spec, expand_cells(spec))
+    assert load_grid(grid_dir).spec["name"] == "renamed"
