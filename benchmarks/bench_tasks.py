@@ -8,9 +8,9 @@
 Each method runs in its own process (so one method's memory does not inflate the next one's peak): the model
 is loaded (and pruned) once, then each task runs alone through `lm_eval.simple_evaluate`; the peak RSS of each
 task is measured from its start (Linux: /proc/self/clear_refs resets the high-water mark). Prints one table
-with wall and CPU time, CPU seconds per document, peak RSS and every metric, and the ratios that matter: pruned /
-dense CPU time per task and Billsum generation / likelihood CPU time per bill. The CPU seconds (all threads) and the machine's
-load average are printed too: on a shared machine wall time depends on the neighbours. `--json` keeps the records.
+with wall and CPU time (all threads), CPU seconds per document, peak RSS, the load average and every metric, and
+the ratios that matter: pruned / dense CPU time per task and Billsum generation / likelihood CPU time per bill.
+On a shared machine wall time depends on the neighbours; CPU time much less. `--json` keeps the records.
 """
 
 from __future__ import annotations
@@ -110,8 +110,8 @@ def run_all(args: argparse.Namespace) -> list[dict]:
 
 def forwarded_options(args: argparse.Namespace) -> list[str]:
     return ["--model", args.model, "--dtype", args.dtype, "--sparsity", str(args.sparsity), "--bills",
-            str(args.bills), "--gen-bills", str(args.gen_bills), "--mrpc-pairs", str(args.mrpc_pairs or 0), "--batch-size", str(args.batch_size),
-            "--nsamples", str(args.nsamples), "--seqlen", str(args.seqlen), "--tasks", ",".join(args.tasks),
+            str(args.bills), "--gen-bills", str(args.gen_bills), "--mrpc-pairs", str(args.mrpc_pairs or 0),
+            "--batch-size", str(args.batch_size), "--nsamples", str(args.nsamples), "--seqlen", str(args.seqlen), "--tasks", ",".join(args.tasks),
             "--threads", str(args.threads)]
 
 
@@ -127,7 +127,8 @@ def report(records: list[dict]) -> str:
             shown = ", ".join(f"{name} {result['metrics'][name]:.3f}" for name in HEADLINE[task]
                               if name in result["metrics"])
             rows.append([record["method"], task, result["docs"], result["wall_s"], result["cpu_s"],
-                         result["cpu_s"] / result["docs"], ratio, result["peak_rss_mib"], result["load_average"], shown])
+                         result["cpu_s"] / result["docs"], ratio, result["peak_rss_mib"], result["load_average"],
+                         shown])
     lines = [tabulate(rows, headers=["method", "task", "docs", "wall s", "CPU s", "CPU s/doc", "CPU / dense",
                                      "peak RSS MiB", "load avg", "metrics"], floatfmt=".2f")]
     for record in records:

@@ -9,8 +9,8 @@ model config). With C the context:
 - the reference summary may use `summary_room = min(MAX_SUMMARY_TOKENS, C // 2)` tokens (the likelihood task
   scores at most that many; generation needs only its `max_gen_toks`, 128);
 - the bill keeps its first `min(max_bill_tokens, C - prompt template - summary_room - RESERVE_TOKENS)` tokens
-  (`max_bill_tokens` defaults to DEFAULT_MAX_BILL_TOKENS, ~6,000 characters of bill on SmolLM2; change it with
-  `--metadata '{"max_bill_tokens": N}'`).
+  (`max_bill_tokens` defaults to DEFAULT_MAX_BILL_TOKENS, ~6,000 characters of bill on average with SmolLM2;
+  set it with `--metadata '{"max_bill_tokens": N}'`).
 Both tasks thus see the same prompt, and prompt + answer always fit: lm-eval never cuts the instruction off.
 
 This module imports nothing from sparse-bench except, when installed, its `UserError` (a one-line error).
