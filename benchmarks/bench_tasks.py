@@ -111,8 +111,8 @@ def run_all(args: argparse.Namespace) -> list[dict]:
 def forwarded_options(args: argparse.Namespace) -> list[str]:
     return ["--model", args.model, "--dtype", args.dtype, "--sparsity", str(args.sparsity), "--bills",
             str(args.bills), "--gen-bills", str(args.gen_bills), "--mrpc-pairs", str(args.mrpc_pairs or 0),
-            "--batch-size", str(args.batch_size), "--nsamples", str(args.nsamples), "--seqlen", str(args.seqlen), "--tasks", ",".join(args.tasks),
-            "--threads", str(args.threads)]
+            "--batch-size", str(args.batch_size), "--nsamples", str(args.nsamples), "--seqlen", str(args.seqlen),
+            "--tasks", ",".join(args.tasks), "--threads", str(args.threads)]
 
 
 def report(records: list[dict]) -> str:
