@@ -75,10 +75,13 @@ class SparseHFLM(HFLM):
         super().__init__(pretrained=pretrained, **kwargs)
         if requested_dtype != "auto" and self.model.dtype != requested_dtype:
             raise UserError(f"dtype={kwargs['dtype']} was asked but the model loaded as {self.model.dtype}")
-        if plan is None:
-            self.sparsity_report = measure_sparsity(self.model)
-        else:
+        if plan is not None and plan.steps:
             self.sparsity_report = prune(self.model, plan, calibration_config, tokenizer=self.tokenizer)
+        else:  # nothing to prune (no arguments, or a recipe that only holds masks): measure as loaded
+            self.sparsity_report = measure_sparsity(self.model)
+            if plan is not None:
+                self.sparsity_report.plan = plan.describe()
+                self.sparsity_report.warnings.extend(plan.notes)
         report = self.sparsity_report
         LOGGER.info("sparse-hf: measured sparsity %.4f (%d of %d weights are zero in %d prunable layers); "
                        "%d non-zero parameters in the model", report.overall_sparsity, report.zeros, report.numel,

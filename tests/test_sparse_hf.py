@@ -81,3 +81,22 @@ def test_bad_model_args_fail_before_loading(tiny_llama, args, message):
 def test_missing_model_path_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         SparseHFLM(pretrained=str(tmp_path / "no-such-model"), device="cpu", method="magnitude", sparsity=0.5)
+
+
+def test_recipe_that_only_holds_masks_prunes_nothing_and_says_so(tiny_llama):
+    from pathlib import Path
+
+    recipe = Path(__file__).parent / "data" / "recipes" / "sparseml_stage_constant_only.yaml"
+    lm = SparseHFLM(pretrained=str(tiny_llama), device="cpu", recipe=str(recipe))
+    sparsity = lm.get_model_info()["sparsity"]
+    assert sparsity["overall_sparsity"] == 0.0
+    assert sparsity["plan"]["steps"] == [] and sparsity["plan"]["recipe_sha256"]
+    assert any("nothing" in warning for warning in sparsity["warnings"]), sparsity["warnings"]
+
+
+def test_recipe_and_shortcut_arguments_together_are_refused(tiny_llama):
+    from pathlib import Path
+
+    recipe = Path(__file__).parent / "data" / "recipes" / "llmc_wanda_2of4.yaml"
+    with pytest.raises(UserError, match="recipe=... already defines"):
+        SparseHFLM(pretrained=str(tiny_llama), device="cpu", recipe=str(recipe), method="magnitude")
