@@ -61,8 +61,8 @@ class InputStatistics:
         return squares.clamp_min(0).sqrt().float()
 
 
-class _InputsCaptured(Exception):
-    """Raised by the hook on the first block to stop the forward once its inputs are captured."""
+class _StopForward(Exception):
+    """Raised by a hook to end a forward early: the inputs it needed are captured."""
 
 
 @dataclass
@@ -98,7 +98,7 @@ def capture_block_inputs(model: nn.Module, first_block: nn.Module, tokens: torch
 
     def hook(_module, args, kwargs):
         captured.append((args, kwargs))
-        raise _InputsCaptured
+        raise _StopForward
 
     handle = first_block.register_forward_pre_hook(hook, with_kwargs=True)
     hidden = None
@@ -107,7 +107,7 @@ def capture_block_inputs(model: nn.Module, first_block: nn.Module, tokens: torch
         for start in range(0, tokens.shape[0], batch_size):
             try:
                 model(input_ids=tokens[start:start + batch_size].to(device), use_cache=False)
-            except _InputsCaptured:
+            except _StopForward:
                 pass
             args, kwargs = captured.pop()
             kwargs = dict(kwargs)
@@ -127,11 +127,17 @@ def capture_block_inputs(model: nn.Module, first_block: nn.Module, tokens: torch
 @torch.no_grad()
 def run_block(block: nn.Module, inputs: BlockInputs, outputs: torch.Tensor | None,
               on_batch=None) -> None:
-    """Forward every batch through `block`, writing into `outputs` (same shape as inputs) when given."""
+    """Forward every batch through `block`, writing into `outputs` (same shape as inputs) when given.
+
+    A hook may end a batch early by raising _StopForward; that batch then writes no output.
+    """
     for rows, args, kwargs in inputs.batches():
         if on_batch is not None:
             on_batch(min(rows.stop, inputs.hidden.shape[0]) - rows.start)
-        result = block(inputs.hidden[rows], *args, **kwargs)
+        try:
+            result = block(inputs.hidden[rows], *args, **kwargs)
+        except _StopForward:
+            continue
         if outputs is not None:
             outputs[rows] = result[0] if isinstance(result, (tuple, list)) else result
 
@@ -139,17 +145,20 @@ def run_block(block: nn.Module, inputs: BlockInputs, outputs: torch.Tensor | Non
 class _StatisticsHooks:
     """Forward pre-hooks that feed each layer's input into a shared-per-tensor InputStatistics."""
 
-    def __init__(self, layers: dict[str, nn.Module], with_hessian: bool) -> None:
+    def __init__(self, layers: dict[str, nn.Module], with_hessian: bool, stop_when_complete: bool) -> None:
         self.layers = layers
         self.with_hessian = with_hessian
+        self.stop_when_complete = stop_when_complete
         self.stats: dict[str, InputStatistics] = {}
         self.samples = 0
         self._seen: dict[int, tuple[torch.Tensor, InputStatistics]] = {}
+        self._reached: set[str] = set()
         self._handles = [module.register_forward_pre_hook(self._hook(name)) for name, module in layers.items()]
 
     def start_batch(self, samples: int) -> None:
         self.samples = samples
         self._seen.clear()
+        self._reached.clear()
 
     def _hook(self, name: str):
         def hook(_module, args):
@@ -157,13 +166,16 @@ class _StatisticsHooks:
             shared = self._seen.get(id(inputs))
             if shared is not None and shared[0] is inputs:
                 self.stats.setdefault(name, shared[1])
-                return
-            stats = self.stats.get(name)
-            if stats is None:
-                stats = InputStatistics(inputs.shape[-1], self.with_hessian, inputs.device)
-                self.stats[name] = stats
-            stats.add(inputs.reshape(self.samples, -1, inputs.shape[-1]))
-            self._seen[id(inputs)] = (inputs, stats)
+            else:
+                stats = self.stats.get(name)
+                if stats is None:
+                    stats = InputStatistics(inputs.shape[-1], self.with_hessian, inputs.device)
+                    self.stats[name] = stats
+                stats.add(inputs.reshape(self.samples, -1, inputs.shape[-1]))
+                self._seen[id(inputs)] = (inputs, stats)
+            self._reached.add(name)
+            if self.stop_when_complete and len(self._reached) == len(self.layers):
+                raise _StopForward  # the rest of the block only makes outputs, which will be recomputed
         return hook
 
     def remove(self) -> None:
@@ -195,19 +207,21 @@ class BlockStep:
     outputs_ready: bool = False
     modified: bool = False
 
-    def collect(self, layers: dict[str, nn.Module], with_hessian: bool) -> dict[str, InputStatistics]:
+    def collect(self, layers: dict[str, nn.Module], with_hessian: bool,
+                keep_outputs: bool = True) -> dict[str, InputStatistics]:
         """Run the block once with hooks; {layer name: statistics of its input} (shared inputs share one).
 
-        The block's outputs of this forward are kept: if the caller changes no weight, they are final.
+        With `keep_outputs` the block's outputs of this forward are kept (final if no weight changes);
+        without, each batch stops as soon as every layer has seen its input (the caller will prune).
         """
-        hooks = _StatisticsHooks(layers, with_hessian)
+        hooks = _StatisticsHooks(layers, with_hessian, stop_when_complete=not keep_outputs)
         started = time.perf_counter()
         try:
-            run_block(self.block, self.inputs, self.outputs, on_batch=hooks.start_batch)
+            run_block(self.block, self.inputs, self.outputs if keep_outputs else None, on_batch=hooks.start_batch)
         finally:
             hooks.remove()
         self.stopwatch.add_since(started)
-        self.outputs_ready = not self.modified
+        self.outputs_ready = keep_outputs and not self.modified
         missing = sorted(set(layers) - set(hooks.stats))
         if missing:
             raise UserError(f"calibration never reached {missing[0]} in {self.name}: the layer is not used by "

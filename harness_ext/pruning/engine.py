@@ -166,7 +166,7 @@ def _calibrated_pass(model: nn.Module, jobs: list[LayerJob], tokens: torch.Tenso
         if not in_block:
             continue
         with_hessian = any(job.step.method == "sparsegpt" for job in in_block)
-        stats = block.collect({job.name: job.module for job in in_block}, with_hessian)
+        stats = block.collect({job.name: job.module for job in in_block}, with_hessian, keep_outputs=False)
         _prune_block(in_block, stats, warnings)
         block.mark_modified()
 
