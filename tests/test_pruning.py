@@ -277,3 +277,19 @@ def test_pruning_a_tied_lm_head_says_so(tiny_model_dirs):
     report = prune(model, shortcut_plan("magnitude", 0.5, targets=("lm_head",), ignore=()), progress=False)
     assert any("lm_head shares its weight with model.embed_tokens" in warning for warning in report.warnings)
     assert float((model.model.embed_tokens.weight == 0).float().mean()) == 0.5
+
+
+def test_shared_inputs_get_one_statistic(tiny_model_dirs):
+    from sparse_bench.harness_ext.pruning.calibration import Stopwatch, layer_sequential
+    from sparse_bench.harness_ext.pruning.calibration_data import calibration_tokens
+    model, tokenizer = _model(tiny_model_dirs)
+    tokens, _, _ = calibration_tokens(CALIBRATION, tokenizer)
+    layers = {name: module for name, module in find_target_layers(model).items() if ".layers.0." in name}
+    block = next(layer_sequential(model, tokens, 3, Stopwatch(), progress=False))
+    stats = block.collect(layers, with_hessian=True, keep_outputs=False)
+    prefix = "model.layers.0."
+    assert stats[prefix + "self_attn.q_proj"] is stats[prefix + "self_attn.k_proj"] is stats[prefix + "self_attn.v_proj"]
+    assert stats[prefix + "mlp.gate_proj"] is stats[prefix + "mlp.up_proj"]
+    assert len({id(s) for s in stats.values()}) == 4  # qkv, o, gate/up, down
+    assert all(s.tokens == 8 * 64 for s in stats.values())
+    assert stats[prefix + "mlp.down_proj"].hessian.shape == (128, 128)
