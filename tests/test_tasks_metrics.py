@@ -99,8 +99,11 @@ def test_one_class_flag(caplog):
     assert mrpc.one_class([1] * 18 + [0] * 2) == 0.0
 
 
-def test_auc_at_chance_flag():
+def test_auc_at_chance_flag(caplog):
     separated = [(1, 1.0 + i) for i in range(50)] + [(0, -1.0 - i) for i in range(50)]
-    assert mrpc.auc_at_chance(separated) == 0.0
+    assert mrpc.auc_at_chance(separated) == 0.0 and not caplog.text
+    inverted = [(1 - gold, score) for gold, score in separated]
+    assert mrpc.auc_at_chance(inverted) == 0.0 and "ROC-AUC 0.000 [0.000, 0.000] on 100 pairs is below chance" \
+        in caplog.text
     assert mrpc.auc_at_chance([(1, 0.9), (1, 0.4), (0, 0.5), (0, 0.1)]) == 1.0  # [0.21, 1] holds 0.5
     assert mrpc.auc_at_chance([(1, 0.2), (1, 0.3)]) == 1.0  # undefined AUC: no evidence either

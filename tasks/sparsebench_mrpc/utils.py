@@ -14,7 +14,7 @@ Metrics (positive class = "yes" = paraphrase; label 1):
 - `gold_nll`: mean negative log-likelihood of the gold answer word, in nats ("MRPC loss").
 - `one_class`: 1.0 when the model gave the same answer to at least ONE_CLASS_SHARE of the pairs;
   `auc_at_chance`: 1.0 when the AUC interval contains 0.5. Either one means acc/F1 measure the model's yes/no
-  bias, not paraphrase detection; a warning says so in the log.
+  bias, not paraphrase detection; a warning says so in the log (and when the AUC interval lies below 0.5).
 
 This module imports nothing from sparse-bench except, when installed, its `UserError` (a one-line error).
 """
@@ -193,8 +193,12 @@ def one_class(answers: list[int]) -> float:
 
 
 def auc_at_chance(items: list[tuple[int, float]]) -> float:
-    """1.0 (and a warning) when the 95 % AUC interval contains 0.5 (or is undefined)."""
+    """1.0 (and a warning) when the 95 % AUC interval contains 0.5 (or is undefined); a warning, too, when the
+    whole interval lies below 0.5 (the yes/no preference runs against the labels)."""
     area, low, high = auc_interval(items)
+    if not math.isnan(area) and high < 0.5:
+        logger.warning("MRPC: ROC-AUC %.3f [%.3f, %.3f] on %d pairs is below chance: the model prefers 'yes' more "
+                       "for the pairs that are not paraphrases", area, low, high, len(items))
     if not math.isnan(area) and not low <= 0.5 <= high:
         return 0.0
     logger.warning("MRPC: ROC-AUC %.3f [%.3f, %.3f] on %d pairs is not distinguishable from chance; the "
