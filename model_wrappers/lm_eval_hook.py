@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.abc
 import importlib.machinery
 import sys
+import warnings
 
 WATCHED_MODULE = "lm_eval.api.registry"
 
@@ -29,7 +30,12 @@ class _RegistryWatcher(importlib.abc.MetaPathFinder):
 
         def exec_then_register(module):
             run_module(module)
-            from .registration import register_with_lm_eval
+            try:
+                from .registration import register_with_lm_eval
+            except ImportError as error:  # our package is gone or blocked: lm-eval itself must still work
+                warnings.warn(f"sparse-bench's lm-eval hook is inactive ({error}); --model sparse-hf is unavailable",
+                              stacklevel=2)
+                return
             register_with_lm_eval()
 
         spec.loader.exec_module = exec_then_register
