@@ -146,24 +146,28 @@ def _loading_options(model_args: dict) -> dict:
     return options | {"trust_remote_code": bool(model_args.get("trust_remote_code", False))}
 
 
+TOKENIZER_HELP = "pass tokenizer=<checkpoint directory or hub id> in --model_args or --metadata"
+CONFIG_HELP = "pass max_length=N in --model_args or --metadata"
+
+
 def _load_tokenizer(name: str, model_args: dict):
     from transformers import AutoTokenizer
 
-    try:
-        return _cached(AutoTokenizer, name, **_loading_options(model_args))
-    except Exception as error:
-        raise DataError(f"cannot load the tokenizer {name!r} to fit bills into the model's context ({error}); "
-                        "pass tokenizer=<checkpoint directory or hub id> in --model_args or --metadata") from error
+    return _load(AutoTokenizer, name, model_args, "the tokenizer", TOKENIZER_HELP)
 
 
 def _load_config(name: str, model_args: dict):
     from transformers import AutoConfig
 
+    return _load(AutoConfig, name, model_args, "the model config (for its context length)", CONFIG_HELP)
+
+
+def _load(auto_class, name: str, model_args: dict, what: str, help_text: str):
     try:
-        return _cached(AutoConfig, name, **_loading_options(model_args))
+        return _cached(auto_class, name, **_loading_options(model_args))
     except Exception as error:
-        raise DataError(f"cannot read the model config of {name!r} for its context length ({error}); "
-                        "pass max_length=N in --model_args or --metadata") from error
+        raise DataError(f"cannot load {what} of {name!r} to fit bills into the model's context ({error}); "
+                        f"{help_text}") from error
 
 
 @functools.lru_cache(maxsize=8)
