@@ -8,6 +8,7 @@ and a pruned run of `sparsebench_billsum`. Samples are paired by `doc_id`; the p
 from __future__ import annotations
 
 import json
+import math
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -50,9 +51,16 @@ def output_text(sample: dict[str, Any]) -> str | None:
 
 
 def scalar_metrics(sample: dict[str, Any]) -> dict[str, float]:
-    """The sample's per-sample metrics that are plain numbers (aggregation inputs such as pairs are left out)."""
-    return {name: float(sample[name]) for name in sample.get("metrics", [])
-            if isinstance(sample.get(name), (int, float)) and not isinstance(sample.get(name), bool)}
+    """The sample's per-sample metrics that are numbers: plain ones, and `bits_per_byte` from lm-eval's
+    (log-likelihood in nats, bytes) pair; other aggregation inputs (pairs for F1, AUC) are left out."""
+    metrics = {}
+    for name in sample.get("metrics", []):
+        value = sample.get(name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            metrics[name] = float(value)
+        elif name == "bits_per_byte" and isinstance(value, list) and len(value) == 2 and value[1]:
+            metrics[name] = -value[0] / value[1] / math.log(2)
+    return metrics
 
 
 def pair_samples(samples_a: dict[int, dict], samples_b: dict[int, dict], metric: str | None,
@@ -73,7 +81,9 @@ def pair_samples(samples_a: dict[int, dict], samples_b: dict[int, dict], metric:
     if metric is not None and metric not in common:
         raise UserError(f"no per-sample metric {metric!r} in both files; they have: {', '.join(common) or 'none'}")
     metric = metric or (common[0] if common else None)
-    if sort == "drop" and metric is not None:
+    if sort == "drop" and metric == "bits_per_byte":  # lower is better: the largest rise is the worst loss
+        rows.sort(key=lambda row: row["a"]["metrics"][metric] - row["b"]["metrics"][metric])
+    elif sort == "drop" and metric is not None:
         rows.sort(key=lambda row: row["b"]["metrics"][metric] - row["a"]["metrics"][metric])
     return rows, metric
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 
+import pytest
 from click.testing import CliRunner
 
 from sparse_bench.harness_ext.cli import main
@@ -60,3 +62,17 @@ def test_mismatched_or_missing_files_are_user_errors(tmp_path):
     for arguments, message in cases:
         result = runner.invoke(main, ["compare-samples", *arguments])
         assert result.exit_code == 2 and message in result.output, (arguments, result.output)
+
+
+def test_likelihood_samples_compare_bits_per_byte(tmp_path):
+    def likelihood_sample(doc_id, loglik):
+        return {"doc_id": doc_id, "target": "summary", "filtered_resps": [[loglik, False]], "filter": "none",
+                "metrics": ["bits_per_byte"], "doc_hash": f"h{doc_id}", "bits_per_byte": [loglik, 10]}
+
+    dense = write(tmp_path / "a.jsonl", [likelihood_sample(0, -10.0), likelihood_sample(1, -20.0)])
+    pruned = write(tmp_path / "b.jsonl", [likelihood_sample(0, -30.0), likelihood_sample(1, -21.0)])
+    result = CliRunner().invoke(main, ["compare-samples", dense, pruned, "--json"])
+    pairs = json.loads(result.output)["pairs"]
+    assert [pair["doc_id"] for pair in pairs] == [0, 1]  # doc 0 lost most: 20 nats over 10 bytes
+    assert pairs[0]["a"]["metrics"]["bits_per_byte"] == pytest.approx(1.0 / math.log(2))
+    assert pairs[0]["b"]["output"] is None
