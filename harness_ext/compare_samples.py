@@ -17,6 +17,8 @@ import click
 
 from .errors import UserError
 
+LOWER_IS_BETTER = {"bits_per_byte", "empty", "gold_nll"}  # the sparsebench per-sample metrics where less is better
+
 
 def read_samples(path: Path, filter_name: str | None = None) -> dict[int, dict[str, Any]]:
     """{doc_id: sample} from an lm-eval samples file, for one filter (the file's first one by default)."""
@@ -81,7 +83,7 @@ def pair_samples(samples_a: dict[int, dict], samples_b: dict[int, dict], metric:
     if metric is not None and metric not in common:
         raise UserError(f"no per-sample metric {metric!r} in both files; they have: {', '.join(common) or 'none'}")
     metric = metric or (common[0] if common else None)
-    if sort == "drop" and metric == "bits_per_byte":  # lower is better: the largest rise is the worst loss
+    if sort == "drop" and metric in LOWER_IS_BETTER:  # the largest rise is the worst loss
         rows.sort(key=lambda row: row["a"]["metrics"][metric] - row["b"]["metrics"][metric])
     elif sort == "drop" and metric is not None:
         rows.sort(key=lambda row: row["b"]["metrics"][metric] - row["a"]["metrics"][metric])
@@ -118,11 +120,15 @@ def summary_table(all_rows: list[dict[str, Any]], names: tuple[str, str]) -> str
     from tabulate import tabulate
 
     means_a, means_b = mean_metrics(all_rows, "a"), mean_metrics(all_rows, "b")
+    def worse(name: str, row: dict) -> bool:
+        a, b = row["a"]["metrics"][name], row["b"]["metrics"][name]
+        return b > a if name in LOWER_IS_BETTER else b < a
+
     table = [[name, means_a[name], means_b[name], means_b[name] - means_a[name],
-              sum(row["b"]["metrics"][name] < row["a"]["metrics"][name] for row in all_rows)]
-             for name in means_a if name in means_b]
-    return (f"mean over the {len(all_rows)} documents both runs scored (A = {names[0]}, B = {names[1]}):\n"
-            + tabulate(table, headers=["metric", "A", "B", "B - A", "docs B < A"], floatfmt=".4f"))
+              sum(worse(name, row) for row in all_rows)] for name in means_a if name in means_b]
+    return (f"unweighted mean over the {len(all_rows)} documents both runs scored (A = {names[0]}, "
+            f"B = {names[1]}):\n"
+            + tabulate(table, headers=["metric", "A", "B", "B - A", "docs B worse"], floatfmt=".4f"))
 
 
 @click.command("compare-samples")

@@ -33,7 +33,7 @@ def test_pairs_sorted_by_largest_loss(tmp_path):
     assert result.output.startswith("== doc 1  rouge1: A 0.400  B 0.000  (B - A -0.400)\nreference: reference 1\n"
                                     "A dense.jsonl: fine\nB pruned.jsonl: (empty)\n")
     assert "doc 0" not in result.output  # --limit 1
-    summary = result.output.split("mean over the 2 documents both runs scored")[1]
+    summary = result.output.split("unweighted mean over the 2 documents both runs scored")[1]
     rouge_row = next(line.split() for line in summary.splitlines() if line.startswith("rouge1"))
     assert rouge_row == ["rouge1", "0.4500", "0.2250", "-0.2250", "2"]
 
@@ -76,3 +76,5 @@ def test_likelihood_samples_compare_bits_per_byte(tmp_path):
     assert [pair["doc_id"] for pair in pairs] == [0, 1]  # doc 0 lost most: 20 nats over 10 bytes
     assert pairs[0]["a"]["metrics"]["bits_per_byte"] == pytest.approx(1.0 / math.log(2))
     assert pairs[0]["b"]["output"] is None
+    table = CliRunner().invoke(main, ["compare-samples", dense, pruned]).output
+    assert next(line.split() for line in table.splitlines() if line.startswith("bits_per_byte"))[-1] == "2"
