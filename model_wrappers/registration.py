@@ -41,13 +41,26 @@ def with_resolved_model_name(metadata: dict | None) -> dict | None:
     return {**metadata, "pretrained": resolve_model_path(metadata["pretrained"])}
 
 
-def add_task_folder() -> None:
-    """Make every TaskManager also index our task folder, so `--tasks sparsebench_*` needs no include path."""
-    from lm_eval.tasks import TaskManager
+TASK_MANAGER_MODULE = "lm_eval.tasks.manager"
 
-    if getattr(TaskManager.__init__, "_sparse_bench", False):
+
+def add_task_folder() -> None:
+    """Make every TaskManager also index our task folder, so `--tasks sparsebench_*` needs no include path.
+
+    Done when lm-eval's task manager module has finished importing (now, if it has), never by importing it
+    here: this runs inside lm-eval's own imports.
+    """
+    from .lm_eval_hook import call_after_import
+
+    call_after_import(TASK_MANAGER_MODULE, index_our_tasks_too)
+
+
+def index_our_tasks_too(manager_module) -> None:
+    """Wrap `TaskManager.__init__` so our task folder comes first on its include path (once)."""
+    task_manager = manager_module.TaskManager
+    if getattr(task_manager.__init__, "_sparse_bench", False):
         return
-    original_init = TaskManager.__init__
+    original_init = task_manager.__init__
 
     @functools.wraps(original_init)
     def init_with_our_tasks(self, verbosity=None, include_path=None, include_defaults=True, metadata=None):
@@ -59,7 +72,7 @@ def add_task_folder() -> None:
                       metadata=with_resolved_model_name(metadata))
 
     init_with_our_tasks._sparse_bench = True
-    TaskManager.__init__ = init_with_our_tasks
+    task_manager.__init__ = init_with_our_tasks
 
 
 def install_user_error_hook() -> None:

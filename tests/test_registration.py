@@ -14,20 +14,20 @@ def run_python(code: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
 
 
-def test_hook_registers_sparse_hf_and_keeps_hf():
+@pytest.mark.parametrize("first_import", [
+    "from lm_eval.tasks import TaskManager",  # the task manager module is mid-import when the registry hook runs
+    "import lm_eval.evaluator",
+    "from sparse_bench.model_wrappers.sparse_hf import SparseHFLM",
+])
+def test_start_up_hook_works_whatever_is_imported_first(first_import):
     result = run_python("import sparse_bench.model_wrappers.lm_eval_hook as hook; hook.install()\n"
+                        f"{first_import}\n"
                         "from lm_eval.api.registry import get_model\n"
-                        "print(get_model('hf').__name__, get_model('sparse-hf').__name__)")
+                        "from lm_eval.tasks import TaskManager\n"
+                        "print(get_model('hf').__name__, get_model('sparse-hf').__name__,\n"
+                        "      'sparsebench_mrpc' in TaskManager().all_tasks)")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["HFLM", "SparseHFLM"]
-
-
-def test_importing_the_wrapper_first_keeps_hf():
-    result = run_python("from sparse_bench.model_wrappers.sparse_hf import SparseHFLM\n"
-                        "from lm_eval.api.registry import get_model\n"
-                        "print(get_model('hf').__name__, get_model('sparse-hf') is SparseHFLM)")
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["HFLM", "True"]
+    assert result.stdout.split() == ["HFLM", "SparseHFLM", "True"]
 
 
 def test_registered_task_folder_is_indexed():

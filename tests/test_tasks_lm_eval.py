@@ -97,7 +97,7 @@ def test_a_checkout_works_with_include_path_alone(tmp_path, data_dir):
         "import os; os.environ['SPARSE_BENCH_DATA_DIR'] = '/nonexistent'\n"
         "try:\n    manager.load(['sparsebench_mrpc'])\nexcept Exception as error:\n"
         "    print(type(error).__name__, '|', error)\n")
-    env = {**os.environ, "SPARSE_BENCH_DATA_DIR": str(data_dir)}
+    env = {**os.environ, "SPARSE_BENCH_DATA_DIR": str(data_dir), "SPARSE_BENCH_DISABLE_HOOK": "1"}
     output = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300,
                             check=True).stdout.splitlines()
     assert output[0] == f"{sorted(OUR_TASKS)} True"
