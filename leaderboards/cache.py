@@ -1,25 +1,22 @@
 """Pruned models cached on disk, and fingerprints of the models they come from.
 
-`CACHE/KEY/` holds a dense safetensors checkpoint (`save_checkpoint`), `prune_key.json` and `prune_report.json`
-(written last: it marks the entry complete). KEY is the hash of `spec.prune_key` (model weights' sha256, method,
+`CACHE/KEY/` is a dense checkpoint written by `save_checkpoint`, whose record holds the prune key and the prune
+report (`{"prune_key": ..., "report": PruneReport.to_dict()}`). KEY is the hash of `spec.prune_key` (model weights' sha256, method,
 scope, sparsity, structure, recipe hash, calibration with its seed, prune dtype), so a dtype sweep, a re-run or
-another grid with the same pruning prunes each model once. Entries are written under a temporary folder name
-and renamed: concurrent shards on a shared disk are safe (the first writer wins).
+another grid with the same pruning prunes each model once. `save_checkpoint` writes under a temporary name and
+renames, so a killed run leaves no half entry and concurrent shards on a shared disk are safe.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..harness_ext.errors import UserError
-from ..harness_ext.io import write_json_atomic
+from ..harness_ext.checkpoints import read_record, save_checkpoint
 from .spec import Cell, GridSpec, prune_key
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".json", ".model")
@@ -42,7 +39,8 @@ def model_fingerprint(model_path: str) -> str:
 
 @dataclass
 class PrunedModelCache:
-    """Pruned checkpoints under `root`, one folder per prune key, written to a temporary folder and renamed."""
+    """Pruned checkpoints under `root`, one folder per prune key. `save_checkpoint` writes each folder under a
+    temporary name and renames it, and its record (with the prune report) marks the entry complete."""
 
     root: Path
 
@@ -50,48 +48,13 @@ class PrunedModelCache:
         return Path(self.root) / hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
 
     def lookup(self, key: dict[str, Any]) -> tuple[Path, dict[str, Any]] | None:
+        """(folder, prune report) of a complete entry, else None."""
         folder = self.entry(key)
-        try:
-            return folder, json.loads((folder / "prune_report.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        record = read_record(folder) if folder.is_dir() else None
+        wanted = json.loads(json.dumps(key))
+        if record is None or not record.get("prune_record") or record["prune_record"].get("prune_key") != wanted:
             return None
-
-    def store(self, key: dict[str, Any], write: Callable[[Path], dict[str, Any]]) -> tuple[Path, dict[str, Any]]:
-        """Run `write(temp_folder) -> prune report`, then move the folder into place (first writer wins)."""
-        final = self.entry(key)
-        self._remove_abandoned()
-        temp = Path(self.root) / f".tmp-{final.name}-{socket.gethostname()}-{os.getpid()}"
-        shutil.rmtree(temp, ignore_errors=True)
-        try:
-            report = write(temp)
-            write_json_atomic(temp / "prune_key.json", key)
-            write_json_atomic(temp / "prune_report.json", report)  # last file: marks the entry complete
-            try:
-                os.replace(temp, final)
-            except OSError:  # another shard stored the same entry meanwhile: keep theirs
-                if self.lookup(key) is None:
-                    raise
-        finally:
-            shutil.rmtree(temp, ignore_errors=True)
-        return final, report
-
-    def _remove_abandoned(self) -> None:
-        """Delete temporary folders that a killed process of this host left behind."""
-        host = socket.gethostname()
-        for temp in Path(self.root).glob(f".tmp-*-{host}-*"):
-            pid = temp.name.rsplit("-", 1)[-1]
-            if pid.isdigit() and not _pid_alive(int(pid)):
-                shutil.rmtree(temp, ignore_errors=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        return folder, record["prune_record"]["report"]
 
 
 def pruned_checkpoint(cell: Cell, spec: GridSpec, model_path: str, fingerprint: str,
@@ -102,19 +65,16 @@ def pruned_checkpoint(cell: Cell, spec: GridSpec, model_path: str, fingerprint: 
     if found is not None:
         return (*found, True)
 
-    def prune_and_save(folder: Path) -> dict[str, Any]:
-        from ..harness_ext.checkpoints import save_checkpoint
-        from ..harness_ext.models import load_model
-        from ..harness_ext.pruning.engine import prune
+    from ..harness_ext.models import load_model
+    from ..harness_ext.pruning.engine import prune
 
-        model, tokenizer = load_model(model_path, spec.prune_dtype, spec.device)
-        report = prune(model, cell.plan(), spec.calibration, tokenizer=tokenizer).to_dict()
-        if report["zeros"] == 0:
-            raise UserError(f"{cell.method_label} pruned nothing in {cell.model}; check the recipe's targets")
-        save_checkpoint(model, tokenizer, folder, prune_record=report, save_format="dense")
-        return report
-
-    return (*cache.store(key, prune_and_save), False)
+    model, tokenizer = load_model(model_path, spec.prune_dtype, spec.device)
+    report = prune(model, cell.plan(), spec.calibration, tokenizer=tokenizer).to_dict()
+    if report["zeros"] == 0:
+        raise UserError(f"{cell.method_label} pruned nothing in {cell.model}; check the recipe's targets")
+    folder = save_checkpoint(model, tokenizer, cache.entry(key), prune_record={"prune_key": key, "report": report},
+                             save_format="dense")
+    return folder, report, False
 
 
 __all__ = ["PrunedModelCache", "model_fingerprint", "pruned_checkpoint"]
