@@ -41,3 +41,15 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def write_figure_atomic(figure, path: Path, dpi: int = 120) -> Path:
+    """Render a matplotlib `figure` to PNG at `path` atomically and close it."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(figure)
+    return write_bytes_atomic(path, buffer.getvalue())

@@ -5,7 +5,6 @@ sparsities joined by a line that starts at the dense baseline; N:M cells are sep
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -14,6 +13,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from ..harness_ext.io import write_figure_atomic  # noqa: E402
 from .render import Grid, task_metrics, task_names  # noqa: E402
 
 Getter = Callable[[dict[str, Any]], Any]
@@ -71,13 +71,8 @@ def _draw(axes, grid: Grid, getter: Getter, ylabel: str, log: bool = False) -> b
 
 
 def _save(figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
     figure.tight_layout()
-    figure.savefig(temp, dpi=110)
-    plt.close(figure)
-    os.replace(temp, path)
-    return path
+    return write_figure_atomic(figure, path, dpi=110)
 
 
 def make_plots(grid: Grid, out_dir: Path | None = None) -> dict[str, Path]:

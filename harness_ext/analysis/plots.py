@@ -13,7 +13,6 @@ Histograms are the fixed log-bin counts of the analysis (see stats.py); the line
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import matplotlib
@@ -22,7 +21,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ..io import write_bytes_atomic  # noqa: E402
+from ..io import write_figure_atomic  # noqa: E402
 from .stats import histogram_counts, histogram_edges, threshold_key  # noqa: E402
 
 LINEAR_BINS = 100
@@ -191,7 +190,4 @@ def _model_label(analysis: dict) -> str:
 
 
 def _save(figure, path: Path) -> Path:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
-    plt.close(figure)
-    return write_bytes_atomic(path, buffer.getvalue())
+    return write_figure_atomic(figure, path, dpi=120)
