@@ -22,7 +22,7 @@ import yaml
 
 from ..harness_ext.errors import UserError
 from ..harness_ext.pruning.plan import (METHODS, UNSTRUCTURED, CalibrationConfig, PruningPlan, parse_structure,
-                                        shortcut_plan)
+                                        plan_from_arguments)
 
 DTYPES = ("float32", "float16", "bfloat16")
 DENSE = "dense"
@@ -129,12 +129,10 @@ class Cell:
         if self.method is None:
             return None
         if self.method.recipe:
-            from ..harness_ext.recipes import load_recipe
-
-            return load_recipe(self.method.recipe)
+            return plan_from_arguments(recipe=self.method.recipe)
         structure = None if self.structure == UNSTRUCTURED else self.structure
-        return shortcut_plan(self.method.method, self.sparsity, structure, scope=self.method.scope,
-                             source="leaderboard")
+        return plan_from_arguments(self.method.method, self.sparsity, structure, scope=self.method.scope,
+                                   source="leaderboard")
 
     def describe(self) -> dict[str, Any]:
         return {"model": self.model, "dtype": self.dtype, "method": self.method_label,

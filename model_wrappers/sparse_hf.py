@@ -20,7 +20,7 @@ from ..harness_ext.checkpoints import load_checkpoint
 from ..harness_ext.errors import UserError
 from ..harness_ext.models import parse_dtype, resolve_model_path
 from ..harness_ext.pruning.engine import prune
-from ..harness_ext.pruning.plan import CalibrationConfig, PruningPlan, shortcut_plan
+from ..harness_ext.pruning.plan import CalibrationConfig, plan_from_arguments
 from ..harness_ext.pruning.report import measure_sparsity
 
 
@@ -38,21 +38,6 @@ class _CheckedAutoClass:
         return load_checkpoint(self.auto_class, path, **kwargs)
 
 
-def build_plan(method: str | None, sparsity: float | None, structure: str | None, scope: str,
-               recipe: str | None) -> PruningPlan | None:
-    """The pruning plan the model_args describe, or None to evaluate the checkpoint as it is."""
-    if recipe is not None:
-        if method is not None or sparsity is not None or structure is not None:
-            raise UserError("recipe=... already defines method, sparsity and structure; drop those arguments "
-                            "or the recipe")
-        from ..harness_ext.recipes import load_recipe
-
-        return load_recipe(recipe)
-    if method is None and sparsity is None and structure is None:
-        return None
-    return shortcut_plan(method, sparsity, structure, scope=scope)
-
-
 @register_model("sparse-hf")
 class SparseHFLM(HFLM):
     """HFLM + pruning on load + measured sparsity in the results."""
@@ -66,7 +51,7 @@ class SparseHFLM(HFLM):
         magnitude threshold over all pruned layers); `recipe`: a SparseML / llm-compressor recipe file;
         `calibration` (c4 | wikitext2 | FILE), `nsamples`, `seqlen` (tokens), `seed`: Wanda/SparseGPT data.
         """
-        plan = build_plan(method, sparsity, structure, scope, recipe)
+        plan = plan_from_arguments(method, sparsity, structure, scope, recipe)
         calibration_config = CalibrationConfig(data=str(calibration), nsamples=int(nsamples), seqlen=int(seqlen),
                                                seed=int(seed))
         requested_dtype = parse_dtype(kwargs.get("dtype", "auto"))

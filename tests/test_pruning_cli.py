@@ -38,7 +38,7 @@ def test_prune_user_errors_exit_2_and_write_nothing(tiny_llama, tmp_path):
         (["--sparsity", "0.5"], "without method"),
         (["--method", "wanda", "--sparsity", "1.5"], "sparsity must be in"),
         (["--method", "wanda", "--structure", "5:4"], "impossible N:M"),
-        (["--method", "wanda", "--sparsity", "0.5", "--recipe", str(tmp_path / "r.yaml")], "--recipe describes"),
+        (["--method", "wanda", "--sparsity", "0.5", "--recipe", str(tmp_path / "r.yaml")], "a recipe already defines"),
         (["--method", "wanda", "--sparsity", "0.5", "--target", "re:nothing.*"], "matches no"),
         (["--method", "wanda", "--sparsity", "0.5", "--calibration", str(tmp_path / "none.txt")], "nor a file"),
     ]

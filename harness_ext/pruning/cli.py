@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from ..errors import UserError
-from .plan import DEFAULT_IGNORE, METHODS, SCOPES, CalibrationConfig, OwlConfig, shortcut_plan
+from .plan import DEFAULT_IGNORE, METHODS, SCOPES, CalibrationConfig, OwlConfig, plan_from_arguments
 
 DEFAULTS = CalibrationConfig()
 
@@ -19,16 +19,15 @@ def _emit_json(data: dict) -> None:
 
 def _build_plan(method, sparsity, structure, scope, recipe, targets, ignore, block_size, dampening, owl,
                 owl_m, owl_lambda):
-    if recipe is not None:
-        if method or sparsity is not None or structure:
-            raise UserError("--recipe describes the whole plan; drop --method/--sparsity/--structure")
-        from ..recipes import load_recipe
-        return load_recipe(recipe)
     options = {"targets": tuple(targets), "ignore": tuple(ignore) or DEFAULT_IGNORE, "block_size": block_size,
                "dampening": dampening}
     if owl:
         options["owl"] = OwlConfig(m=owl_m, lmbda=owl_lambda)
-    return shortcut_plan(method, sparsity, structure, scope=scope, source="cli", **options)
+    plan = plan_from_arguments(method, sparsity, structure, scope=scope, recipe=recipe, source="cli",
+                               **({} if recipe else options))
+    if plan is None:
+        raise UserError("nothing to prune: give --method (with --sparsity or --structure) or --recipe")
+    return plan
 
 
 def _summary(report) -> str:

@@ -217,8 +217,25 @@ def shortcut_plan(method: str | None, sparsity: float | None, structure: str | N
     return PruningPlan(steps=(step,), source=source)
 
 
+def plan_from_arguments(method: str | None = None, sparsity: float | None = None, structure: str | None = None,
+                        scope: str = "layer", recipe: str | None = None, source: str = "model_args",
+                        **step_options: Any) -> PruningPlan | None:
+    """The plan user arguments describe: a recipe file, the method/sparsity/structure shortcut, or None when
+    nothing asks for pruning. One function for model_args, the CLI and grid cells."""
+    if recipe is not None:
+        if method is not None or sparsity is not None or structure is not None:
+            raise UserError("a recipe already defines method, sparsity and structure; give the recipe or "
+                            "method/sparsity/structure, not both")
+        from ..recipes import load_recipe
+
+        return load_recipe(recipe)
+    if method is None and sparsity is None and structure is None:
+        return None
+    return shortcut_plan(method, sparsity, structure, scope=scope, source=source, **step_options)
+
+
 __all__ = [
     "METHODS", "SCOPES", "UNSTRUCTURED", "DEFAULT_IGNORE", "NMStructure", "OwlConfig", "PruneStep",
     "PruningPlan", "CalibrationConfig", "validate_method", "validate_sparsity", "parse_structure",
-    "compile_pattern", "matches_any", "shortcut_plan",
+    "compile_pattern", "matches_any", "shortcut_plan", "plan_from_arguments",
 ]
