@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from .errors import UserError
+from .io import read_jsonl_records
 
 LOWER_IS_BETTER = {"bits_per_byte", "empty", "gold_nll"}  # the sparsebench per-sample metrics where less is better
 
@@ -26,20 +27,12 @@ def read_samples(path: Path, filter_name: str | None = None) -> dict[int, dict[s
         raise UserError(f"{path} does not exist; pass the samples_<task>_<date>.jsonl files that lm-eval writes "
                         "with --log_samples")
     samples: dict[int, dict[str, Any]] = {}
-    with open(path, encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                sample = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise UserError(f"{path}, line {line_number}: not JSON ({error.msg}); is this an lm-eval "
-                                "samples file?") from error
-            if not isinstance(sample, dict) or "doc_id" not in sample:
-                raise UserError(f"{path}, line {line_number}: no doc_id; is this an lm-eval samples file?")
-            filter_name = filter_name or sample.get("filter")
-            if sample.get("filter") == filter_name:
-                samples[int(sample["doc_id"])] = sample
+    for line_number, sample in read_jsonl_records(path, hint="is this an lm-eval samples file?"):
+        if "doc_id" not in sample:
+            raise UserError(f"{path}, line {line_number}: no doc_id; is this an lm-eval samples file?")
+        filter_name = filter_name or sample.get("filter")
+        if sample.get("filter") == filter_name:
+            samples[int(sample["doc_id"])] = sample
     if not samples:
         raise UserError(f"{path} holds no samples" + (f" for filter {filter_name!r}" if filter_name else ""))
     return samples

@@ -6,7 +6,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 
 def write_text_atomic(path: Path, text: str) -> Path:
@@ -53,3 +53,24 @@ def write_figure_atomic(figure, path: Path, dpi: int = 120) -> Path:
     figure.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(figure)
     return write_bytes_atomic(path, buffer.getvalue())
+
+
+def read_jsonl_records(path: Path, hint: str = "") -> Iterator[tuple[int, dict]]:
+    """Yield (line number, JSON object) for each non-blank line of a JSONL file.
+
+    A line that is not a JSON object raises UserError naming the file and line (`hint` is appended).
+    """
+    from .errors import UserError
+
+    suffix = f"; {hint}" if hint else ""
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise UserError(f"{path}, line {number}: not JSON ({error.msg}){suffix}") from None
+            if not isinstance(record, dict):
+                raise UserError(f"{path}, line {number}: not a JSON object{suffix}")
+            yield number, record

@@ -16,7 +16,6 @@ a random window in it; for a stream, draw random windows of the whole tokenized 
 
 from __future__ import annotations
 
-import json
 import os
 import random
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
+from ..io import read_jsonl_records
 from .plan import CalibrationConfig
 
 NAMED_SOURCES = ("c4", "wikitext2")
@@ -38,17 +38,10 @@ def data_dir() -> Path | None:
 
 def _read_jsonl(path: Path) -> list[str]:
     texts = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise UserError(f"{path}:{number}: not valid JSON ({error.msg})") from None
-            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                raise UserError(f"{path}:{number}: each line needs a string field 'text'")
-            texts.append(record["text"])
+    for number, record in read_jsonl_records(path):
+        if not isinstance(record.get("text"), str):
+            raise UserError(f"{path}, line {number}: each line needs a string field 'text'")
+        texts.append(record["text"])
     if not texts:
         raise UserError(f"{path} has no documents")
     return texts
