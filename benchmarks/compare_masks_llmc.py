@@ -9,9 +9,11 @@ drops in later blocks means the propagation between blocks differs; a layer prun
 as the tied embedding / lm_head) shows up with sparsity 0.000 on the other side.
 
 llm-compressor runs in its own virtual environment (this file is re-run there with `--llmc-worker`; that
-mode imports nothing from this repository). `--llmc-ignore` sets its modifier's `ignore` list: the
-benchmark passes `lm_head`; `re:.*lm_head` is the spelling that really excludes it (see the docs/ note on
-issue 5).
+mode imports nothing from this repository). `--llmc-ignore` sets its modifier's `ignore` list. With
+targets=["Linear"], llm-compressor 0.14 names the layer `lm_head.` (trailing dot) when it matches the ignore
+list, so ignore=["lm_head"] does not exclude it: lm_head, and with it the tied embedding, is pruned by Wanda
+/ SparseGPT. `re:.*lm_head` excludes it; then the block masks agree (Wanda 1.000; SparseGPT ~0.9998, one
+extra weight per 128-column block from its `<= threshold` selection).
 
     python benchmarks/compare_masks_llmc.py --tiny --method wanda               # tiny llama, ~10 s
     python benchmarks/compare_masks_llmc.py --tiny --method sparsegpt --llmc-ignore 're:.*lm_head'
