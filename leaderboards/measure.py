@@ -3,7 +3,8 @@
 - `forward_ms`: median wall time of one forward pass over `batch` x `seqlen` random token ids (milliseconds),
   after one warm-up pass, over `repeats` passes.
 - `generate_tokens_per_s`: greedy generation of exactly `new_tokens` tokens at batch 1 from a 16-token
-  prompt, KV cache on (tokens per second, prompt processing included), median over `repeats` runs (at most 3).
+  prompt, KV cache on (tokens per second, prompt processing included), median over `repeats` runs (at most 3),
+  after a warm-up generation of WARM_UP_TOKENS tokens.
 - `peak_memory_bytes`: on CUDA, `torch.cuda.max_memory_allocated` during the measurement (weights +
   activations); on CPU, the process's peak resident set size sampled every 10 ms during the measurement
   (includes the Python runtime and lm-eval, so compare cells of one grid, not across machines).
@@ -26,6 +27,7 @@ from torch import nn
 
 SAMPLE_INTERVAL_S = 0.01
 PROMPT_TOKENS = 16
+WARM_UP_TOKENS = 2
 
 
 def _synchronize(device: torch.device) -> None:
@@ -60,9 +62,9 @@ def peak_memory(device: torch.device) -> Iterator[dict[str, Any]]:
     record.update(peak_memory_bytes=peak[0], peak_memory_kind="process peak RSS (sampled)")
 
 
-def _timed(function, device: torch.device, repeats: int) -> list[float]:
-    """Wall seconds of `repeats` calls of `function` (after one untimed warm-up call)."""
-    function()
+def _timed(function, device: torch.device, repeats: int, **warm_up_overrides: Any) -> list[float]:
+    """Wall seconds of `repeats` calls of `function()` (after one untimed warm-up call, `function(**overrides)`)."""
+    function(**warm_up_overrides)
     times = []
     for _ in range(repeats):
         _synchronize(device)
@@ -92,9 +94,9 @@ def measure_latency(model: nn.Module, batch: int = 1, seqlen: int = 128, new_tok
         forward = _timed(lambda: model(input_ids=inputs), device, repeats)
         generation = None
         if hasattr(model, "generate") and not getattr(model.config, "is_encoder_decoder", False):
-            generation = _timed(lambda: model.generate(
-                prompt, attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=new_tokens,
-                min_new_tokens=new_tokens, pad_token_id=0), device, min(repeats, 3))
+            generation = _timed(lambda tokens=new_tokens: model.generate(
+                prompt, attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=tokens,
+                min_new_tokens=tokens, pad_token_id=0), device, min(repeats, 3), tokens=WARM_UP_TOKENS)
     return {
         "forward_ms": 1000.0 * statistics.median(forward),
         "forward_shape": [batch, seqlen],
