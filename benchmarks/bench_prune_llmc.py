@@ -17,6 +17,28 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
+# `ignore=["lm_head"]` does NOT exclude lm_head in llm-compressor 0.14: the name it matches is "lm_head." when the
+# target is the Linear itself, so lm_head (tied to the embedding on SmolLM2) is pruned to 50 % as well
+# (benchmarks/compare_masks_llmc.py). A regular expression matches it.
+IGNORE_LM_HEAD = ["re:.*lm_head"]
+
+
+def llmc_prune(model, tokens: list[list[int]], method: str, structure: str, ignore: list[str]) -> float:
+    """llm-compressor's oneshot Wanda or SparseGPT at 50 % (or N:M `structure`; "0:0" = unstructured) on exactly
+    these token ids (nsamples x seqlen), Linear targets minus `ignore`; returns its wall seconds."""
+    from datasets import Dataset
+    from llmcompressor import oneshot
+    from llmcompressor.modifiers.pruning import SparseGPTModifier, WandaPruningModifier
+
+    dataset = Dataset.from_dict({"input_ids": tokens, "attention_mask": [[1] * len(row) for row in tokens]})
+    modifier_class = WandaPruningModifier if method == "wanda" else SparseGPTModifier
+    modifier = modifier_class(sparsity=0.5, mask_structure=structure, targets=["Linear"], ignore=ignore)
+    started = time.perf_counter()
+    oneshot(model=model, dataset=dataset, recipe=[modifier], num_calibration_samples=len(tokens),
+            max_seq_length=len(tokens[0]), shuffle_calibration_samples=False)
+    return time.perf_counter() - started
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", required=True, help="checkpoint directory")
@@ -29,9 +51,6 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
-    from datasets import Dataset
-    from llmcompressor import oneshot
-    from llmcompressor.modifiers.pruning import SparseGPTModifier, WandaPruningModifier
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     sys.path.insert(0, str(REPO))
@@ -42,17 +61,7 @@ def main() -> None:
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    dataset = Dataset.from_dict({"input_ids": tokens, "attention_mask": [[1] * len(row) for row in tokens]})
-    modifier_class = WandaPruningModifier if args.method == "wanda" else SparseGPTModifier
-    # `ignore=["lm_head"]` does NOT exclude lm_head in llm-compressor 0.14: the name it matches is "lm_head." when
-    # the target is the Linear itself, so lm_head (tied to the embedding on SmolLM2) was pruned to 50 % as well
-    # (benchmarks/compare_masks_llmc.py). A regular expression matches it.
-    modifier = modifier_class(sparsity=0.5, mask_structure=args.structure, targets=["Linear"],
-                              ignore=["re:.*lm_head"])
-    started = time.perf_counter()
-    oneshot(model=model, dataset=dataset, recipe=[modifier], num_calibration_samples=len(tokens),
-            max_seq_length=len(tokens[0]), shuffle_calibration_samples=False)
-    wall = time.perf_counter() - started
+    wall = llmc_prune(model, tokens, args.method, args.structure, IGNORE_LM_HEAD)
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     weights = [m.weight for name, m in model.named_modules()
                if isinstance(m, torch.nn.Linear) and ".layers." in name]

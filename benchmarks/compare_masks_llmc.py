@@ -54,20 +54,15 @@ def perplexity(model, tokenizer, eval_tokens: int) -> float:
 def llmc_worker(args: argparse.Namespace) -> None:
     """Runs inside llm-compressor's venv: oneshot on the given tokens, masks to --out, one JSON line."""
     import torch
-    from datasets import Dataset
-    from llmcompressor import oneshot
-    from llmcompressor.modifiers.pruning import SparseGPTModifier, WandaPruningModifier
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_prune_llmc import llmc_prune  # the benchmark's own llm-compressor call
+
     tokens = json.loads(Path(args.tokens).read_text())
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
-    dataset = Dataset.from_dict({"input_ids": tokens, "attention_mask": [[1] * len(row) for row in tokens]})
-    modifier_class = WandaPruningModifier if args.method == "wanda" else SparseGPTModifier
-    modifier = modifier_class(sparsity=0.5, mask_structure=args.structure, targets=["Linear"],
-                              ignore=args.llmc_ignore)
-    oneshot(model=model, dataset=dataset, recipe=[modifier], num_calibration_samples=len(tokens),
-            max_seq_length=len(tokens[0]), shuffle_calibration_samples=False)
+    llmc_prune(model, tokens, args.method, args.structure, args.llmc_ignore)
     save_file({name: mask.contiguous() for name, mask in weight_masks(model).items()}, args.out)
     result = {"tied": model.get_output_embeddings().weight is model.get_input_embeddings().weight}
     if args.eval_tokens:
