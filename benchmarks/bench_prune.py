@@ -2,9 +2,13 @@
 
 Reference setting (issue 5): SmolLM2-135M-Instruct in float32, calibration 64 x 256 tokens of C4 (seed 0),
 WikiText-2 test, first 65,536 tokens, windows of 256 (`sparse_bench.harness_ext.perplexity`). Every case runs
-in its own process, so its peak RSS is its own (read right after pruning, before the perplexity pass).
-The floor is the time of the calibration forwards alone (block inputs captured, then every block run twice,
-as a layer-sequential method must); ratios to the floor and to llm-compressor are printed.
+in its own process, so its peak RSS (VmHWM) is its own, read right after pruning, before the perplexity pass.
+Memory is reported as (peak RSS - RSS with the libraries imported) / model bytes, so it counts the model
+itself (1.0 when fully resident) plus whatever pruning holds; both sides import their libraries first.
+Cases ending in `-ts` run our engine with `true_sequential` (one forward per block) against the same peer run.
+The floors are the times of the calibration forwards alone: block inputs captured, then every block run twice
+(`floor`, the default loop) or once (`floor-1`, true-sequential); ratios to the floor and to llm-compressor
+are printed.
 
 llm-compressor runs in a separate virtual environment (it pins its own dependencies), on the very same
 calibration tokens (written to a file by this script) and is scored by the same perplexity code:
@@ -29,16 +33,27 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = Path(os.environ.get("SPARSE_BENCH_DATA_DIR") or REPO.parent / "shared" / "data")
-CASES = {  # name -> (method, sparsity, structure); "dense" and "floor" are special. Run in this order.
+CASES = {  # name -> (method, sparsity, structure); "dense" and the floors are special. Run in this order.
     "wanda-50": ("wanda", 0.5, None),
+    "wanda-50-ts": ("wanda", 0.5, None),
     "sparsegpt-50": ("sparsegpt", 0.5, None),
+    "sparsegpt-50-ts": ("sparsegpt", 0.5, None),
     "floor": (None, None, None),
+    "floor-1": (None, None, None),
     "wanda-24": ("wanda", None, "2:4"),
+    "wanda-24-ts": ("wanda", None, "2:4"),
     "sparsegpt-24": ("sparsegpt", None, "2:4"),
+    "sparsegpt-24-ts": ("sparsegpt", None, "2:4"),
     "magnitude-50": ("magnitude", 0.5, None),
     "dense": (None, None, None),
 }
 PEER_CASES = ("wanda-50", "sparsegpt-50", "wanda-24", "sparsegpt-24")
+TRUE_SEQUENTIAL = "-ts"
+
+
+def peer_case(case: str) -> str:
+    """The llm-compressor case a row is compared with (a true-sequential row: the same method's)."""
+    return case.removesuffix(TRUE_SEQUENTIAL)
 
 
 def run_json(command: list[str], env: dict) -> dict:
@@ -52,10 +67,10 @@ def run_json(command: list[str], env: dict) -> dict:
 
 def worker(args: argparse.Namespace) -> None:
     """One of our cases in this process; prints one JSON line."""
-    import resource
-
     import torch
+    import transformers.models.llama.modeling_llama  # noqa: F401 - a library both sides import before the model
 
+    from sparse_bench.harness_ext.memory import peak_rss_bytes, rss_bytes
     from sparse_bench.harness_ext.models import load_model
     from sparse_bench.harness_ext.perplexity import read_text, token_perplexity
     from sparse_bench.harness_ext.pruning.calibration import (Stopwatch, default_batch_size, layer_sequential,
@@ -65,26 +80,28 @@ def worker(args: argparse.Namespace) -> None:
     from sparse_bench.harness_ext.pruning.plan import CalibrationConfig, shortcut_plan
 
     torch.manual_seed(0)
-    baseline_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # interpreter + libraries
+    baseline_rss = rss_bytes()  # interpreter + libraries
     model, tokenizer = load_model(args.model, "float32", "cpu")
     model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    config = CalibrationConfig("c4", args.nsamples, args.seqlen, 0)
+    config = CalibrationConfig("c4", args.nsamples, args.seqlen, 0,
+                               true_sequential=args.worker.endswith(TRUE_SEQUENTIAL))
     result = {"case": args.worker, "model_bytes": model_bytes, "baseline_rss": baseline_rss,
-              "rss_after_load": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+              "rss_after_load": rss_bytes()}
     method, sparsity, structure = CASES[args.worker]
     started = time.perf_counter()
-    if args.worker == "floor":
+    if args.worker.startswith("floor"):
         tokens, _, _ = calibration_tokens(config, tokenizer)
         stopwatch = Stopwatch()
         for block in layer_sequential(model, tokens, default_batch_size(args.seqlen), stopwatch, progress=False):
-            run_block(block.block, block.inputs, None)  # the statistics forward; the loop runs the second
+            if args.worker == "floor":
+                run_block(block.block, block.inputs, None)  # the statistics forward; the loop runs the second
         result["wall"] = time.perf_counter() - started
     elif method is not None:
         report = prune(model, shortcut_plan(method, sparsity, structure), config, tokenizer, progress=False)
         result.update(wall=time.perf_counter() - started, sparsity=report.overall_sparsity,
                       calibration_seconds=report.calibration_seconds)
-    result["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    if args.worker != "floor":
+    result["peak_rss"] = peak_rss_bytes()
+    if not args.worker.startswith("floor"):
         text = read_text(args.eval_text)
         result["ppl"] = token_perplexity(model, tokenizer, text, args.seqlen, args.eval_tokens)["perplexity"]
     print(json.dumps(result))
@@ -95,20 +112,21 @@ def fmt(value, pattern: str) -> str:
 
 
 def rss_ratio(row: dict) -> str:
-    """(peak RSS - RSS before the model was loaded) / model bytes: what pruning holds beyond the libraries."""
+    """(peak RSS - RSS with the libraries imported) / model bytes: the model plus what pruning holds."""
     if "peak_rss" not in row or "baseline_rss" not in row:
         return "-"
     return fmt((row["peak_rss"] - row["baseline_rss"]) / row["model_bytes"], ".2f")
 
 
-def table(ours: dict, peer: dict, floor: float | None) -> str:
+def table(ours: dict, peer: dict, floors: dict[str, float | None]) -> str:
     from tabulate import tabulate
 
     rows = []
     for case, row in ours.items():
-        if case == "floor":
+        if case.startswith("floor"):
             continue
-        other = peer.get(case, {})
+        other = peer.get(peer_case(case), {})
+        floor = floors["floor-1" if case.endswith(TRUE_SEQUENTIAL) else "floor"]
         wall, peer_wall = row.get("wall"), other.get("wall")
         ppl, peer_ppl = row.get("ppl"), other.get("ppl")
         rows.append([case, fmt(wall, ".1f"), fmt(row.get("peak_rss", 0) / 2**20, ".0f"), rss_ratio(row),
@@ -186,14 +204,14 @@ def main() -> None:
                 print(f"llm-compressor {case}: {json.dumps(peer[case])}", flush=True)
             if args.json_out:  # after every case, so an interrupted run keeps what it measured
                 Path(args.json_out).write_text(json.dumps({"ours": ours, "llm_compressor": peer}, indent=2))
-    floor = ours.get("floor", {}).get("wall")
+    floors = {name: ours.get(name, {}).get("wall") for name in ("floor", "floor-1")}
     print()
     print(f"model {args.model} float32, calibration c4 {args.nsamples} x {args.seqlen} seed 0, perplexity on "
-          f"{args.eval_tokens} tokens of {Path(args.eval_text).name} (windows of {args.seqlen}); floor "
-          f"(capture + 2 forwards per block) {fmt(floor, '.1f')} s")
-    print(table(ours, peer, floor))
+          f"{args.eval_tokens} tokens of {Path(args.eval_text).name} (windows of {args.seqlen}); floors: capture + "
+          f"2 forwards per block {fmt(floors['floor'], '.1f')} s, capture + 1 forward {fmt(floors['floor-1'], '.1f')} s")
+    print(table(ours, peer, floors))
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps({"ours": ours, "llm_compressor": peer, "floor": floor}, indent=2))
+        Path(args.json_out).write_text(json.dumps({"ours": ours, "llm_compressor": peer, "floors": floors}, indent=2))
 
 
 if __name__ == "__main__":

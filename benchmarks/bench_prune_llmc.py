@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sys
 import time
 from pathlib import Path
@@ -50,19 +49,22 @@ def main() -> None:
     parser.add_argument("--seqlen", type=int, default=256)
     args = parser.parse_args()
 
+    import llmcompressor  # noqa: F401 - imported before the baseline, as bench_prune.py imports ours
     import torch
+    import transformers.models.llama.modeling_llama  # noqa: F401
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     sys.path.insert(0, str(REPO))
-    from harness_ext.perplexity import token_perplexity  # our protocol, imported by path
+    from harness_ext.memory import peak_rss_bytes, rss_bytes  # imported by path, as the perplexity protocol
+    from harness_ext.perplexity import token_perplexity
 
-    baseline_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    baseline_rss = rss_bytes()
     tokens = json.loads(Path(args.tokens).read_text())
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     wall = llmc_prune(model, tokens, args.method, args.structure, IGNORE_LM_HEAD)
-    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak_rss = peak_rss_bytes()
     weights = [m.weight for name, m in model.named_modules()
                if isinstance(m, torch.nn.Linear) and ".layers." in name]
     zeros = sum(int((w == 0).sum()) for w in weights)

@@ -213,7 +213,8 @@ def header(grid: Grid) -> dict[str, Any]:
         "Cells": _cell_counts(grid),
         "Models": "; ".join(models),
         "Pruning": (f"calibration `{calibration['data']}`, {calibration['nsamples']} x {calibration['seqlen']} "
-                    f"tokens, seed {calibration['seed']}; pruned in {spec['prune_dtype']} on {spec['device']} "
+                    f"tokens, seed {calibration['seed']}"
+                    f"{', true-sequential' if calibration.get('true_sequential') else ''}; pruned in {spec['prune_dtype']} on {spec['device']} "
                     "and cached, then loaded in each row's dtype. `measured` = exact zeros over the pruned "
                     "layers (lm_head excluded); `nonzero (M)` = non-zero parameters of the whole model"),
         "Tasks": f"lm-eval {env.get('lm_eval', '?')}, {tasks}, batch size {spec['batch_size']}, "

@@ -187,6 +187,12 @@ class _Fields:
             self.fail(key, f"must be an integer >= {minimum}, got {value!r}")
         return value
 
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self.get(key, default)
+        if not isinstance(value, bool):
+            self.fail(key, f"must be true or false, got {value!r}")
+        return value
+
     def items(self, key: str, required: bool = True) -> list[Any]:
         value = self.get(key, [] if not required else None, required=required)
         if not isinstance(value, list) or (required and not value):
@@ -334,12 +340,13 @@ def _data_path(entry: _Fields, key: str, value: Any, base_dir: Path, names: tupl
 
 def _calibration(fields: _Fields, base_dir: Path) -> CalibrationConfig:
     entry = _Fields(fields.get("calibration", {}), "calibration", fields.source,
-                    ("data", "nsamples", "seqlen", "seed"))
+                    ("data", "nsamples", "seqlen", "seed", "true_sequential"))
     defaults = CalibrationConfig()
     return CalibrationConfig(
         data=_data_path(entry, "data", entry.get("data", defaults.data), base_dir, ("c4", "wikitext2")),
         nsamples=entry.integer("nsamples", defaults.nsamples), seqlen=entry.integer("seqlen", defaults.seqlen, 2),
-        seed=entry.integer("seed", defaults.seed, 0))
+        seed=entry.integer("seed", defaults.seed, 0),
+        true_sequential=entry.boolean("true_sequential", defaults.true_sequential))
 
 
 def _perplexity(fields: _Fields, base_dir: Path) -> PerplexitySpec | None:

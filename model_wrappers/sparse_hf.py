@@ -20,7 +20,7 @@ from ..harness_ext.checkpoints import load_checkpoint
 from ..harness_ext.errors import UserError
 from ..harness_ext.models import parse_dtype, resolve_model_path
 from ..harness_ext.pruning.engine import prune
-from ..harness_ext.pruning.plan import CalibrationConfig, plan_from_arguments
+from ..harness_ext.pruning.plan import CalibrationConfig, parse_flag, plan_from_arguments
 from ..harness_ext.pruning.report import measure_sparsity
 
 
@@ -45,15 +45,18 @@ class SparseHFLM(HFLM):
     def __init__(self, pretrained: Any, method: str | None = None, sparsity: float | None = None,
                  structure: str | None = None, scope: str = "layer", recipe: str | None = None,
                  calibration: str = "c4", nsamples: int = 128, seqlen: int = 2048, seed: int = 0,
-                 **kwargs: Any) -> None:
+                 true_sequential: bool | str = False, **kwargs: Any) -> None:
         """`method`: magnitude | wanda | sparsegpt; `sparsity`: zero fraction per pruned layer in [0, 1);
         `structure`: unstructured | N:M (keep N of every M, e.g. 2:4); `scope`: layer | global (global: one
         magnitude threshold over all pruned layers); `recipe`: a SparseML / llm-compressor recipe file;
-        `calibration` (c4 | wikitext2 | FILE), `nsamples`, `seqlen` (tokens), `seed`: Wanda/SparseGPT data.
+        `calibration` (c4 | wikitext2 | FILE), `nsamples`, `seqlen` (tokens), `seed`: Wanda/SparseGPT data;
+        `true_sequential`: one forward per block, each layer pruned from the already pruned layers' outputs
+        (faster, holds the calibration activations; see docs/pruning.md).
         """
         plan = plan_from_arguments(method, sparsity, structure, scope, recipe)
         calibration_config = CalibrationConfig(data=str(calibration), nsamples=int(nsamples), seqlen=int(seqlen),
-                                               seed=int(seed))
+                                               seed=int(seed),
+                                               true_sequential=parse_flag("true_sequential", true_sequential))
         requested_dtype = parse_dtype(kwargs.get("dtype", "auto"))
         if isinstance(pretrained, str):
             pretrained = resolve_model_path(pretrained)

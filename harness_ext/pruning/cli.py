@@ -58,6 +58,8 @@ def _summary(report) -> str:
               help="Calibration tokens per sample (capped at the model's context).")
 @click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True)
 @click.option("--batch-size", type=int, default=None, help="Calibration samples per forward (speed/memory only).")
+@click.option("--true-sequential", is_flag=True,
+              help="One forward per block; each layer pruned from the pruned layers' outputs (faster, more memory).")
 @click.option("--block-size", type=int, default=128, show_default=True, help="SparseGPT columns per block.")
 @click.option("--dampening", type=float, default=0.01, show_default=True,
               help="SparseGPT dampening (fraction of the mean Hessian diagonal).")
@@ -72,8 +74,8 @@ def _summary(report) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the measured report as JSON.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def prune_command(model, method, sparsity, structure, scope, recipe, targets, ignore, calibration, nsamples,
-                  seqlen, seed, batch_size, block_size, dampening, owl, owl_m, owl_lambda, dtype, device, out_dir,
-                  save_format, as_json, progress):
+                  seqlen, seed, batch_size, true_sequential, block_size, dampening, owl, owl_m, owl_lambda, dtype,
+                  device, out_dir, save_format, as_json, progress):
     """Prune MODEL (a directory, hub id or short name) and save it; prints the measured sparsity.
 
     \b
@@ -85,7 +87,8 @@ def prune_command(model, method, sparsity, structure, scope, recipe, targets, ig
     """
     plan = _build_plan(method, sparsity, structure, scope, recipe, targets, ignore, block_size, dampening, owl,
                        owl_m, owl_lambda)
-    calibration_config = CalibrationConfig(data=calibration, nsamples=nsamples, seqlen=seqlen, seed=seed)
+    calibration_config = CalibrationConfig(data=calibration, nsamples=nsamples, seqlen=seqlen, seed=seed,
+                                           true_sequential=true_sequential)
     if batch_size is not None and batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {batch_size}")
     from ..checkpoints import save_checkpoint

@@ -19,15 +19,17 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from .calibration import InputStatistics, Stopwatch, default_batch_size, layer_sequential
+from .calibration import BlockStep, InputStatistics, Stopwatch, default_batch_size, layer_sequential
 from .calibration_data import calibration_tokens
 from .magnitude import magnitude_mask, prune_global_magnitude
 from .masks import check_nm_shape, prune_count
 from .owl import outlier_ratio, owl_sparsities
 from .plan import CalibrationConfig, PruneStep, PruningPlan, matches_any
-from .report import LayerSparsity, PruneReport, count_parameters, layer_sparsity, peak_rss_bytes
+from ..memory import peak_rss_bytes
+from .report import LayerSparsity, PruneReport, count_parameters, layer_sparsity
 from .sparsegpt import sparsegpt_prune
 from .targets import find_target_layers, weight_matrix
+from .true_sequential import prune_in_one_forward, shared_input_groups
 from .wanda import wanda_mask, wanda_scores
 
 DATA_METHODS = ("wanda", "sparsegpt")
@@ -158,15 +160,41 @@ def _prune_block(jobs: list[LayerJob], stats: dict[str, InputStatistics], warnin
         _prune_sparsegpt_group(group, stats[group[0].name], warnings)
 
 
+def _prune_in_one_forward(block: BlockStep, in_block: list[LayerJob], with_hessian: bool,
+                          relative_groups: list[tuple[str, ...]], warnings: list[str]) -> None:
+    """True-sequential: prune the block's layers inside its one forward (see true_sequential.py)."""
+    by_name = {job.name: job for job in in_block}
+    groups = [names for group in relative_groups
+              if (names := tuple(f"{block.name}.{name}" for name in group if f"{block.name}.{name}" in by_name))]
+    pruning_seconds = Stopwatch()
+
+    def prune_group(names: list[str], stats: InputStatistics) -> None:
+        started = time.perf_counter()
+        _prune_block([by_name[name] for name in names], dict.fromkeys(names, stats), warnings)
+        pruning_seconds.add_since(started)
+
+    started = time.perf_counter()
+    prune_in_one_forward(block, {job.name: job.module for job in in_block}, groups, with_hessian, prune_group)
+    block.stopwatch.add_since(started)
+    block.stopwatch.seconds -= pruning_seconds.seconds
+
+
 def _calibrated_pass(model: nn.Module, jobs: list[LayerJob], tokens: torch.Tensor, batch_size: int,
-                     stopwatch: Stopwatch, progress: bool, warnings: list[str]) -> None:
+                     stopwatch: Stopwatch, progress: bool, warnings: list[str], true_sequential: bool) -> None:
     data_jobs = [job for job in jobs if job.step.method in DATA_METHODS]
+    relative_groups = None
     for block in layer_sequential(model, tokens, batch_size, stopwatch, progress, "pruning"):
         in_block = _block_jobs(data_jobs, block.name)
         if not in_block:
             continue
         with_hessian = any(job.step.method == "sparsegpt" for job in in_block)
-        stats = block.collect({job.name: job.module for job in in_block}, with_hessian, keep_outputs=False)
+        layers = {job.name: job.module for job in in_block}
+        if true_sequential:
+            if relative_groups is None:
+                relative_groups = shared_input_groups(block.block, block.inputs, layers, block.name)
+            _prune_in_one_forward(block, in_block, with_hessian, relative_groups, warnings)
+            continue
+        stats = block.collect(layers, with_hessian, keep_outputs=False)
         _prune_block(in_block, stats, warnings)
         block.mark_modified()
 
@@ -252,7 +280,8 @@ def prune(model: nn.Module, plan: PruningPlan, calibration: CalibrationConfig | 
                     _owl_pass(model, jobs, tokens, batch, stopwatch, progress)
             _prune_magnitude(jobs)
             if any(job.step.method in DATA_METHODS for job in jobs):
-                _calibrated_pass(model, jobs, tokens, batch, stopwatch, progress, warnings)
+                _calibrated_pass(model, jobs, tokens, batch, stopwatch, progress, warnings,
+                                 calibration.true_sequential)
     finally:
         model.train(was_training)
     measured = layer_sparsity({job.name: job.module for job in jobs}, {job.name: job.sparsity for job in jobs})

@@ -134,12 +134,16 @@ class CalibrationConfig:
 
     `nsamples` sequences of `seqlen` tokens (capped at the model's context), drawn with `seed`. The defaults
     are the Wanda/SparseGPT papers' (128 x 2048 tokens of C4); on a CPU, 64 x 256 is a practical setting.
+    `true_sequential`: each block runs once and each layer is pruned from inputs made by the already pruned
+    layers before it in its block (faster; holds the calibration set's activations, see true_sequential.py);
+    False (default): the reference protocol, every layer of a block sees the dense block's inputs.
     """
 
     data: str = "c4"
     nsamples: int = 128
     seqlen: int = 2048
     seed: int = 0
+    true_sequential: bool = False
 
     def __post_init__(self) -> None:
         if self.nsamples < 1:
@@ -148,7 +152,8 @@ class CalibrationConfig:
             raise UserError(f"seqlen must be >= 2 tokens, got {self.seqlen}")
 
     def describe(self) -> dict[str, Any]:
-        return {"data": self.data, "nsamples": self.nsamples, "seqlen": self.seqlen, "seed": self.seed}
+        return {"data": self.data, "nsamples": self.nsamples, "seqlen": self.seqlen, "seed": self.seed,
+                "true_sequential": self.true_sequential}
 
 
 def validate_method(method: str) -> str:
@@ -181,6 +186,18 @@ def parse_structure(text: str | None) -> NMStructure | None:
         raise UserError(f"impossible N:M structure {text!r}: need 0 < N < M (keep N of every M weights), "
                         "e.g. 2:4")
     return NMStructure(n, m)
+
+
+def parse_flag(name: str, value: bool | str) -> bool:
+    """A yes/no argument given as a bool or as lm-eval model_args text (true/false, 1/0, yes/no)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no"):
+        return False
+    raise UserError(f"{name} must be true or false, got {value!r}")
 
 
 def compile_pattern(pattern: str) -> re.Pattern[str]:
@@ -237,5 +254,5 @@ def plan_from_arguments(method: str | None = None, sparsity: float | None = None
 __all__ = [
     "METHODS", "SCOPES", "UNSTRUCTURED", "DEFAULT_IGNORE", "NMStructure", "OwlConfig", "PruneStep",
     "PruningPlan", "CalibrationConfig", "validate_method", "validate_sparsity", "parse_structure",
-    "compile_pattern", "matches_any", "shortcut_plan", "plan_from_arguments",
+    "parse_flag", "compile_pattern", "matches_any", "shortcut_plan", "plan_from_arguments",
 ]

@@ -6,14 +6,13 @@ report after pruning. Sparsity is always counted as exact zeros in the weights, 
 
 from __future__ import annotations
 
-import resource
-import sys
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 import torch
 from torch import nn
 
+from ..memory import peak_rss_bytes
 from .plan import DEFAULT_IGNORE
 from .targets import find_target_layers
 
@@ -82,12 +81,6 @@ class PruneReport:
         }
 
 
-def peak_rss_bytes() -> int:
-    """Peak resident memory of this process so far (bytes; the OS's high-water mark, never reset)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak if sys.platform == "darwin" else peak * 1024)
-
-
 @torch.no_grad()
 def count_parameters(model: nn.Module) -> tuple[int, int]:
     """(non-zero, total) over the model's parameters; a tied weight is one parameter and counted once."""
@@ -117,5 +110,5 @@ def measure_sparsity(model: nn.Module, targets: Iterable[str] = (),
                        peak_rss_bytes=peak_rss_bytes())
 
 
-__all__ = ["LayerSparsity", "PruneReport", "peak_rss_bytes", "count_parameters", "layer_sparsity",
+__all__ = ["LayerSparsity", "PruneReport", "count_parameters", "layer_sparsity",
            "measure_sparsity"]
