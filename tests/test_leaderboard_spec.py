@@ -38,6 +38,7 @@ def spec_with(**changes):
     ({"tasks": [{"name": "x", "num_fewshot": -1}]}, "grid.yaml: tasks[0].num_fewshot:"),
     ({"calibration": {"nsamples": 0}}, "grid.yaml: calibration.nsamples:"),
     ({"calibration": {"data": "no_such_file.jsonl"}}, "grid.yaml: calibration.data:"),
+    ({"calibration": {"true_sequential": "yes"}}, "grid.yaml: calibration.true_sequential: must be true or false"),
     ({"latency": {"batch": 0}}, "grid.yaml: latency.batch:"),
     ({"include_path": "no/such/folder"}, "grid.yaml: include_path:"),
     ({"sparsity": [0.5]}, "grid.yaml: sparsity: unknown key"),

@@ -25,6 +25,14 @@ def test_prune_writes_a_stock_loadable_checkpoint(tiny_llama, tmp_path):
     assert measure_sparsity(reloaded).overall_sparsity == 0.5
 
 
+def test_prune_true_sequential_flag(tiny_llama, tmp_path):
+    result = CliRunner().invoke(main, ["prune", str(tiny_llama), "--method", "sparsegpt", "--sparsity", "0.5",
+                                       "--true-sequential", *CALIBRATION, "--out", str(tmp_path / "ts"), "--json"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert record["calibration"]["true_sequential"] is True and record["overall_sparsity"] == 0.5
+
+
 def test_prune_text_summary_and_global_magnitude(tiny_llama, tmp_path):
     result = CliRunner().invoke(main, ["prune", str(tiny_llama), "--method", "magnitude", "--scope", "global",
                                        "--sparsity", "0.7", "--out", str(tmp_path / "mag"), "--no-progress"])

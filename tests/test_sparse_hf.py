@@ -71,11 +71,20 @@ def test_dtype_reaches_the_model(tiny_llama, dtype):
     (dict(sparsity=0.5), "without method"),
     (dict(dtype="float8"), "unknown dtype 'float8'"),
     (dict(method="magnitude", sparsity=0.5, scope="everywhere"), "unknown scope 'everywhere'"),
+    (dict(method="wanda", sparsity=0.5, true_sequential="maybe"), "true_sequential must be true or false"),
 ])
 def test_bad_model_args_fail_before_loading(tiny_llama, args, message):
     with pytest.raises(UserError, match=None) as error:
         SparseHFLM(pretrained=str(tiny_llama), device="cpu", **args)
     assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_true_sequential_model_arg_reaches_the_engine(tiny_llama):
+    lm = SparseHFLM(pretrained=str(tiny_llama), device="cpu", method="wanda", sparsity=0.5, calibration="c4",
+                    nsamples="4", seqlen="32", true_sequential="True")  # model_args arrive as text
+    sparsity = lm.get_model_info()["sparsity"]
+    assert sparsity["calibration"]["true_sequential"] is True
+    assert sparsity["overall_sparsity"] == pytest.approx(0.5)
 
 
 def test_missing_model_path_is_a_user_error(tmp_path):
