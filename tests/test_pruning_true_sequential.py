@@ -104,7 +104,7 @@ def test_layers_reading_one_tensor_are_grouped(tiny_model_dirs):
               if name.startswith("model.layers.0.")}
     with torch.no_grad():
         block = next(layer_sequential(model, tokens, 4, Stopwatch(), progress=False))
-        groups = shared_input_groups(block.block, block.inputs, layers, block.name)
+        groups = shared_input_groups(block, layers)
     assert groups == [("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), ("self_attn.o_proj",),
                       ("mlp.gate_proj", "mlp.up_proj"), ("mlp.down_proj",)]
 

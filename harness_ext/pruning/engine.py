@@ -191,7 +191,7 @@ def _calibrated_pass(model: nn.Module, jobs: list[LayerJob], tokens: torch.Tenso
         layers = {job.name: job.module for job in in_block}
         if true_sequential:
             if relative_groups is None:
-                relative_groups = shared_input_groups(block.block, block.inputs, layers, block.name)
+                relative_groups = shared_input_groups(block, layers)
             _prune_in_one_forward(block, in_block, with_hessian, relative_groups, warnings)
             continue
         stats = block.collect(layers, with_hessian, keep_outputs=False)

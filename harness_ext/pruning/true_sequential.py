@@ -11,8 +11,8 @@ How: each calibration batch runs through the block as a greenlet (a coroutine on
 pre-hook on a target layer that is not pruned yet suspends the batch there. When every batch waits at the same
 layer, its input statistics are accumulated over the batches in order (sample by sample, as always, so masks
 do not depend on the batch size), the caller prunes that layer together with the layers that read the same
-tensor (q/k/v, gate/up; found once by a probe of the first block), and the batches resume through the pruned
-weights. The block's outputs are final after this one forward.
+tensor (q/k/v, gate/up; found once, by a statistics pass of the first block), and the batches resume through
+the pruned weights. The block's outputs are final after this one forward.
 
 Cost: about one block forward fewer per block than the default loop. Memory: the waiting batches hold their
 live activations, i.e. the whole calibration set's copy of the block's widest live tensors (Llama at down_proj:
@@ -31,38 +31,20 @@ from greenlet import greenlet
 from torch import nn
 
 from ..errors import UserError
-from .calibration import BlockInputs, BlockStep, InputStatistics, _StopForward
+from .calibration import BlockStep, InputStatistics
 
 PruneGroup = Callable[[list[str], InputStatistics], None]
 
 
-def shared_input_groups(block: nn.Module, inputs: BlockInputs, layers: dict[str, nn.Module],
-                        prefix: str) -> list[tuple[str, ...]]:
-    """Layer names relative to `prefix`, grouped by the input tensor they read, in call order.
+def shared_input_groups(step: BlockStep, layers: dict[str, nn.Module]) -> list[tuple[str, ...]]:
+    """Names of `layers` relative to the block, grouped by the input tensor they read, in call order.
 
-    Runs the first calibration batch through `block` (unchanged) until every layer of `layers` has run.
+    One statistics pass of the (unchanged) block; layers that read one tensor share one InputStatistics.
     """
-    readers: dict[int, tuple[torch.Tensor, list[str]]] = {}
-    reached: set[str] = set()
-
-    def hook_for(name: str):
-        def record(_module: nn.Module, args: tuple) -> None:
-            readers.setdefault(id(args[0]), (args[0], []))[1].append(name[len(prefix) + 1:])
-            reached.add(name)
-            if len(reached) == len(layers):
-                raise _StopForward
-        return record
-
-    handles = [module.register_forward_pre_hook(hook_for(name)) for name, module in layers.items()]
-    rows, args, kwargs = next(inputs.batches())
-    try:
-        block(inputs.hidden[rows], *args, **kwargs)
-    except _StopForward:
-        pass
-    finally:
-        for handle in handles:
-            handle.remove()
-    return [tuple(names) for _, names in readers.values()]
+    readers: dict[int, list[str]] = {}
+    for name, stats in step.collect(layers, with_hessian=False, keep_outputs=False).items():
+        readers.setdefault(id(stats), []).append(name[len(step.name) + 1:])
+    return [tuple(names) for names in readers.values()]
 
 
 class _Diverged(Exception):
