@@ -66,8 +66,11 @@ def load_billsum(hub_dataset: str = "FiscalNote/billsum", split: str = "test", n
     bill_room, summary_room = token_budget(tokenizer, context, int(max_bill_tokens))
     docs = [cut_to_budget(row, tokenizer, bill_room, summary_room) for row in _read_rows(hub_dataset, split)]
     bills_cut, summaries_cut = sum(doc["bill_cut"] for doc in docs), sum(doc["summary_cut"] for doc in docs)
-    logger.info("Billsum: context %d tokens; %d of %d bills cut to %d tokens", context, bills_cut, len(docs),
-                bill_room)
+    if bills_cut:
+        logger.info("Billsum: %d of %d bills are cut to their first %d tokens (max_bill_tokens %d; the model's "
+                    "context is %d): every model sees the same cut bills, so cells compare; --metadata "
+                    "'{\"max_bill_tokens\": N}' scores more of each bill, at more cost",
+                    bills_cut, len(docs), bill_room, int(max_bill_tokens), context)
     if summaries_cut:
         logger.warning("Billsum: %d of %d reference summaries cut to %d tokens to fit the context; the "
                        "likelihood task scores only those tokens", summaries_cut, len(docs), summary_room)
