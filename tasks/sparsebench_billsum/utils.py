@@ -104,14 +104,14 @@ def read_jsonl(path: Path) -> list[dict]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as error:
-                raise DataError(f"{path}, line {line_number}: not JSON ({error.msg})") from error
+                raise DataError(f"{path}, line {line_number}: not JSON ({error.msg}); fix or remove that line") from error
             missing = [column for column in COLUMNS if not isinstance(row.get(column), str)]
             if missing:
                 raise DataError(f"{path}, line {line_number}: no {' or '.join(missing)} string; each line needs "
                                 f"{', '.join(COLUMNS)}")
             rows.append(row)
     if not rows:
-        raise DataError(f"{path} holds no records")
+        raise DataError(f"{path} holds no records; write one {{\"text\": ..., \"summary\": ...}} object a line")
     return rows
 
 
@@ -129,7 +129,7 @@ def model_tokenizer_and_context(model_args: dict):
         pretrained = getattr(config, "name_or_path", None) or None
     source = tokenizer or pretrained
     if not source:
-        raise DataError("Billsum cuts bills to the model's context and needs its tokenizer: pass "
+        raise DataError("Billsum cuts bills to the model's context and needs its tokenizer; pass "
                         "--model_args pretrained=... (or tokenizer=...), or, with a model object in Python, "
                         "TaskManager(metadata={'tokenizer': PATH_OR_TOKENIZER, 'max_length': N})")
     if isinstance(source, str):
@@ -232,7 +232,7 @@ def rouge_scorer():
     try:
         from rouge_score.rouge_scorer import RougeScorer
     except ImportError as error:
-        raise DataError("sparsebench_billsum needs the rouge-score package: pip install rouge-score") from error
+        raise DataError("sparsebench_billsum needs the rouge-score package; pip install rouge-score") from error
     return RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
 
 
