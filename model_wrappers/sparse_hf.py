@@ -20,6 +20,7 @@ from ..harness_ext.checkpoints import load_checkpoint
 from ..harness_ext.errors import UserError
 from ..harness_ext.models import parse_dtype, resolve_model_path
 from ..harness_ext.pruning.engine import prune
+from ..harness_ext.pruning.methods import option_fields
 from ..harness_ext.pruning.plan import CalibrationConfig, parse_flag, plan_from_arguments
 from ..harness_ext.pruning.report import measure_sparsity
 
@@ -44,16 +45,20 @@ class SparseHFLM(HFLM):
 
     def __init__(self, pretrained: Any, method: str | None = None, sparsity: float | None = None,
                  structure: str | None = None, scope: str = "layer", recipe: str | None = None,
+                 update: str | None = None,
                  calibration: str = "c4", nsamples: int = 128, seqlen: int = 2048, seed: int = 0,
                  true_sequential: bool | str = False, **kwargs: Any) -> None:
-        """`method`: magnitude | wanda | sparsegpt; `sparsity`: zero fraction per pruned layer in [0, 1);
-        `structure`: unstructured | N:M (keep N of every M, e.g. 2:4); `scope`: layer | global (global: one
-        magnitude threshold over all pruned layers); `recipe`: a SparseML / llm-compressor recipe file;
-        `calibration` (c4 | wikitext2 | FILE), `nsamples`, `seqlen` (tokens), `seed`: Wanda/SparseGPT data;
+        """`method`: a registered pruning method (harness_ext/pruning/methods.py; docs/pruning.md lists them);
+        `update`: a weight update on the method's mask (admm); any registered method or update option by its
+        name (e.g. `ria_exponent=0.5`, `admm_iterations=20`); `sparsity`: zero fraction per pruned layer in
+        [0, 1); `structure`: unstructured | N:M (keep N of every M, e.g. 2:4); `scope`: layer | global (global:
+        one threshold over all pruned layers); `recipe`: a SparseML / llm-compressor recipe file;
+        `calibration` (c4 | wikitext2 | FILE), `nsamples`, `seqlen` (tokens), `seed`: calibration data;
         `true_sequential`: one forward per block, each layer pruned from the already pruned layers' outputs
         (faster, holds the calibration activations; see docs/pruning.md).
         """
-        plan = plan_from_arguments(method, sparsity, structure, scope, recipe)
+        options = {name: kwargs.pop(name) for name in list(kwargs) if name in option_fields()}
+        plan = plan_from_arguments(method, sparsity, structure, scope, recipe, update=update, options=options)
         calibration_config = CalibrationConfig(data=str(calibration), nsamples=int(nsamples), seqlen=int(seqlen),
                                                seed=int(seed),
                                                true_sequential=parse_flag("true_sequential", true_sequential))

@@ -43,7 +43,7 @@ class PruneResult(NamedTuple):
 
     keep: torch.Tensor
     weight: torch.Tensor | None = None
-    notes: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()  # about this group of layers; the engine prefixes their names
 
 
 class Options:
@@ -56,6 +56,10 @@ class Options:
     def check(self, target_structure: Any) -> None:
         """Raise UserError for a value outside its range or a combination that does not apply."""
 
+    def note(self, target_structure: Any) -> str | None:
+        """What the user must know about the result with these options (reported once per step), or None."""
+        return None
+
 
 @dataclass(frozen=True)
 class NoOptions(Options):
@@ -66,7 +70,9 @@ class NoOptions(Options):
 class Method:
     """One registry row. `statistic`: NONE, NORMS or HESSIAN. `comparison`: "row" (each output row loses its
     share) or "layer" (one ranking per layer), which fixes the exact number of zeros. `scopes`: "global" where
-    one threshold across layers makes sense. `recipe_fields`: recipe field -> option name."""
+    one threshold across layers makes sense. `takes_update`: False where an update would redo the method's own
+    weight fit. `recipe_modifiers`: the SparseML / llm-compressor modifier classes it runs (recipes/fields.py
+    lists their fields); `recipe_fields`: recipe field -> option name."""
 
     name: str
     statistic: str
@@ -75,6 +81,8 @@ class Method:
     description: str
     comparison: str = "layer"
     scopes: tuple[str, ...] = ("layer",)
+    takes_update: bool = True
+    recipe_modifiers: tuple[str, ...] = ()
     recipe_fields: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
@@ -94,16 +102,21 @@ def _rows() -> tuple[tuple[Method, ...], tuple[Update, ...]]:
 
     methods = (
         Method("magnitude", NONE, magnitude.magnitude_prune, NoOptions,
-               "|W|; one threshold per layer, or across all layers with scope=global", scopes=("layer", "global")),
+               "|W|; one threshold per layer, or across all layers with scope=global", scopes=("layer", "global"),
+               recipe_modifiers=("MagnitudePruningModifier", "GMPruningModifier", "GlobalMagnitudePruningModifier",
+                                 "ACDCPruningModifier")),
         Method("wanda", NORMS, wanda.wanda_prune, NoOptions,
-               "|W| x ||X_j||, each output row loses its share (Sun et al. 2023)", comparison="row"),
+               "|W| x ||X_j||, each output row loses its share (Sun et al. 2023)", comparison="row",
+               recipe_modifiers=("WandaPruningModifier",)),
         Method("sparsegpt", HESSIAN, sparsegpt.sparsegpt_method, sparsegpt.SparseGPTOptions,
                "OBS column sweep: w^2 / [H^-1]_jj pruned, error spread over later columns (Frantar & Alistarh 2023)",
+               recipe_modifiers=("SparseGPTModifier", "OBSPruningModifier", "MFACPruningModifier"),
                recipe_fields={"block_size": "block_size", "dampening_frac": "dampening", "percdamp": "dampening"}),
         Method("ria", NORMS, ria.ria_prune, ria.RiaOptions,
                "(|W|/row sum + |W|/column sum) x ||X_j||^a; N:M channel reallocation (Zhang et al. 2024)"),
         Method("admm", HESSIAN, admm.admm_gradual_prune, admm.AdmmGradualOptions,
-               "ADMM reconstruction choosing the mask gradually (cubic schedule) from its own iterates (Boza 2024)"),
+               "ADMM reconstruction choosing the mask gradually (cubic schedule) from its own iterates (Boza 2024)",
+               takes_update=False),
     )
     updates = (
         Update("admm", HESSIAN, admm.admm_refit, admm.AdmmOptions,
@@ -144,6 +157,16 @@ def get_update(name: str) -> Update:
     if row is None:
         raise UserError(f"unknown weight update {name!r}; use one of: {', '.join(update_names())}")
     return row
+
+
+def method_for_modifier(modifier: str) -> str:
+    """The registered method that runs a recipe modifier class (recipes/fields.py)."""
+    return next(row.name for row in _registry()["methods"].values() if modifier in row.recipe_modifiers)
+
+
+def recipe_method_names() -> tuple[str, ...]:
+    """Methods a peer recipe format has a modifier for (`recipe new` can write them)."""
+    return tuple(row.name for row in _registry()["methods"].values() if row.recipe_modifiers)
 
 
 def statistic_needed(method: str, update: str | None) -> str:
@@ -250,5 +273,5 @@ def segments_of(target: Target) -> Sequence[tuple[int, int, float]]:
 
 
 __all__ = ["NONE", "NORMS", "HESSIAN", "Target", "PruneResult", "Options", "NoOptions", "Method", "Update",
-           "method_names", "update_names", "get_method", "get_update", "statistic_needed", "option_fields",
+           "method_names", "update_names", "get_method", "get_update", "method_for_modifier", "recipe_method_names", "statistic_needed", "option_fields",
            "build_options", "resolve_options", "described_options", "table_rows", "split_grid_name", "segments_of"]

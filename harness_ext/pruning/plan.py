@@ -100,6 +100,11 @@ class PruneStep:
         for _, value in self.layer_sparsity:
             validate_sparsity(value)
 
+    def notes(self) -> list[str]:
+        """What the method's and the update's options say the user must know about the result."""
+        found = [options.note(self.structure) for options in (self.method_options, self.update_options) if options]
+        return [note for note in found if note]
+
     def describe(self) -> dict[str, Any]:
         """JSON-ready summary (method, sparsity, structure, scope, targets, ...)."""
         return {

@@ -51,6 +51,9 @@ class RiaOptions(Options):
             raise UserError("ria_reallocation reorders channels for N:M groups; it needs structure=N:M "
                             "(e.g. 2:4), or drop ria_reallocation")
 
+    def note(self, target_structure) -> str | None:
+        return REALLOCATION_NOTE if self.ria_reallocation else None
+
 
 def ria_scores(weight: torch.Tensor, column_norms: torch.Tensor, exponent: float) -> torch.Tensor:
     """RIA score of an (out, in) weight with (in,) input norms, in the weight's dtype."""
@@ -95,7 +98,7 @@ def ria_prune(weight: torch.Tensor, statistics: InputStatistics, target: Target,
         return PruneResult(target_mask(weight, target, score, per_row=False))
     keep = torch.cat([reallocated_nm_mask(score(weight[first:end]), target.structure)
                       for first, end, _ in segments_of(target)])
-    return PruneResult(keep, notes=(REALLOCATION_NOTE,))
+    return PruneResult(keep)
 
 
 __all__ = ["RiaOptions", "REALLOCATION_NOTE", "ria_scores", "reallocation_order", "reallocated_nm_mask", "ria_prune"]
