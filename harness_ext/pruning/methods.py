@@ -254,6 +254,15 @@ def table_rows() -> list[dict[str, str]]:
     return rows
 
 
+def markdown_table() -> str:
+    """The registry as the Markdown table docs/pruning.md shows (`python -m ...pruning.methods` prints it)."""
+    rows = table_rows()
+    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    lines += ["| " + " | ".join(f"`{value}`" if key == "argument" else value.replace("|", "\\|")
+                                for key, value in row.items()) + " |" for row in rows]
+    return "\n".join(lines)
+
+
 def split_grid_name(text: str) -> tuple[str, str | None]:
     """A grid method name `METHOD` or `METHOD+UPDATE` -> (method, update); UserError for unknown names."""
     method, _, update = str(text).partition("+")
@@ -274,4 +283,8 @@ def segments_of(target: Target) -> Sequence[tuple[int, int, float]]:
 
 __all__ = ["NONE", "NORMS", "HESSIAN", "Target", "PruneResult", "Options", "NoOptions", "Method", "Update",
            "method_names", "update_names", "get_method", "get_update", "method_for_modifier", "recipe_method_names", "statistic_needed", "option_fields",
-           "build_options", "resolve_options", "described_options", "table_rows", "split_grid_name", "segments_of"]
+           "build_options", "resolve_options", "described_options", "table_rows", "markdown_table", "split_grid_name", "segments_of"]
+
+
+if __name__ == "__main__":
+    print(markdown_table())
