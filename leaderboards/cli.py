@@ -60,9 +60,9 @@ def run_command(spec: str, out_dir: Path, shard: str, cache_root: Path | None, r
       sparse-bench leaderboard run demo --out results/demo
       sparse-bench leaderboard run my_grid.yaml --out results/grid --shard 0/4   # one of 4 machines
     """
+    grid = load_spec(resolve_spec(spec))  # a bad spec fails before the runner's heavy imports (torch: ~3 s)
     from .runner import run_grid
 
-    grid = load_spec(resolve_spec(spec))
     if threads is not None:
         import torch
 
