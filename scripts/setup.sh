@@ -8,7 +8,7 @@ VENV="${SPARSE_BENCH_VENV:-$REPO_ROOT/.venv}"
 # pip's own output, shortened to progress lines: a count of resolved packages, then the install step.
 # Anything that is not routine progress (warnings, errors) is shown as pip printed it.
 pip_progress() {
-  awk '/^(Collecting|Requirement already satisfied) /{n++; printf "\r  pip: %d packages resolved or found", n > "/dev/stderr"; next}
+  awk '/^(Collecting |Requirement already satisfied)/{n++; printf "\r  pip: %d packages resolved or found", n > "/dev/stderr"; next}
        /^Installing collected packages/{printf "\n  pip: installing the new ones (torch takes most of a minute) ...\n" > "/dev/stderr"; next}
        /^Successfully installed/{printf "  pip: installed %d packages\n", NF - 2 > "/dev/stderr"; next}
        /^(  |Using cached|Downloading|Processing|Building|Created wheel|Successfully built|Stored in|Preparing|Getting requirements|Installing build|Attempting uninstall|Found existing|Uninstalling|Successfully uninstalled|Looking in|WARNING: Location)/{next}
