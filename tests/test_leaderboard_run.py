@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tiny_tasks import TASK_NAME, write_tiny_choice_task
 
 from sparse_bench.leaderboards.render import load_grid, render, task_rows
 from sparse_bench.leaderboards.runner import read_result, result_path, run_grid
 from sparse_bench.leaderboards.spec import expand_cells, load_spec
-from tiny_tasks import TASK_NAME, write_tiny_choice_task
 
 SECOND_TASK = f"{TASK_NAME}_b"
 
