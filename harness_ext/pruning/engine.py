@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from ..memory import peak_rss_bytes
 from .calibration import BlockStep, InputStatistics, Stopwatch, default_batch_size, layer_sequential
 from .calibration_data import calibration_tokens
 from .magnitude import prune_global_magnitude
@@ -28,7 +29,6 @@ from .masks import check_nm_shape, prune_count
 from .methods import HESSIAN, NONE, Target, get_method, get_update, method_names, statistic_needed
 from .owl import outlier_ratio, owl_sparsities
 from .plan import CalibrationConfig, PruneStep, PruningPlan, matches_any
-from ..memory import peak_rss_bytes
 from .report import LayerSparsity, PruneReport, count_parameters, layer_sparsity
 from .targets import find_target_layers, weight_matrix
 from .true_sequential import prune_in_one_forward, shared_input_groups
