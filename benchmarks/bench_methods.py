@@ -18,14 +18,11 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 from bench_prune import DEFAULT_DATA, REPO, fmt, run_json
-
-
 
 STRUCTURES = {"24": (None, "2:4"), "50": (0.5, None)}
 METHODS = ("sparsegpt", "wanda+admm", "admm", "wanda", "ria", "sparsegpt+admm")

@@ -7,9 +7,9 @@ Counts: a group of `n` weights at sparsity `s` loses `prune_count(n, s)` = round
 
 from __future__ import annotations
 
-import torch
-
 from typing import Callable
+
+import torch
 
 from ..errors import UserError
 from .methods import Target, segments_of

@@ -20,11 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-<<<<<<< HEAD
 from ..pruning.methods import get_method
-from ..pruning.plan import (DEFAULT_IGNORE, NMStructure, OwlConfig, PruneStep, compile_pattern, parse_structure,
-                            validate_sparsity)
-=======
 from ..pruning.plan import (
     DEFAULT_IGNORE,
     NMStructure,
@@ -34,7 +30,6 @@ from ..pruning.plan import (
     parse_structure,
     validate_sparsity,
 )
->>>>>>> main
 from .fields import MODIFIERS, ModifierSpec, close_match, modifier_spec
 from .stages import ModifierEntry
 from .yaml_loader import YamlMap, recipe_error
