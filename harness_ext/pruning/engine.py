@@ -109,9 +109,9 @@ def _prune_group(group: list[LayerJob], stats: InputStatistics | None, warnings:
         new_weight = get_update(step.update).refit(dense, stats.hessian, result.keep, step.update_options)
     warnings.extend(f"{', '.join(job.name for job in group)}: {note}" for note in result.notes)
     rows = [weight.shape[0] for weight in weights]
-    for weight, keep, part in zip(weights, result.keep.split(rows), (new_weight if new_weight is not None
-                                                                      else dense).split(rows)):
-        if new_weight is not None:
+    parts = new_weight.split(rows) if new_weight is not None else [None] * len(weights)
+    for weight, keep, part in zip(weights, result.keep.split(rows), parts):
+        if part is not None:
             weight.copy_(part)
         weight.masked_fill_(~keep, 0)
 
