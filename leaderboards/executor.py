@@ -57,16 +57,17 @@ def run_on_slurm(spec: GridSpec, out_dir: Path, options: SlurmOptions, cache_roo
         + (f" (job {submitted[0].job_id.split('_')[0]})" if submitted else "")
         + (f", {len(held)} still queued or running from an earlier submission" if held else "")
         + f"; results in {out_dir}")
-    if not wait or not submitted:
+    if not wait or not (submitted or held):
         return SlurmRun(submitted, states)
-    wait_for(submitted, say)
-    check_tasks_started(out_dir, submitted)
+    wait_for({task.job_id for task in submitted} | {s.job for s in held if s.job}, say)
+    if submitted:
+        check_tasks_started(out_dir, submitted)
     return SlurmRun(submitted, cell_states(out_dir, [c.cell_id for c in cells]))
 
 
-def wait_for(tasks: list[SubmittedTask], say: Callable[[str], None], poll_s: float = POLL_SECONDS) -> None:
-    """Poll `squeue` until every task has left the queue, saying how many are queued/running when it changes."""
-    job_ids, last = {task.job_id for task in tasks}, None
+def wait_for(job_ids: set[str], say: Callable[[str], None], poll_s: float = POLL_SECONDS) -> None:
+    """Poll `squeue` until every job has left the queue, saying how many are queued/running when it changes."""
+    last = None
     while True:
         queue = queue_states()
         if queue is None:

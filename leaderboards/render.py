@@ -13,6 +13,7 @@ import io
 import json
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from tabulate import tabulate
 from ..harness_ext.errors import UserError
 from ..harness_ext.io import write_text_atomic
 from .runner import cells_dir, read_result
+from .status import DONE, FAILED, NOT_RUN, QUEUED, RUNNING, SUBMITTED, CellState, cell_states, counts, in_flight
 
 FORMATS = ("md", "csv", "json")
 FLAG = "(!)"
@@ -43,6 +45,11 @@ class Grid:
     spec: dict[str, Any]
     cells: list[dict[str, Any]]
     results: dict[str, dict[str, Any] | None]
+
+    @cached_property
+    def states(self) -> list[CellState]:
+        """Each cell's state, done to not run (status.py; asks squeue once if a cell went to Slurm)."""
+        return cell_states(self.folder, [c["cell_id"] for c in self.cells])
 
     def ok(self) -> list[dict[str, Any]]:
         return [r for c in self.cells if (r := self.results[c["cell_id"]]) and r["status"] == "ok"]
@@ -236,9 +243,21 @@ def header(grid: Grid) -> dict[str, Any]:
 
 
 def _cell_counts(grid: Grid) -> str:
-    states = [(grid.results[c["cell_id"]] or {}).get("status", "not run") for c in grid.cells]
-    return (f"{states.count('ok')} of {len(states)} finished, {states.count('failed')} failed, "
-            f"{states.count('not run')} not run")
+    states = counts(grid.states)
+    held = sum(states[name] for name in (QUEUED, RUNNING, SUBMITTED))
+    return (f"{states[DONE]} of {len(grid.cells)} finished, {states[FAILED]} failed, {states[NOT_RUN]} not run"
+            + (f", {held} still queued or running" if held else ""))
+
+
+def partial_note(grid: Grid) -> str | None:
+    """A warning line if some cells are still queued or running (the tables are partial), else None."""
+    held = in_flight(grid.states)
+    if not held:
+        return None
+    jobs = sorted({s.job.split("_")[0] for s in held if s.job})
+    return (f"PARTIAL RESULTS: {len(held)} of {len(grid.cells)} cells are still queued or running"
+            + (f" (Slurm job {', '.join(jobs)})" if jobs else "") + "; these tables will change. Render again "
+            f"when `sparse-bench leaderboard status {grid.folder}` shows them done.")
 
 
 def metric_legend(grid: Grid, task: str, metrics: list[str]) -> str:
@@ -252,8 +271,8 @@ def metric_legend(grid: Grid, task: str, metrics: list[str]) -> str:
 
 
 def failed_rows(grid: Grid) -> list[dict[str, str]]:
-    return [{"cell": c["cell_id"], "reason": r["reason"]} for c in grid.cells
-            if (r := grid.results[c["cell_id"]]) and r["status"] == "failed"]
+    """Cells that failed (their result says so, or the process or Slurm task holding them ended without one)."""
+    return [{"cell": s.cell_id, "reason": s.reason or ""} for s in grid.states if s.state == FAILED]
 
 
 def summary_rows(grid: Grid) -> list[dict[str, Any]]:
@@ -276,6 +295,9 @@ def summary_rows(grid: Grid) -> list[dict[str, Any]]:
 
 def render_markdown(grid: Grid, plots: dict[str, Path] | None = None) -> str:
     lines = [f"# Leaderboard: {grid.spec['name']}", ""]
+    partial = partial_note(grid)
+    if partial:
+        lines += [f"> **{partial}**", ""]
     lines += [f"- **{label}**: {text}" for label, text in header(grid).items()]
     if len(task_names(grid)) > 1:
         lines += ["", "## Summary: each task's primary metric", "",
@@ -310,8 +332,8 @@ def render_csv(grid: Grid) -> str:
 
 def render_json(grid: Grid) -> str:
     tables = {task: dict(zip(("rows", "primary_metric"), task_rows(grid, task))) for task in task_names(grid)}
-    return json.dumps({"name": grid.spec["name"], "header": header(grid), "tables": tables,
-                       "failed": failed_rows(grid)}, indent=2, default=str) + "\n"
+    return json.dumps({"name": grid.spec["name"], "partial": partial_note(grid), "header": header(grid),
+                       "tables": tables, "failed": failed_rows(grid)}, indent=2, default=str) + "\n"
 
 
 def render(folder: Path, fmt_name: str = "md", plots: dict[str, Path] | None = None) -> tuple[str, Path]:

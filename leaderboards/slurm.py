@@ -37,6 +37,7 @@ QUEUE_STATES = {"PENDING": QUEUED, "REQUEUED": QUEUED, "REQUEUE_HOLD": QUEUED, "
                 "STOPPED": RUNNING}
 # Lines of a task's stderr log that say why Slurm ended it (cancelled, time limit, out of memory).
 END_LINE = re.compile(r"(CANCELLED|DUE TO TIME LIMIT|PREEMPTION|oom[-_ ]kill|Out Of Memory|NODE FAIL)", re.IGNORECASE)
+SLURMSTEPD = re.compile(r"^slurmstepd\S*: error: \**\s*|\s*\**$")  # the frame around Slurm's reason
 ERROR_LINE = re.compile(r"^[\w.]*(Error|Exception|Interrupt)\b.*")
 
 
@@ -120,27 +121,29 @@ def started_marker(out_dir: Path, job_id: str) -> Path:
 
 
 def task_end_reason(out_dir: Path, job: dict[str, Any]) -> str:
-    """Why a Slurm task that left the queue wrote no result for its cell (one line)."""
+    """Why a Slurm task that left the queue wrote no result for its cell (one line): Slurm's own reason from
+    the task's log (cancelled, time limit, out of memory), else the shared-filesystem diagnosis when the task
+    never wrote its start marker into OUT, else the task's last Python error."""
     job_id, log = job["job_id"], job.get("stderr", "")
-    from_log = log_reason(Path(log)) if log else None
+    ended, error = log_reasons(Path(log)) if log else (None, None)
+    if ended:
+        return f"Slurm task {job_id} ended without a result: {ended}"
     if not started_marker(out_dir, job_id).is_file():
         return (f"Slurm task {job_id} ended without writing its start marker into {out_dir}: the folder is not "
-                "on a filesystem the compute nodes share with this host, or the task failed before starting"
-                + (f" ({from_log})" if from_log else f" (its log: {log})"))
-    return f"Slurm task {job_id} ended without a result: " + (from_log or f"no reason in its log {log}")
+                "on a filesystem the compute nodes share with this host, or the task failed before starting "
+                f"({error or f'its log: {log}'})")
+    return f"Slurm task {job_id} ended without a result: {error or f'no reason in its log {log}'}"
 
 
-def log_reason(log: Path) -> str | None:
-    """The last line of a task's stderr log saying why Slurm ended it, else its last Python error line."""
+def log_reasons(log: Path) -> tuple[str | None, str | None]:
+    """(the last line of a task's stderr log saying why Slurm ended it, its last Python error line)."""
     try:
         lines = [line.strip() for line in log.read_text(encoding="utf-8", errors="replace").splitlines()]
     except OSError:
-        return None
-    ended = [line for line in lines if END_LINE.search(line) and "slurmstepd" in line]
-    if ended:
-        return re.sub(r"^slurmstepd: error: \**\s*|\s*\**$", "", ended[-1])
+        return None, None
+    ended = [line for line in lines if line.startswith("slurmstepd") and END_LINE.search(line)]
     errors = [line for line in lines if ERROR_LINE.match(line)]
-    return errors[-1] if errors else None
+    return (SLURMSTEPD.sub("", ended[-1]) if ended else None), (errors[-1] if errors else None)
 
 
 # --- submitting ----------------------------------------------------------------------------------------------
@@ -216,7 +219,7 @@ __all__ = [
     "SubmittedTask",
     "check_slurm",
     "groups_to_submit",
-    "log_reason",
+    "log_reasons",
     "queue_states",
     "run_array_task",
     "submit_grid",
