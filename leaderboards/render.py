@@ -22,7 +22,18 @@ from tabulate import tabulate
 from ..harness_ext.errors import UserError
 from ..harness_ext.io import write_text_atomic
 from .runner import cells_dir, read_result
-from .status import DONE, FAILED, NOT_RUN, QUEUED, RUNNING, SUBMITTED, CellState, cell_states, counts, in_flight
+from .status import (
+    DONE,
+    FAILED,
+    NOT_RUN,
+    QUEUED,
+    RUNNING,
+    SUBMITTED,
+    CellState,
+    cell_states,
+    counts,
+    in_flight,
+)
 
 FORMATS = ("md", "csv", "json")
 FLAG = "(!)"

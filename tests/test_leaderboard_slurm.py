@@ -17,16 +17,25 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
 from sparse_bench.harness_ext.cli import main
 from sparse_bench.harness_ext.errors import UserError
 from sparse_bench.leaderboards import cache as cache_module
-from sparse_bench.leaderboards.cache import PrunedModelCache, model_fingerprint, pruned_checkpoint
+from sparse_bench.leaderboards.cache import (
+    PrunedModelCache,
+    model_fingerprint,
+    pruned_checkpoint,
+)
 from sparse_bench.leaderboards.executor import check_tasks_started
 from sparse_bench.leaderboards.render import render
 from sparse_bench.leaderboards.runner import write_grid_file
-from sparse_bench.leaderboards.slurm import (SlurmOptions, SubmittedTask, check_slurm, groups_to_submit,
-                                             run_array_task, started_marker)
+from sparse_bench.leaderboards.slurm import (
+    SlurmOptions,
+    SubmittedTask,
+    check_slurm,
+    groups_to_submit,
+    run_array_task,
+    started_marker,
+)
 from sparse_bench.leaderboards.spec import expand_cells, load_spec
 from sparse_bench.leaderboards.status import DONE, FAILED, QUEUED, RUNNING, cell_states
 from test_leaderboard_run import quality_table, write_spec, write_tasks
@@ -164,7 +173,8 @@ def slurm_cluster() -> None:
     """Skip (with the reason) unless a Slurm controller answers and a node takes jobs."""
     if shutil.which("sbatch") is None or shutil.which("sinfo") is None:
         pytest.skip("no Slurm here (sbatch/sinfo not on PATH); .ci/run starts one with scripts/slurm_local.sh")
-    probe = subprocess.run(["sinfo", "--noheader", "--format=%T"], capture_output=True, text=True, timeout=60)
+    probe = subprocess.run(["sinfo", "--noheader", "--format=%T"], capture_output=True, text=True, timeout=60,
+                           check=False)
     states = probe.stdout.split()
     if probe.returncode != 0 or not any(s.rstrip("*~#") in ("idle", "mixed", "allocated") for s in states):
         pytest.skip(f"Slurm does not take jobs here (sinfo: {(probe.stderr or probe.stdout).strip() or 'no nodes'})")
@@ -172,7 +182,7 @@ def slurm_cluster() -> None:
 
 def sparse_bench(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "sparse_bench.harness_ext.cli", *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, check=False)
 
 
 @pytest.fixture(scope="module")
