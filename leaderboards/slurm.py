@@ -73,7 +73,7 @@ def slurm_command(args: list[str]) -> str:
         raise UserError(f"`{' '.join(args)}` failed ({error}); is the Slurm controller reachable?") from None
     if completed.returncode != 0:
         message = (completed.stderr.strip().splitlines() or [f"exit status {completed.returncode}"])[0]
-        raise UserError(f"`{' '.join(args)}` failed: {message}")
+        raise UserError(f"`{' '.join(args)}` failed: {message}; check that Slurm's controller is up (`sinfo`)")
     return completed.stdout
 
 
@@ -180,7 +180,8 @@ def submit_grid(spec: GridSpec, out_dir: Path, cells: list[Cell], wanted: set[st
                                       [options.cpus_per_task] * count)
     except submitit.core.utils.FailedJobError as error:
         first = (str(error).strip().splitlines() or ["no message"])[0]
-        raise UserError(f"sbatch refused the job array: {first}") from None
+        raise UserError(f"sbatch refused the job array: {first}; fix the Slurm options (--partition, --mem, "
+                        "--time, --gpus-per-task) to what the cluster allows") from None
     submitted = []
     for job, shard in zip(jobs, shards):
         task = SubmittedTask(job.job_id, tuple(c.cell_id for c in shard_cells(cells, *shard)), str(job.paths.stderr))

@@ -249,6 +249,19 @@ def test_cancelled_task_rerun_finishes_only_that_cell(slurm_cluster, grid_spec, 
     assert quality_table(out) == local_table
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("args, message", [
+    (["--partition", "no-such-partition"], "Slurm partition 'no-such-partition' does not exist; partitions here:"),
+    (["--mem", "100000000"], "sbatch refused the job array: sbatch: error: Memory specification"),
+])
+def test_real_slurm_refusals_are_one_line_errors(slurm_cluster, grid_spec, tmp_path, args, message):
+    result = CliRunner().invoke(main, ["leaderboard", "run", str(grid_spec), "--out", str(tmp_path / "out"),
+                                       "--executor", "slurm", *args])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and message in lines[0], result.output
+    assert not (tmp_path / "out" / "jobs").exists()
+
+
 def wait_until(condition, timeout_s: float):
     """Poll `condition` every 0.5 s until it returns something true; returns it."""
     deadline = time.monotonic() + timeout_s
