@@ -65,9 +65,9 @@ def _state(out_dir: Path, cell_id: str, job: dict[str, Any] | None, queue: dict[
         return CellState(cell_id, SUBMITTED, "squeue is not available here: state unknown", job_id)
     if job and job_id in queue:
         return CellState(cell_id, queue[job_id], None, job_id)
-    if result:
+    if result and not (job and result.get("started", "") < job.get("submitted", "")):
         return CellState(cell_id, FAILED, result["reason"], job_id)
-    if job:
+    if job:  # no result, or one older than the last submission: the task ended without writing one
         return CellState(cell_id, FAILED, task_end_reason(out_dir, job), job_id)
     return _local_state(out_dir, cell_id)
 

@@ -27,7 +27,7 @@ from sparse_bench.leaderboards.cache import (
 )
 from sparse_bench.leaderboards.executor import check_tasks_started
 from sparse_bench.leaderboards.render import render
-from sparse_bench.leaderboards.runner import write_grid_file
+from sparse_bench.leaderboards.runner import RESULT_FORMAT, write_grid_file
 from sparse_bench.leaderboards.slurm import (
     SlurmOptions,
     SubmittedTask,
@@ -164,6 +164,25 @@ def test_status_and_partial_render_from_the_queue(grid_spec, tmp_path, monkeypat
     assert "DUE TO TIME LIMIT" in text.split("## Failed cells")[1]
     result = CliRunner().invoke(main, ["leaderboard", "status", str(out)])
     assert result.exit_code == 0 and "1 queued, 1 running, 1 failed, 1 not run" in result.output
+
+
+def test_failed_result_older_than_the_resubmission_is_not_its_reason(grid_spec, tmp_path, monkeypatch):
+    spec, out = load_spec(grid_spec), tmp_path / "out"
+    cells = expand_cells(spec)
+    write_grid_file(out, spec, cells)
+    log = tmp_path / "90_0_0_log.err"
+    log.write_text("slurmstepd-vm: error: *** JOB 91 ON vm CANCELLED AT 2026-12-03T09:00:00 ***\n")
+    (out / "jobs").mkdir()
+    (out / "cells").mkdir(exist_ok=True)
+    for cell, started in zip(cells[:2], ("2026-12-03T08:00:00+00:00", "2026-12-03T09:30:00+00:00")):
+        (out / "jobs" / f"{cell.cell_id}.json").write_text(json.dumps(
+            {"job_id": "90_0", "stderr": str(log), "submitted": "2026-12-03T09:00:00+00:00"}))
+        (out / "cells" / f"{cell.cell_id}.json").write_text(json.dumps(
+            {"format": RESULT_FORMAT, "status": "failed", "reason": "out of memory", "started": started}))
+    monkeypatch.setenv("PATH", fake_slurm(tmp_path / "bin")["PATH"])
+    stale, fresh = cell_states(out, [c.cell_id for c in cells[:2]])
+    assert stale.reason == "Slurm task 90_0 ended without a result: JOB 91 ON vm CANCELLED AT 2026-12-03T09:00:00"
+    assert fresh.reason == "out of memory"
 
 
 # --- a real Slurm ------------------------------------------------------------------------------------------
