@@ -68,9 +68,11 @@ def run_command(spec: str, out_dir: Path, shard: str, cache_root: Path | None, r
                 render_after: bool, threads: int | None, executor: str, wait: bool, **slurm: object) -> None:
     """Run every cell of the grid SPEC (a YAML file or a shipped spec name) into --out.
 
-    Finished cells are skipped, so re-running resumes; a failed cell is recorded with its reason and the
-    grid goes on. Exit status 1 if a cell failed. With --executor slurm, only the cells that are neither
-    done nor queued or running are submitted; `leaderboard status OUT` shows where they stand.
+    Finished cells are skipped, so re-running resumes; each phase of a cell (prune, load, evaluate,
+    perplexity, latency, size) is recorded with its result or its failure reason, the grid goes on, and a
+    re-run retries only the phases that failed. Exit status 1 if a cell or a phase failed. With --executor
+    slurm, only the cells that are neither done nor queued or running are submitted; `leaderboard status OUT`
+    shows where they stand.
 
     \b
     Example:
@@ -79,7 +81,7 @@ def run_command(spec: str, out_dir: Path, shard: str, cache_root: Path | None, r
       sparse-bench leaderboard run my_grid.yaml --out /shared/grid --executor slurm --partition gpu \\
           --gpus-per-task 1 --cpus-per-task 8 --mem 64 --time 120
     """
-    grid = load_spec(resolve_spec(spec))
+    grid = load_spec(resolve_spec(spec))  # a bad spec fails before the runner's heavy imports (torch: ~3 s)
     if executor == "slurm":
         _run_on_slurm(grid, out_dir, shard, cache_root, retry_failed, render_after, threads, wait, slurm)
         return
@@ -95,11 +97,20 @@ def run_command(spec: str, out_dir: Path, shard: str, cache_root: Path | None, r
         torch.set_num_threads(threads)
     summary = run_grid(grid, out_dir, parse_shard(shard), cache_root, retry_failed)
     if render_after:
-        _render(out_dir, "md", plots=True, echo=False)
-        click.echo(f"leaderboard: {out_dir / 'leaderboard.md'}")
-    click.echo(f"{len(summary.ok)} cells ran, {len(summary.done)} were already done, {len(summary.failed)} failed")
-    if summary.failed:
+        _render_summary(out_dir)
+    click.echo(f"{len(summary.ok)} cells ran, {len(summary.done)} were already done, {len(summary.partial)} "
+               f"kept their results but a phase failed, {len(summary.failed)} failed")
+    if summary.failed or summary.partial:
         raise SystemExit(1)
+
+
+def _render_summary(out_dir: Path) -> None:
+    """Render OUT_DIR (markdown and plots), print the summary table and the leaderboard's path."""
+    from .render import load_grid, summary_table
+
+    _render(out_dir, "md", plots=True, echo=False)
+    click.echo("\n" + summary_table(load_grid(out_dir)) + "\n")
+    click.echo(f"full leaderboard (every task's metrics, plots, timings): {out_dir / 'leaderboard.md'}")
 
 
 def option_name(parameter: str) -> str:
@@ -112,7 +123,7 @@ def _run_on_slurm(grid, out_dir: Path, shard: str, cache_root: Path | None, retr
                   render_after: bool, threads: int | None, wait: bool, slurm: dict) -> None:
     from .executor import run_on_slurm
     from .slurm import SlurmOptions
-    from .status import FAILED, counts
+    from .status import FAILED, PARTIAL, counts
 
     if shard != "0/1":
         raise UserError("--shard applies to --executor local; with --executor slurm every group of cells is "
@@ -125,10 +136,9 @@ def _run_on_slurm(grid, out_dir: Path, shard: str, cache_root: Path | None, retr
         click.echo(f"follow it with: sparse-bench leaderboard status {out_dir}")
         return
     if render_after:
-        _render(out_dir, "md", plots=True, echo=False)
-        click.echo(f"leaderboard: {out_dir / 'leaderboard.md'}")
+        _render_summary(out_dir)
     click.echo(", ".join(f"{n} {state}" for state, n in counts(run.states).items() if n))
-    if any(s.state == FAILED for s in run.states):
+    if any(s.state in (FAILED, PARTIAL) for s in run.states):
         raise SystemExit(1)
 
 
@@ -136,8 +146,8 @@ def _run_on_slurm(grid, out_dir: Path, shard: str, cache_root: Path | None, retr
 @click.argument("out_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the states as JSON.")
 def status_command(out_dir: Path, as_json: bool) -> None:
-    """Where each cell of OUT_DIR stands: done, queued, running, failed (with its reason) or not run, with the
-    Slurm job id of cells submitted by `run --executor slurm`.
+    """Where each cell of OUT_DIR stands: done, queued, running, partial (a phase failed), failed (with the
+    reason) or not run, with the Slurm job id of cells submitted by `run --executor slurm`.
 
     \b
     Example:

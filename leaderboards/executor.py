@@ -25,7 +25,7 @@ from .slurm import (
     task_end_reason,
 )
 from .spec import GridSpec, expand_cells
-from .status import FAILED, NOT_RUN, CellState, cell_states, read_job
+from .status import FAILED, NOT_RUN, PARTIAL, CellState, cell_states, read_job
 
 EXECUTORS = ("local", "slurm")
 POLL_SECONDS = 5.0
@@ -50,7 +50,7 @@ def run_on_slurm(spec: GridSpec, out_dir: Path, options: SlurmOptions, cache_roo
     cells = expand_cells(spec)
     write_grid_file(out_dir, spec, cells)
     states = cell_states(out_dir, [c.cell_id for c in cells])
-    wanted = {s.cell_id for s in states if s.state == NOT_RUN or (s.state == FAILED and retry_failed)}
+    wanted = {s.cell_id for s in states if s.state == NOT_RUN or (s.state in (FAILED, PARTIAL) and retry_failed)}
     held = [s for s in states if s.state in (QUEUED, RUNNING)]
     submitted = submit_grid(spec, out_dir, cells, wanted, options, cache_root, retry_failed)
     say(f"grid {spec.name}: {len(cells)} cells, {len(wanted)} to run in {len(submitted)} Slurm array task(s)"

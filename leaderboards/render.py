@@ -24,8 +24,8 @@ from ..harness_ext.io import write_text_atomic
 from .runner import cells_dir, read_result
 from .status import (
     DONE,
-    FAILED,
     NOT_RUN,
+    PARTIAL,
     QUEUED,
     RUNNING,
     SUBMITTED,
@@ -34,9 +34,11 @@ from .status import (
     counts,
     in_flight,
 )
+from .status import FAILED as FAILED_STATE
 
 FORMATS = ("md", "csv", "json")
 FLAG = "(!)"
+FAILED = f"failed {FLAG}"  # in place of the numbers of a phase that failed (its reason under "Failed")
 # What the metrics our tasks and the engine report mean (others show only their direction).
 METRIC_NOTES = {
     "bits_per_byte": "bits per UTF-8 byte of the reference text under teacher forcing",
@@ -63,7 +65,9 @@ class Grid:
         return cell_states(self.folder, [c["cell_id"] for c in self.cells])
 
     def ok(self) -> list[dict[str, Any]]:
-        return [r for c in self.cells if (r := self.results[c["cell_id"]]) and r["status"] == "ok"]
+        """Records of the cells with results: every phase ok, or partial (a failed phase is marked where its
+        numbers would be)."""
+        return [r for c in self.cells if (r := self.results[c["cell_id"]]) and r["status"] in ("ok", "partial")]
 
 
 def load_grid(folder: Path) -> Grid:
@@ -74,6 +78,9 @@ def load_grid(folder: Path) -> Grid:
     except (OSError, ValueError):
         raise UserError(f"{folder} has no readable grid.json; give the --out folder of `leaderboard run`") from None
     results = {c["cell_id"]: read_result(cells_dir(folder) / f"{c['cell_id']}.json") for c in grid["cells"]}
+    for result in filter(None, results.values()):  # a cell whose evaluate phase failed has no metrics
+        result.setdefault("metrics", {})
+        result.setdefault("higher_is_better", {})
     return Grid(folder=folder, spec=grid["spec"], cells=grid["cells"], results=results)
 
 
@@ -137,13 +144,19 @@ def _target(cell: dict[str, Any]) -> str:
     return "recipe" if cell["sparsity"] is None else f"{cell['sparsity']:g}"
 
 
+def failed_phase(result: dict[str, Any], phase: str) -> bool:
+    """True if the cell's `phase` failed (records written before phases were recorded: never)."""
+    return (result.get("phases") or {}).get(phase, {}).get("status", "ok") != "ok"
+
+
 def cell_columns(result: dict[str, Any]) -> dict[str, Any]:
-    """Columns every table shares: what the cell is, what it measured, what it cost."""
+    """Columns every table shares: what the cell is, what it measured, what it cost; `failed (!)` where the
+    phase that measures a column failed."""
     cell, sparsity = result["cell"], result.get("sparsity") or {}
     latency, size = result.get("latency") or {}, result.get("size") or {}
     prune = result.get("prune") or {}
     measured = sparsity.get("overall_sparsity")
-    return {
+    columns = {
         "model": Path(cell["model"].rstrip("/")).name, "method": cell["method"],
         "structure": "-" if cell["method"] == "dense" else cell["structure"], "target": _target(cell),
         "measured": "-" if measured is None else f"{100 * measured:.2f} %",
@@ -157,6 +170,14 @@ def cell_columns(result: dict[str, Any]) -> dict[str, Any]:
         "peak MiB": mebibytes(latency.get("peak_memory_bytes")),
         "prune s": "-" if not prune else fmt(prune.get("prune_seconds")),
     }
+    for phase, names in PHASE_COLUMNS.items():
+        if failed_phase(result, phase):
+            columns.update(dict.fromkeys(names, FAILED))
+    return columns
+
+
+PHASE_COLUMNS = {"perplexity": ("ppl (token)",), "size": ("dense MiB", "compressed MiB"),
+                 "latency": ("ms/forward", "tokens/s", "peak MiB")}
 
 
 def _ranks(values: list[Any], higher_is_better: bool) -> list[str]:
@@ -185,6 +206,7 @@ def task_rows(grid: Grid, task: str) -> tuple[list[dict[str, Any]], str | None]:
                                             f"{delta:+.4g}" if math.isfinite(delta) else fmt(delta))
         row.update({k: v for k, v in cell_columns(result).items() if k not in CELL_HEAD})
         flags = [f for f in result.get("flags", []) if f.startswith(f"{task}/") or "/" not in f]
+        flags += [f"{phase} failed" for phase in PHASE_COLUMNS if failed_phase(result, phase)]
         row["flags"] = "; ".join(flags) if flags else ""
         rows.append(row)
     if primary:
@@ -218,7 +240,8 @@ def header(grid: Grid) -> dict[str, Any]:
     models = []
     for model in spec["models"]:
         ok = [r for r in grid.ok() if r["cell"]["model"] == model]
-        config = ok[0]["evaluations"][0]["results"].get("config", {}) if ok else {}
+        evaluations = next((r["evaluations"] for r in ok if r.get("evaluations")), [{"results": {}}])
+        config = evaluations[0]["results"].get("config", {})
         revision = config.get("model_revision") or "-"
         models.append(f"`{model}` ({ok[0]['model_path'] if ok else 'not run'}; weights sha256 "
                       f"{(ok[0]['model_fingerprint'] if ok else '-')[:16]}; revision {revision})")
@@ -256,17 +279,18 @@ def header(grid: Grid) -> dict[str, Any]:
 def _cell_counts(grid: Grid) -> str:
     states = counts(grid.states)
     held = sum(states[name] for name in (QUEUED, RUNNING, SUBMITTED))
-    return (f"{states[DONE]} of {len(grid.cells)} finished, {states[FAILED]} failed, {states[NOT_RUN]} not run"
-            + (f", {held} still queued or running" if held else ""))
+    partial = (f", {states[PARTIAL]} with a failed phase (shown, marked `{FAILED}`)" if states[PARTIAL] else "")
+    return (f"{states[DONE]} of {len(grid.cells)} finished{partial}, {states[FAILED_STATE]} failed, "
+            f"{states[NOT_RUN]} not run" + (f", {held} still queued or running" if held else ""))
 
 
-def partial_note(grid: Grid) -> str | None:
-    """A warning line if some cells are still queued or running (the tables are partial), else None."""
+def incomplete_note(grid: Grid) -> str | None:
+    """A warning line if some cells are still queued or running (the tables will change), else None."""
     held = in_flight(grid.states)
     if not held:
         return None
     jobs = sorted({s.job.split("_")[0] for s in held if s.job})
-    return (f"PARTIAL RESULTS: {len(held)} of {len(grid.cells)} cells are still queued or running"
+    return (f"INCOMPLETE: {len(held)} of {len(grid.cells)} cells are still queued or running"
             + (f" (Slurm job {', '.join(jobs)})" if jobs else "") + "; these tables will change. Render again "
             f"when `sparse-bench leaderboard status {grid.folder}` shows them done.")
 
@@ -282,8 +306,19 @@ def metric_legend(grid: Grid, task: str, metrics: list[str]) -> str:
 
 
 def failed_rows(grid: Grid) -> list[dict[str, str]]:
-    """Cells that failed (their result says so, or the process or Slurm task holding them ended without one)."""
-    return [{"cell": s.cell_id, "reason": s.reason or ""} for s in grid.states if s.state == FAILED]
+    """One row per failed phase of each cell (`cell` for records written before phases were recorded, and for a
+    cell whose process or Slurm task ended without writing its result)."""
+    rows = []
+    for cell, state in zip(grid.cells, grid.states):
+        if state.state not in (FAILED_STATE, PARTIAL):
+            continue
+        result = grid.results[cell["cell_id"]]
+        from_result = result is not None and result["status"] != "ok" and result["reason"] == state.reason
+        phases = (result.get("phases") if from_result else None) or {"cell": {"status": "failed",
+                                                                              "reason": state.reason}}
+        rows += [{"cell": cell["cell_id"], "phase": name, "reason": phase["reason"]}
+                 for name, phase in phases.items() if phase["status"] != "ok"]
+    return rows
 
 
 def summary_rows(grid: Grid) -> list[dict[str, Any]]:
@@ -296,23 +331,28 @@ def summary_rows(grid: Grid) -> list[dict[str, Any]]:
         if len(grid.spec["models"]) > 1:
             row = {"model": columns["model"], **row}
         for task, primary in primaries.items():
-            values = result["metrics"].get(task, {})
+            values = result.get("metrics", {}).get(task, {})
             if primary:
-                row[f"{task} {primary}"] = with_stderr(values.get(primary), values.get(f"{primary}_stderr"))
+                row[f"{task} {primary}"] = (FAILED if failed_phase(result, "evaluate") else
+                                            with_stderr(values.get(primary), values.get(f"{primary}_stderr")))
         row.update({key: columns[key] for key in ("ppl (token)", "compressed MiB", "ms/forward", "prune s")})
         rows.append(row)
     return rows
 
 
+def summary_table(grid: Grid) -> str:
+    """The summary rows as one markdown table (what a run prints at its end)."""
+    return tabulate(summary_rows(grid), headers="keys", tablefmt="github", disable_numparse=True)
+
+
 def render_markdown(grid: Grid, plots: dict[str, Path] | None = None) -> str:
     lines = [f"# Leaderboard: {grid.spec['name']}", ""]
-    partial = partial_note(grid)
-    if partial:
-        lines += [f"> **{partial}**", ""]
+    incomplete = incomplete_note(grid)
+    if incomplete:
+        lines += [f"> **{incomplete}**", ""]
     lines += [f"- **{label}**: {text}" for label, text in header(grid).items()]
     if len(task_names(grid)) > 1:
-        lines += ["", "## Summary: each task's primary metric", "",
-                  tabulate(summary_rows(grid), headers="keys", tablefmt="github", disable_numparse=True)]
+        lines += ["", "## Summary: each task's primary metric", "", summary_table(grid)]
     for task in task_names(grid):
         rows, primary = task_rows(grid, task)
         metrics = task_metrics(grid, task)
@@ -325,7 +365,7 @@ def render_markdown(grid: Grid, plots: dict[str, Path] | None = None) -> str:
                   f"![cost]({plots['cost'].relative_to(grid.folder).as_posix()})"]
     failed = failed_rows(grid)
     if failed:
-        lines += ["", "## Failed cells", "", tabulate(failed, headers="keys", tablefmt="github")]
+        lines += ["", "## Failed cells and phases", "", tabulate(failed, headers="keys", tablefmt="github")]
     return "\n".join(lines) + "\n"
 
 
@@ -343,7 +383,7 @@ def render_csv(grid: Grid) -> str:
 
 def render_json(grid: Grid) -> str:
     tables = {task: dict(zip(("rows", "primary_metric"), task_rows(grid, task))) for task in task_names(grid)}
-    return json.dumps({"name": grid.spec["name"], "partial": partial_note(grid), "header": header(grid),
+    return json.dumps({"name": grid.spec["name"], "incomplete": incomplete_note(grid), "header": header(grid),
                        "tables": tables, "failed": failed_rows(grid)}, indent=2, default=str) + "\n"
 
 

@@ -1,7 +1,7 @@
-"""Where each cell of an output folder stands: done, queued, running, failed or not run.
+"""Where each cell of an output folder stands: done, queued, running, partial, failed or not run.
 
 Read from the folder alone plus, for cells handed to Slurm, the scheduler's queue (`squeue`):
-    OUT/cells/CELL_ID.json      the result (status ok or failed, with its reason)
+    OUT/cells/CELL_ID.json      the result (status ok, partial (a phase failed) or failed, with the reason)
     OUT/cells/CELL_ID.running   a process is inside the cell (pid and host; left behind if it was killed)
     OUT/jobs/CELL_ID.json       the Slurm array task the cell was last submitted to (see slurm.py)
 
@@ -22,8 +22,8 @@ import psutil
 from .runner import cells_dir, read_result
 from .slurm import QUEUED, RUNNING, queue_states, task_end_reason
 
-DONE, FAILED, NOT_RUN, SUBMITTED = "done", "failed", "not run", "submitted"
-STATES = (DONE, QUEUED, RUNNING, FAILED, SUBMITTED, NOT_RUN)
+DONE, PARTIAL, FAILED, NOT_RUN, SUBMITTED = "done", "partial", "failed", "not run", "submitted"
+STATES = (DONE, QUEUED, RUNNING, PARTIAL, FAILED, SUBMITTED, NOT_RUN)
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ def _state(out_dir: Path, cell_id: str, job: dict[str, Any] | None, queue: dict[
     if job and job_id in queue:
         return CellState(cell_id, queue[job_id], None, job_id)
     if result and not (job and result.get("started", "") < job.get("submitted", "")):
-        return CellState(cell_id, FAILED, result["reason"], job_id)
+        return CellState(cell_id, PARTIAL if result["status"] == "partial" else FAILED, result["reason"], job_id)
     if job:  # no result, or one older than the last submission: the task ended without writing one
         return CellState(cell_id, FAILED, task_end_reason(out_dir, job), job_id)
     return _local_state(out_dir, cell_id)
@@ -100,6 +100,7 @@ __all__ = [
     "DONE",
     "FAILED",
     "NOT_RUN",
+    "PARTIAL",
     "QUEUED",
     "RUNNING",
     "STATES",

@@ -159,7 +159,7 @@ def test_status_and_partial_render_from_the_queue(grid_spec, tmp_path, monkeypat
     assert [s.state for s in states] == [QUEUED, RUNNING, FAILED, "not run"]
     assert states[2].reason == "Slurm task 77_2 ended without a result: JOB 80 ON node7 DUE TO TIME LIMIT"
     text, _ = render(out, "md")
-    assert "PARTIAL RESULTS: 2 of 4 cells are still queued or running (Slurm job 77)" in text
+    assert "INCOMPLETE: 2 of 4 cells are still queued or running (Slurm job 77)" in text
     assert "0 of 4 finished, 1 failed, 1 not run, 2 still queued or running" in text
     assert "DUE TO TIME LIMIT" in text.split("## Failed cells")[1]
     result = CliRunner().invoke(main, ["leaderboard", "status", str(out)])
