@@ -14,6 +14,7 @@ OUT/slurm/started_JOB.json (read back by status.py on the submitting host) and r
 from __future__ import annotations
 
 import contextlib
+import getpass
 import io
 import re
 import shutil
@@ -95,7 +96,7 @@ def queue_states() -> dict[str, str] | None:
     if shutil.which("squeue") is None:
         return None
     try:
-        output = slurm_command(["squeue", "--me", "--noheader", "--array", "--format=%i|%T"])
+        output = slurm_command(["squeue", f"--user={getpass.getuser()}", "--noheader", "--array", "--format=%i|%T"])
     except UserError:
         return None
     states = {}
