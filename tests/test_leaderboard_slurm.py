@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -165,6 +166,20 @@ def test_status_and_partial_render_from_the_queue(grid_spec, tmp_path, monkeypat
     assert "DUE TO TIME LIMIT" in text.split("## Failed cells")[1]
     result = CliRunner().invoke(main, ["leaderboard", "status", str(out)])
     assert result.exit_code == 0 and "1 queued, 1 running, 1 failed, 1 not run" in result.output
+
+
+def test_local_status_from_the_running_markers(grid_spec, tmp_path):
+    spec, out = load_spec(grid_spec), tmp_path / "out"
+    cells = expand_cells(spec)
+    write_grid_file(out, spec, cells)
+    (out / "cells").mkdir(exist_ok=True)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    for cell, pid in zip(cells[:2], (os.getpid(), dead.pid)):
+        (out / "cells" / f"{cell.cell_id}.running").write_text(json.dumps({"pid": pid, "host": socket.gethostname()}))
+    alive, killed, never = cell_states(out, [c.cell_id for c in cells[:3]])
+    assert (alive.state, killed.state, never.state) == (RUNNING, FAILED, "not run")
+    assert "stopped without a result" in killed.reason
 
 
 def test_failed_result_older_than_the_resubmission_is_not_its_reason(grid_spec, tmp_path, monkeypatch):
