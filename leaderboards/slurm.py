@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import getpass
 import io
+import os
 import re
 import shutil
 import socket
@@ -28,7 +29,7 @@ from typing import Any
 from ..harness_ext.errors import UserError
 from ..harness_ext.io import write_json_atomic
 from .runner import _now, run_grid
-from .spec import Cell, GridSpec, shard_cells
+from .spec import Cell, GridSpec, pruned_model_groups, shard_cells
 
 QUEUED, RUNNING = "queued", "running"
 # squeue's job states (%T) while a task still holds its cells; any other state has left the queue.
@@ -151,8 +152,8 @@ def log_reasons(log: Path) -> tuple[str | None, str | None]:
 
 def groups_to_submit(cells: list[Cell], wanted: set[str]) -> list[tuple[int, int]]:
     """Shards (i, N) of the pruned-model groups, N = the number of groups, holding a cell in `wanted`."""
-    count = len({(c.model, c.method, c.sparsity, c.structure) for c in cells})
-    return [(i, count) for i in range(count) if any(c.cell_id in wanted for c in shard_cells(cells, i, count))]
+    groups = pruned_model_groups(cells)
+    return [(i, len(groups)) for i, group in enumerate(groups) if any(c.cell_id in wanted for c in group)]
 
 
 def submit_grid(spec: GridSpec, out_dir: Path, cells: list[Cell], wanted: set[str], options: SlurmOptions,
@@ -197,8 +198,6 @@ def submit_grid(spec: GridSpec, out_dir: Path, cells: list[Cell], wanted: set[st
 def run_array_task(spec: GridSpec, out_dir: Path, shard: tuple[int, int], cache_root: Path | None,
                    retry_failed: bool, token: str, threads: int) -> dict[str, list[str]]:
     """What one array task runs on its node: the shared-filesystem check, then its cells (`run_grid`)."""
-    import os
-
     import torch
 
     host = socket.gethostname()
@@ -211,7 +210,7 @@ def run_array_task(spec: GridSpec, out_dir: Path, shard: tuple[int, int], cache_
     write_json_atomic(started_marker(out_dir, job_id), {"host": host, "pid": os.getpid(), "started": _now()})
     torch.set_num_threads(threads)
     summary = run_grid(spec, out_dir, shard, cache_root, retry_failed, progress=False)
-    return {"ok": summary.ok, "failed": summary.failed, "done": summary.done}
+    return {"ok": summary.ok, "partial": summary.partial, "failed": summary.failed, "done": summary.done}
 
 
 __all__ = [
