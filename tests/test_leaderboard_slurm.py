@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from test_leaderboard_run import quality_table, write_spec, write_tasks
+
 from sparse_bench.harness_ext.cli import main
 from sparse_bench.harness_ext.errors import UserError
 from sparse_bench.leaderboards import cache as cache_module
@@ -39,7 +41,6 @@ from sparse_bench.leaderboards.slurm import (
 )
 from sparse_bench.leaderboards.spec import expand_cells, load_spec
 from sparse_bench.leaderboards.status import DONE, FAILED, QUEUED, RUNNING, cell_states
-from test_leaderboard_run import quality_table, write_spec, write_tasks
 
 SLURM_OPTIONS = ["--executor", "slurm", "--mem", "2", "--time", "10", "--cpus-per-task", "1"]
 
