@@ -181,6 +181,7 @@ def submit_grid(spec: GridSpec, out_dir: Path, cells: list[Cell], wanted: set[st
                                       [cache_root] * count, [retry_failed] * count, [token] * count,
                                       [options.cpus_per_task] * count)
     except submitit.core.utils.FailedJobError as error:
+        submission_marker(out_dir, token).unlink(missing_ok=True)
         first = (str(error).strip().splitlines() or ["no message"])[0]
         raise UserError(f"sbatch refused the job array: {first}; fix the Slurm options (--partition, --mem, "
                         "--time, --gpus-per-task) to what the cluster allows") from None

@@ -296,6 +296,7 @@ def test_real_slurm_refusals_are_one_line_errors(slurm_cluster, grid_spec, tmp_p
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert result.exit_code == 2 and len(lines) == 1 and message in lines[0], result.output
     assert not (tmp_path / "out" / "jobs").exists()
+    assert not list((tmp_path / "out").glob("slurm/submission_*.json"))
 
 
 def wait_until(condition, timeout_s: float):
