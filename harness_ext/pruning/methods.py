@@ -12,8 +12,9 @@ A method's function: `prune(weight, statistics, target, options) -> PruneResult`
 - returns a keep-mask (out, in) and, for methods that update weights, the new weight.
 An update (`update=admm`) refits the kept weights of any method's mask: `refit(weight, hessian, keep, options)`.
 
-Adding a method: write its file (function + options dataclass), add one `Method(...)` row to `METHODS` below,
-add a row to docs/pruning.md's table. Nothing else changes.
+Adding a method: write its file (function + options dataclass), add one `Method(...)` row to `_rows()` below,
+paste the table it prints (python -m sparse_bench.harness_ext.pruning.methods) into docs/pruning.md. Nothing
+else changes.
 """
 
 from __future__ import annotations
