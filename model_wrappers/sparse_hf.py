@@ -18,7 +18,7 @@ from lm_eval.models.huggingface import HFLM  # importing lm_eval.models first re
 
 from ..harness_ext.checkpoints import load_checkpoint
 from ..harness_ext.errors import UserError
-from ..harness_ext.models import parse_dtype, resolve_model_path
+from ..harness_ext.models import model_family, parse_dtype, resolve_model_path
 from ..harness_ext.pruning.engine import prune
 from ..harness_ext.pruning.plan import CalibrationConfig, parse_flag, plan_from_arguments
 from ..harness_ext.pruning.report import measure_sparsity
@@ -36,6 +36,20 @@ class _CheckedAutoClass:
 
     def from_pretrained(self, path: str, **kwargs: Any):
         return load_checkpoint(self.auto_class, path, **kwargs)
+
+
+def check_backend(config: Any, backend: str) -> None:
+    """UserError when HFLM's `backend` (default | causal | seq2seq) cannot evaluate a model of this family."""
+    family, name = model_family(config), getattr(config, "model_type", "this model")
+    if family == "encoder-only":
+        raise UserError(f"{name} is an encoder-only model, which sparse-hf (causal or seq2seq language models) "
+                        "cannot evaluate; use --model sparse-encoder")
+    if family == "encoder-decoder" and backend == "causal":
+        raise UserError(f"{name} is an encoder-decoder model and backend=causal would load its decoder alone; "
+                        "use backend=seq2seq or leave backend out")
+    if family == "decoder-only" and backend == "seq2seq":
+        raise UserError(f"{name} is a decoder-only model and has no seq2seq form; use backend=causal or leave "
+                        "backend out")
 
 
 @register_model("sparse-hf")
@@ -77,6 +91,11 @@ class SparseHFLM(HFLM):
                        len(report.layers), report.nonzero_params)
         for message in report.warnings:
             LOGGER.warning("sparse-hf: %s", message)
+
+    def _get_backend(self, config: Any, backend: str = "default", trust_remote_code: bool | None = False) -> None:
+        """HFLM's backend choice, refused (before any weights load) where it cannot fit the model's family."""
+        check_backend(config, backend)
+        super()._get_backend(config, backend=backend, trust_remote_code=trust_remote_code)
 
     def _create_model(self, pretrained: str, **kwargs: Any) -> None:
         auto_class = self.AUTO_MODEL_CLASS
