@@ -10,7 +10,6 @@ measured all the same. The measurement lands in the results JSON under `config.s
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from lm_eval.api.registry import register_model
@@ -19,12 +18,7 @@ from lm_eval.models.huggingface import HFLM  # importing lm_eval.models first re
 from ..harness_ext.checkpoints import load_checkpoint
 from ..harness_ext.errors import UserError
 from ..harness_ext.models import model_family, parse_dtype, resolve_model_path
-from ..harness_ext.pruning.engine import prune
-from ..harness_ext.pruning.plan import CalibrationConfig, parse_flag, plan_from_arguments
-from ..harness_ext.pruning.report import measure_sparsity
-
-
-LOGGER = logging.getLogger("lm_eval.models.sparse_hf")  # under lm-eval's handler and format
+from .prune_on_load import PruneOnLoad
 
 
 class _CheckedAutoClass:
@@ -67,10 +61,8 @@ class SparseHFLM(HFLM):
         `true_sequential`: one forward per block, each layer pruned from the already pruned layers' outputs
         (faster, holds the calibration activations; see docs/pruning.md).
         """
-        plan = plan_from_arguments(method, sparsity, structure, scope, recipe)
-        calibration_config = CalibrationConfig(data=str(calibration), nsamples=int(nsamples), seqlen=int(seqlen),
-                                               seed=int(seed),
-                                               true_sequential=parse_flag("true_sequential", true_sequential))
+        pruning = PruneOnLoad.from_model_args(method, sparsity, structure, scope, recipe, calibration, nsamples,
+                                              seqlen, seed, true_sequential)
         requested_dtype = parse_dtype(kwargs.get("dtype", "auto"))
         if isinstance(pretrained, str):
             pretrained = resolve_model_path(pretrained)
@@ -78,19 +70,7 @@ class SparseHFLM(HFLM):
         if requested_dtype != "auto" and self.model.dtype != requested_dtype:
             raise UserError(f"dtype={kwargs['dtype']} was asked but the model loaded as {self.model.dtype}; "
                             "pass dtype=auto or convert the checkpoint")
-        if plan is not None and plan.steps:
-            self.sparsity_report = prune(self.model, plan, calibration_config, tokenizer=self.tokenizer)
-        else:  # nothing to prune (no arguments, or a recipe that only holds masks): measure as loaded
-            self.sparsity_report = measure_sparsity(self.model)
-            if plan is not None:
-                self.sparsity_report.plan = plan.describe()
-                self.sparsity_report.warnings.extend(plan.notes)
-        report = self.sparsity_report
-        LOGGER.info("sparse-hf: measured sparsity %.4f (%d of %d weights are zero in %d prunable layers); "
-                       "%d non-zero parameters in the model", report.overall_sparsity, report.zeros, report.numel,
-                       len(report.layers), report.nonzero_params)
-        for message in report.warnings:
-            LOGGER.warning("sparse-hf: %s", message)
+        self.sparsity_report = pruning.apply(self.model, self.tokenizer, "sparse-hf")
 
     def _get_backend(self, config: Any, backend: str = "default", trust_remote_code: bool | None = False) -> None:
         """HFLM's backend choice, refused (before any weights load) where it cannot fit the model's family."""

@@ -58,5 +58,13 @@ def tiny_model_dirs(tmp_path_factory, tiny_tokenizer) -> TinyModelDirs:
 
 
 @pytest.fixture(scope="session")
+def tiny_calibration_file(tmp_path_factory, data_dir) -> Path:
+    """20,000 characters of WikiText-2 as a calibration file (tokenizing the whole file takes seconds)."""
+    path = tmp_path_factory.mktemp("calibration") / "calibration.txt"
+    path.write_text((data_dir / "wikitext2" / "wiki.test.raw").read_text(encoding="utf-8")[:20_000])
+    return path
+
+
+@pytest.fixture(scope="session")
 def tiny_llama(tiny_model_dirs) -> Path:
     return tiny_model_dirs["llama"]

@@ -30,18 +30,12 @@ def tasks_dir(tmp_path_factory):
     return write_tiny_choice_task(tmp_path_factory.mktemp("tasks"))
 
 
-@pytest.fixture(scope="module")
-def calibration_file(tmp_path_factory, data_dir):
-    path = tmp_path_factory.mktemp("calibration") / "calibration.txt"
-    path.write_text((data_dir / "wikitext2" / "wiki.test.raw").read_text(encoding="utf-8")[:20_000])
-    return path
-
-
-def test_seq2seq_backend_prunes_an_encoder_decoder_on_load(tiny_model_dirs, tasks_dir, calibration_file):
+def test_seq2seq_backend_prunes_an_encoder_decoder_on_load(tiny_model_dirs, tasks_dir, tiny_calibration_file):
     args = (f"pretrained={tiny_model_dirs['bart']},backend=seq2seq,method=wanda,sparsity=0.5,"
-            f"calibration={calibration_file},nsamples=4,seqlen=16")
+            f"calibration={tiny_calibration_file},nsamples=4,seqlen=16")
     results = lm_eval.simple_evaluate(model="sparse-hf", model_args=args, tasks=[TASK_NAME], device="cpu",
-                                      task_manager=TaskManager(include_path=str(tasks_dir)), bootstrap_iters=0)
+                                      task_manager=TaskManager(include_path=str(tasks_dir), include_defaults=False),
+                                      bootstrap_iters=0)
     sparsity = results["config"]["sparsity"]
     assert sparsity["overall_sparsity"] == pytest.approx(0.5)
     layers = sparsity["layers"]
@@ -68,14 +62,14 @@ def test_a_backend_that_cannot_fit_the_family_is_refused_before_loading(tiny_mod
 
 
 @pytest.mark.skipif(not HOOK.exists(), reason="editable install: no start-up hook (CI installs with pip install .)")
-def test_plain_lm_eval_prunes_tiny_bart_with_the_seq2seq_backend(tiny_model_dirs, tasks_dir, calibration_file,
+def test_plain_lm_eval_prunes_tiny_bart_with_the_seq2seq_backend(tiny_model_dirs, tasks_dir, tiny_calibration_file,
                                                                  tmp_path):
     lm_eval_command = str(Path(sys.executable).with_name("lm_eval"))
     common = ["--tasks", TASK_NAME, "--include_path", str(tasks_dir), "--device", "cpu"]
     result = subprocess.run(
         [lm_eval_command, "--model", "sparse-hf", "--model_args",
          f"pretrained={tiny_model_dirs['bart']},backend=seq2seq,method=sparsegpt,sparsity=0.5,"
-         f"calibration={calibration_file},nsamples=4,seqlen=16", *common, "--output_path", str(tmp_path / "out")],
+         f"calibration={tiny_calibration_file},nsamples=4,seqlen=16", *common, "--output_path", str(tmp_path / "out")],
         capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     (results_file,) = (tmp_path / "out").rglob("results_*.json")

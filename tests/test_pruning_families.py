@@ -30,14 +30,6 @@ METHODS = {  # name -> (shortcut_plan arguments, true_sequential)
 
 
 @pytest.fixture(scope="module")
-def calibration_file(tmp_path_factory, data_dir):
-    """A small slice of WikiText-2 (tokenizing the whole file would dominate these tests' time)."""
-    path = tmp_path_factory.mktemp("calibration") / "calibration.txt"
-    path.write_text((data_dir / "wikitext2" / "wiki.test.raw").read_text(encoding="utf-8")[:20_000])
-    return path
-
-
-@pytest.fixture(scope="module")
 def dense_models(tiny_model_dirs):
     """{kind: (dense model, tokenizer)}, loaded once; tests prune deep copies."""
     cache = {}
@@ -60,9 +52,9 @@ def _masks(model):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_the_loop_feeds_each_block_what_the_model_itself_feeds_it(kind, dense_models, calibration_file):
+def test_the_loop_feeds_each_block_what_the_model_itself_feeds_it(kind, dense_models, tiny_calibration_file):
     model, tokenizer = dense_models(kind)
-    tokens, _, _ = calibration_tokens(_calibration(calibration_file), tokenizer)
+    tokens, _, _ = calibration_tokens(_calibration(tiny_calibration_file), tokenizer)
     with torch.no_grad():
         output = model(**model_inputs(model, tokens), output_hidden_states=True)
     if model.config.is_encoder_decoder:
@@ -79,14 +71,14 @@ def test_the_loop_feeds_each_block_what_the_model_itself_feeds_it(kind, dense_mo
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("kind", KINDS)
 def test_every_method_prunes_every_family_exactly_whatever_the_batch_size(kind, method, dense_models,
-                                                                          calibration_file):
+                                                                          tiny_calibration_file):
     (name, sparsity, structure), options, true_sequential = METHODS[method]
     dense, tokenizer = dense_models(kind)
     masks = []
     for batch_size in (2, 4) if name != "magnitude" else (4,):
         model = copy.deepcopy(dense)
         report = prune(model, shortcut_plan(name, sparsity, structure, **options),
-                       _calibration(calibration_file, true_sequential), tokenizer, progress=False,
+                       _calibration(tiny_calibration_file, true_sequential), tokenizer, progress=False,
                        batch_size=batch_size)
         masks.append(_masks(model))
     assert masks[0].keys() == masks[-1].keys() and masks[0]
@@ -112,10 +104,10 @@ def _wanda_mask_from_inputs(weight: torch.Tensor, inputs: torch.Tensor) -> torch
     return torch.ones_like(weight, dtype=torch.bool).scatter_(1, pruned, False)
 
 
-def test_bart_cross_attention_is_calibrated_on_the_pruned_encoders_outputs(dense_models, calibration_file):
+def test_bart_cross_attention_is_calibrated_on_the_pruned_encoders_outputs(dense_models, tiny_calibration_file):
     dense, tokenizer = dense_models("bart")
     layer = "model.decoder.layers.0.encoder_attn.k_proj"
-    calibration = _calibration(calibration_file)
+    calibration = _calibration(tiny_calibration_file)
     model = copy.deepcopy(dense)
     prune(model, shortcut_plan("wanda", 0.5), calibration, tokenizer, progress=False)
     engine_mask = _masks(model)[layer]
@@ -138,22 +130,22 @@ def test_bart_cross_attention_is_calibrated_on_the_pruned_encoders_outputs(dense
     assert not torch.equal(engine_mask, independent["dense"])
 
 
-def test_nm_on_a_width_not_divisible_by_m_is_refused_before_any_change(dense_models, calibration_file):
+def test_nm_on_a_width_not_divisible_by_m_is_refused_before_any_change(dense_models, tiny_calibration_file):
     for kind in ("roberta", "t5"):
         dense, tokenizer = dense_models(kind)
         model = copy.deepcopy(dense)
         with pytest.raises(UserError, match="not a multiple of 5|multiple"):
-            prune(model, shortcut_plan("wanda", None, "2:5"), _calibration(calibration_file), tokenizer,
+            prune(model, shortcut_plan("wanda", None, "2:5"), _calibration(tiny_calibration_file), tokenizer,
                   progress=False)
         assert all(bool(keep.all()) for keep in _masks(model).values())
 
 
 def test_a_model_that_changes_hidden_states_between_blocks_is_refused(tiny_model_dirs, dense_models,
-                                                                     calibration_file):
+                                                                     tiny_calibration_file):
     _, tokenizer = dense_models("deberta-v2")
     config = AutoConfig.from_pretrained(tiny_model_dirs["deberta-v2"])
     config.conv_kernel_size = 3
     model = AutoModelForMaskedLM.from_config(config).eval()  # DeBERTa-v2's conv layer after block 0
     with pytest.raises(UserError, match="changes the hidden states between .*layer.0 and .*layer.1"):
-        prune(model, shortcut_plan("wanda", 0.5), _calibration(calibration_file), tokenizer, progress=False)
+        prune(model, shortcut_plan("wanda", 0.5), _calibration(tiny_calibration_file), tokenizer, progress=False)
     assert all(bool(keep.all()) for keep in _masks(model).values())
