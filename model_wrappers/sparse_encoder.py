@@ -22,7 +22,12 @@ from lm_eval.api.registry import register_model
 from ..harness_ext.errors import UserError
 from ..harness_ext.models import load_model, model_family, resolve_model_path
 from ..harness_ext.pruning.engine import model_context
-from ..harness_ext.pseudo_likelihood import check_masked_lm, masked_log_probs, special_token_count, wrap_in_special_tokens
+from ..harness_ext.pseudo_likelihood import (
+    check_masked_lm,
+    masked_log_probs,
+    special_token_count,
+    wrap_in_special_tokens,
+)
 from .prune_on_load import PruneOnLoad
 
 

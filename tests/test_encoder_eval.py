@@ -18,9 +18,9 @@ register_with_lm_eval()
 
 import lm_eval  # noqa: E402
 from lm_eval.tasks import TaskManager  # noqa: E402
+from tiny_tasks import TASK_NAME, write_tiny_choice_task  # noqa: E402
 
 from sparse_bench.model_wrappers.sparse_encoder import SparseEncoderLM  # noqa: E402
-from tiny_tasks import TASK_NAME, write_tiny_choice_task  # noqa: E402
 
 TEXT = "The river flows to the sea. A small cat sleeps on the warm bed. The old house stands on the hill."
 

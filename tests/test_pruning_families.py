@@ -7,6 +7,7 @@ import copy
 
 import pytest
 import torch
+from tiny_models import AUTO_CLASSES, KINDS
 from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer
 
 from sparse_bench.harness_ext.errors import UserError
@@ -17,7 +18,6 @@ from sparse_bench.harness_ext.pruning.engine import prune
 from sparse_bench.harness_ext.pruning.masks import prune_count
 from sparse_bench.harness_ext.pruning.plan import CalibrationConfig, OwlConfig, shortcut_plan
 from sparse_bench.harness_ext.pruning.targets import find_target_layers, weight_matrix
-from tiny_models import AUTO_CLASSES, KINDS
 
 METHODS = {  # name -> (shortcut_plan arguments, true_sequential)
     "magnitude": (("magnitude", 0.5, None), {}, False),

@@ -13,9 +13,21 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import (AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSeq2SeqLM, BartConfig,
-                          BertConfig, DebertaV2Config, GPT2Config, LlamaConfig, M2M100Config, OPTConfig,
-                          PreTrainedTokenizerFast, RobertaConfig, T5Config)
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    AutoModelForSeq2SeqLM,
+    BartConfig,
+    BertConfig,
+    DebertaV2Config,
+    GPT2Config,
+    LlamaConfig,
+    M2M100Config,
+    OPTConfig,
+    PreTrainedTokenizerFast,
+    RobertaConfig,
+    T5Config,
+)
 
 VOCAB_SIZE = 512
 HIDDEN = 64
