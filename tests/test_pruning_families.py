@@ -44,7 +44,9 @@ def dense_models(tiny_model_dirs):
 
 
 def _calibration(path, true_sequential=False):
-    return CalibrationConfig(data=str(path), nsamples=4, seqlen=16, seed=0, true_sequential=true_sequential)
+    """8 x 24 tokens: more than the widest layer input (128), so SparseGPT's Hessians have full rank; with
+    fewer tokens, near-singular Hessians turn float rounding (which the batch size changes) into other masks."""
+    return CalibrationConfig(data=str(path), nsamples=8, seqlen=24, seed=0, true_sequential=true_sequential)
 
 
 def _masks(model):

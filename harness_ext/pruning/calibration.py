@@ -78,13 +78,14 @@ class InputStatistics:
 def per_sample(inputs: torch.Tensor, samples: int) -> torch.Tensor:
     """A layer input of one forward over `samples` samples as (samples, tokens, in) for InputStatistics.add.
 
-    An input that does not start with the batch (DeBERTa's relative position embeddings going through
-    pos_key_proj) is the same for every sample: it counts once per sample, so the sums, added sample by
+    Inputs are batch-major: (samples, tokens, in), or flattened to (samples * tokens, in) as OPT's MLP does.
+    An input shared by the whole batch, (1, tokens, in) while the batch holds more samples (DeBERTa's relative
+    position embeddings going through pos_key_proj), counts once per sample, so the sums, added sample by
     sample, do not depend on how the samples are grouped into batches.
     """
-    if inputs.dim() >= 3 and inputs.shape[0] == samples:
-        return inputs.reshape(samples, -1, inputs.shape[-1])
-    return inputs.reshape(1, -1, inputs.shape[-1]).expand(samples, -1, -1)
+    if inputs.dim() >= 3 and inputs.shape[0] == 1 and samples > 1:
+        return inputs.reshape(1, -1, inputs.shape[-1]).expand(samples, -1, -1)
+    return inputs.reshape(samples, -1, inputs.shape[-1])
 
 
 class _StatisticsHooks:
