@@ -95,8 +95,9 @@ def render(rows: list[dict], settings: str) -> str:
 
 
 def main() -> None:
-    from sparse_bench.harness_ext.io import write_json_atomic, write_text_atomic
     from tiny_models import KINDS
+
+    from sparse_bench.harness_ext.io import write_json_atomic, write_text_atomic
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kinds", default=",".join(KINDS), help="tiny model kinds, comma-separated")
