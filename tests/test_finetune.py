@@ -20,7 +20,8 @@ from sparse_bench.harness_ext.pruning.engine import prune
 from sparse_bench.harness_ext.pruning.plan import shortcut_plan
 from sparse_bench.harness_ext.pruning.targets import find_target_layers
 
-TINY_RUN = {"data": "mrpc", "max_steps": 3, "batch_size": 4, "limit": 12, "eval_limit": 8, "max_length": 128, "save_steps": 2}
+TINY_RUN = {"data": "mrpc", "max_steps": 2, "batch_size": 4, "limit": 8, "eval_limit": 4, "max_length": 128,
+            "save_steps": 1000}
 
 
 @pytest.fixture(scope="module")
@@ -49,14 +50,14 @@ def test_full_fine_tuning_keeps_every_zero_and_trains_the_rest(pruned_llama, tmp
     record = finetune(str(pruned_llama), FinetuneConfig(mode="full", lr=1e-3, **TINY_RUN), tmp_path / "ft",
                       progress=False)
     check_zeros_kept_and_weights_trained(weights_of(pruned_llama), weights_of(tmp_path / "ft"))
-    assert record["steps"] == 3 and record["mode"] == "full" and record["precision"] == "fp32"
+    assert record["steps"] == 2 and record["mode"] == "full" and record["precision"] == "fp32"
     zeros = record["zeros"]
     assert zeros["zeros_before"] == zeros["zeros_after"] and abs(zeros["sparsity_after"] - 0.5) < 0.01
     assert all(layer["zeros_before"] == layer["zeros_after"] for layer in zeros["layers"].values())
     assert record["train_tokens"] > 0 and record["tokens_per_second"] > 0 and record["peak_rss_bytes"] > 0
     assert set(record["held_out"]["model"]) >= {"loss", "acc", "f1", "auc"}
     saved = read_record(tmp_path / "ft")
-    assert saved["finetune_record"]["steps"] == 3 and saved["prune_record"] is not None
+    assert saved["finetune_record"]["steps"] == 2 and saved["prune_record"] is not None
     assert not finetune_run.work_dir_for((tmp_path / "ft").resolve()).exists()
 
 
@@ -112,7 +113,7 @@ def test_encoder_trains_a_classifier_with_bf16_autocast(tiny_model_dirs, tmp_pat
 
 
 def test_interrupted_run_resumes_from_its_trainer_checkpoint(pruned_llama, tmp_path, monkeypatch):
-    config = FinetuneConfig(mode="full", lr=1e-3, **{**TINY_RUN, "max_steps": 4})
+    config = FinetuneConfig(mode="full", lr=1e-3, **{**TINY_RUN, "max_steps": 4, "save_steps": 2})
     out = tmp_path / "ft"
 
     def killed(*args, **kwargs):
@@ -126,7 +127,8 @@ def test_interrupted_run_resumes_from_its_trainer_checkpoint(pruned_llama, tmp_p
     assert not out.exists() and sorted(p.name for p in work.glob("checkpoint-*")) == ["checkpoint-4"]
     with pytest.raises(UserError, match="--resume"):
         finetune(str(pruned_llama), config, out, progress=False)
-    record = finetune(str(pruned_llama), FinetuneConfig(mode="full", lr=1e-3, **{**TINY_RUN, "max_steps": 6}),
+    record = finetune(str(pruned_llama), FinetuneConfig(mode="full", lr=1e-3, **{**TINY_RUN, "max_steps": 6,
+                                                                                   "save_steps": 2}),
                       out, resume=True, progress=False)
     assert record["steps"] == 6 and out.is_dir() and not work.exists()
 
@@ -166,3 +168,15 @@ def test_sparse_hf_reports_the_finetune_record(pruned_llama, tmp_path):
     info = SparseHFLM(pretrained=str(tmp_path / "ft"), batch_size=1, device="cpu").get_model_info()
     assert info["finetune"]["steps"] == 1 and abs(info["sparsity"]["overall_sparsity"] - 0.5) < 0.01
     json.dumps(info, default=str)
+
+
+def test_billsum_offline_split_is_disjoint_and_stated(tiny_tokenizer, data_dir):
+    from sparse_bench.harness_ext.finetune.data import load_training_data, task_utils
+
+    data = load_training_data("billsum", tiny_tokenizer, classification=False, max_length=512)
+    bills = task_utils("sparsebench_billsum").read_jsonl(data_dir / "billsum" / "test.jsonl")
+    assert (len(data.train), len(data.held_out)) == (len(bills) - 16, 16) == (48, 16)
+    assert data.description["held_out_rows"] == "1-16" and data.description["train_rows"] == "17-64"
+    for example in data.train + data.held_out:
+        scored = [label for label in example["labels"] if label != -100]
+        assert 0 < len(scored) < len(example["input_ids"]) <= 512
