@@ -55,17 +55,17 @@ class FinetuneConfig:
                 raise UserError(f"{option} needs a CUDA GPU ({CUDA_ONLY[option]}) and this run has none "
                                 f"(device={self.device}); use --mode lora / --precision bf16-amp on the CPU")
         if self.max_steps is not None and self.max_steps <= 0:
-            raise UserError(f"--max-steps must be > 0, got {self.max_steps}")
+            raise UserError(f"--max-steps must be > 0, got {self.max_steps}; give a positive number of steps")
         if not self.epochs > 0:
-            raise UserError(f"--epochs must be > 0, got {self.epochs}")
-        for name in ("batch_size", "grad_accum", "max_length", "lora_r", "lora_alpha", "save_steps"):
-            if getattr(self, name) < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        for name in ("limit", "eval_limit"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+            raise UserError(f"--epochs must be > 0, got {self.epochs}; give a positive number (1 = one pass)")
+        for name in ("batch_size", "grad_accum", "max_length", "lora_r", "lora_alpha", "save_steps", "limit",
+                     "eval_limit"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {value}; give a positive integer "
+                                "or leave it out for the default")
         if not self.lr > 0:
-            raise UserError(f"--lr must be > 0, got {self.lr}")
+            raise UserError(f"--lr must be > 0, got {self.lr}; give a learning rate such as 2e-5")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -181,8 +181,8 @@ def load_training_data(spec: str, tokenizer, classification: bool, max_length: i
         description["format"] = "sparsebench_billsum_loglik prompt + summary; loss on the summary only"
         encoder = _summary_encoder(tokenizer, max_length)
     else:
-        raise UserError(f"--data {spec!r} is neither mrpc, billsum nor an existing JSON-lines file with "
-                        "text/summary records")
+        raise UserError(f"--data {spec!r} is neither mrpc, billsum nor an existing JSON-lines file; give one of "
+                        "those (a file holds one {\"text\": ..., \"summary\": ...} record a line)")
     train, held_out = [encoder(row) for row in train[:limit]], [encoder(row) for row in held_out[:eval_limit]]
     description.update({"name": spec, "train_examples": len(train), "held_out_examples": len(held_out)})
     return TrainingData(train=train, held_out=held_out, description=description)
