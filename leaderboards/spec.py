@@ -19,8 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from ..harness_ext.errors import UserError
-from ..harness_ext.pruning.plan import (METHODS, UNSTRUCTURED, CalibrationConfig, PruningPlan, parse_structure,
-                                        plan_from_arguments)
+from ..harness_ext.pruning.plan import (
+    METHODS,
+    UNSTRUCTURED,
+    CalibrationConfig,
+    PruningPlan,
+    parse_structure,
+    plan_from_arguments,
+)
 from ..harness_ext.recipes.yaml_loader import load_yaml
 
 DTYPES = ("float32", "float16", "bfloat16")

