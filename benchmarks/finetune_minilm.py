@@ -6,7 +6,7 @@ precision) run is `sparse-bench finetune --json` in its own process (so peak mem
 and after) goes to benchmarks/results/finetune_minilm.{json,md} and into docs/finetune.md; with --bench JSON
 (bench_finetune.py's output) the mask-cost line goes there too.
 
-    python benchmarks/finetune_minilm.py --sparsities 0,0.5 --precisions fp32,bf16-amp --epochs 1
+    python benchmarks/finetune_minilm.py --runs 0:fp32,0.5:fp32,0.5:bf16-amp,0.9:fp32 --epochs 1
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def finetune_in_process_of_its_own(model: Path, out: Path, precision: str, args)
     return json.loads(finished.stdout)
 
 
-def row_of(sparsity: float, record: dict) -> list:
+def row_of(record: dict) -> list:
     metrics, zeros = record["held_out"]["model"], record["zeros"]
     return [f"{zeros['sparsity_before']:.2%}", record["precision"], f"{metrics['acc']:.4f}", f"{metrics['f1']:.4f}",
             f"{metrics['auc']:.4f}", f"{metrics['loss']:.4f}", record["steps"], f"{record['train_seconds']:.0f}",
@@ -75,8 +75,8 @@ def bench_line(path: Path) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sparsities", default="0,0.5")
-    parser.add_argument("--precisions", default="fp32,bf16-amp")
+    parser.add_argument("--runs", default="0:fp32,0:bf16-amp,0.5:fp32,0.5:bf16-amp",
+                        help="SPARSITY:PRECISION pairs, comma-separated (global magnitude; 0 = dense)")
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--batch-size", type=int, default=16)
@@ -85,14 +85,15 @@ def main() -> None:
     args = parser.parse_args()
     source, rows, records = minilm_dir(), [], []
     with tempfile.TemporaryDirectory() as work:
-        for sparsity in map(float, args.sparsities.split(",")):
-            model = source if sparsity == 0 else prune_to(source, sparsity, Path(work) / f"pruned{sparsity}")
-            for precision in args.precisions.split(","):
-                record = finetune_in_process_of_its_own(model, Path(work) / f"ft{sparsity}{precision}", precision,
-                                                        args)
-                records.append(record)
-                rows.append(row_of(sparsity, record))
-                print(tabulate([rows[-1]], headers=COLUMNS, tablefmt="github"), flush=True)
+        pruned = {0.0: source}
+        for run in args.runs.split(","):
+            sparsity, precision = float(run.split(":")[0]), run.split(":")[1]
+            if sparsity not in pruned:
+                pruned[sparsity] = prune_to(source, sparsity, Path(work) / f"pruned{sparsity}")
+            record = finetune_in_process_of_its_own(pruned[sparsity], Path(work) / f"ft{run}", precision, args)
+            records.append(record)
+            rows.append(row_of(record))
+            print(tabulate([rows[-1]], headers=COLUMNS, tablefmt="github"), flush=True)
     setup = (f"Full fine-tuning, {args.epochs:g} epoch(s) over {records[0]['data']['train_examples']} MRPC train "
              f"pairs, lr {args.lr:g} (linear decay), batch {args.batch_size}, seed 0; held out: the "
              f"{records[0]['data']['held_out_examples']} validation pairs. 2 CPU cores shared with other jobs: "
