@@ -22,8 +22,8 @@ from tabulate import tabulate
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
-from bench_finetune import minilm_dir
-from publish_demo import replace_between
+from bench_finetune import minilm_dir  # noqa: E402 (after the sys.path line)
+from publish_demo import replace_between  # noqa: E402
 
 COLUMNS = ("sparsity", "precision", "acc", "f1", "auc", "loss", "steps", "train s", "tokens/s", "peak RSS MiB",
            "zeros kept")

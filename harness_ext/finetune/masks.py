@@ -11,7 +11,6 @@ Layers without any zero get neither: a dense model trains exactly as without mas
 
 from __future__ import annotations
 
-
 import torch
 from torch import nn
 from transformers import TrainerCallback

@@ -12,8 +12,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import (DataCollatorForSeq2Seq, DataCollatorWithPadding, EvalPrediction, Trainer,
-                          TrainerCallback, TrainingArguments)
+from transformers import (
+    DataCollatorForSeq2Seq,
+    DataCollatorWithPadding,
+    EvalPrediction,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from ..errors import UserError
