@@ -43,6 +43,7 @@ def test_cli_run_prints_summary_and_json(tiny_llama, tmp_path):
     (["--epochs", "0"], "--epochs must be > 0"),
     (["--data", "nowhere.jsonl"], "neither mrpc, billsum nor an existing JSON-lines file"),
     (["--require-sparse"], "--require-sparse: no pruned layer"),
+    (["--save-format", "compressed"], "has no zeros to compress"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tiny_llama, tmp_path, arguments, message):
     assert message in error_line(run(tiny_llama, *FAST, *arguments, "--out", tmp_path / "ft"))

@@ -17,11 +17,14 @@ PEFT_PREFIX = "base_model.model."
 
 def add_adapters(model: nn.Module, layer_names: list[str], r: int, alpha: int, classification: bool) -> nn.Module:
     """`model` wrapped by peft with LoRA (rank `r`, scale `alpha / r`) on the named layers; only the adapters
-    (and a classification head, which peft's SEQ_CLS task keeps trainable) train."""
+    train, plus, for a classifier, its head and pooler in full (peft's SEQ_CLS task keeps the head trainable;
+    a pooler a checkpoint lacks starts random and must train too)."""
     from peft import LoraConfig, TaskType, get_peft_model
 
+    poolers = sorted({name.rsplit(".", 1)[-1] for name, _ in model.named_modules() if name.endswith("pooler")})
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=list(layer_names),
-                        task_type=TaskType.SEQ_CLS if classification else TaskType.CAUSAL_LM)
+                        task_type=TaskType.SEQ_CLS if classification else TaskType.CAUSAL_LM,
+                        modules_to_save=(poolers or None) if classification else None)
     return get_peft_model(model, config)
 
 
@@ -61,7 +64,7 @@ def merge_deltas(model: nn.Module, deltas: dict[str, torch.Tensor], masked: bool
 
 
 def unload(peft_model: nn.Module) -> nn.Module:
-    """The plain model under a peft wrapper, adapters removed unmerged (trained heads kept)."""
+    """The plain model under a peft wrapper, adapters removed unmerged (trained head copies kept)."""
     return peft_model.unload()
 
 

@@ -116,9 +116,12 @@ def finetune(model_name: str, config: FinetuneConfig, out_dir: str | Path, resum
     layers = find_target_layers(model)
     # QLoRA's packed 4-bit weights hide the zeros: they are measured on the plain weights merged into
     before = None if config.mode == "qlora" else (MaskKeeper(layers).zeros(), zero_maps(layers))
-    if config.require_sparse and before is not None and not MaskKeeper(layers).masks:
-        raise UserError(f"--require-sparse: no pruned layer in {model_name} (no exact zeros in its "
-                        f"{len(layers)} prunable layers); prune it first (sparse-bench prune)")
+    if before is not None and not MaskKeeper(layers).masks:
+        if config.require_sparse:
+            raise UserError(f"--require-sparse: no pruned layer in {model_name} (no exact zeros in its "
+                            f"{len(layers)} prunable layers); prune it first (sparse-bench prune)")
+        if config.save_format == "compressed":
+            raise UserError(f"{model_name} has no zeros to compress; use --save-format dense or prune it first")
     trained = model if config.mode == "full" else add_adapters(model, list(layers), config.lora_r,
                                                                config.lora_alpha, classification=not causal)
     keeper = MaskKeeper({name: m for name, m in layers.items() if m.weight.requires_grad} if config.keep_masks
