@@ -22,7 +22,8 @@ CUDA_ONLY = {"qlora": "QLoRA's 4-bit base (bitsandbytes)", "fp16-amp": "fp16 aut
 class FinetuneConfig:
     """One run's settings. `max_steps` (optimizer steps) wins over `epochs` when given; `lr` is the peak
     learning rate (linear decay); `batch_size` is per optimizer micro-step, `grad_accum` micro-steps make one
-    step; `limit` keeps the first N training examples; `max_length` cuts examples to N tokens."""
+    step; `limit` keeps the first N training examples; `max_length` cuts examples to N tokens; `keep_masks`
+    False is for control runs only (pruned weights may then revive; the CLI always keeps them)."""
 
     data: str = "mrpc"
     mode: str = "full"
