@@ -1,4 +1,4 @@
-"""What tests/test_fuzz_*.py share: the hypothesis budgets and the input mutations.
+"""What tests/test_fuzz_*.py share: the hypothesis budgets and the input mutations; hostile YAML.
 
 Budgets (hypothesis profiles): `default` (the default suite: a few dozen cases per test, derandomized so a run
 is repeatable) and `ci` (a longer, randomized run), chosen by $SPARSE_BENCH_FUZZ (.ci/run sets `ci`). Every
@@ -8,6 +8,7 @@ example database is written (nothing appears in the checkout).
 
 from __future__ import annotations
 
+import itertools
 import os
 from datetime import timedelta
 
@@ -49,6 +50,15 @@ def mutated(draw, seeds: list[bytes], fragments: list[str] = YAML_FRAGMENTS) -> 
         elif edit == "truncate":
             del data[at:]
     return bytes(data)
+
+
+def bomb_text(levels: int, width: int) -> str:
+    """A YAML alias bomb: `l0: &l0 [x, x, ...]`, `l1: &l1 [*l0, *l0, ...]`, ...: `levels` lists of `width`
+    items, expanding to width ** levels leaves (9 x 9: ~390 million from 1 KB)."""
+    names = [f"l{i}" for i in range(levels)]
+    lines = [f"{names[0]}: &{names[0]} [{', '.join(['x'] * width)}]"]
+    lines += [f"{name}: &{name} [{', '.join(['*' + previous] * width)}]" for previous, name in itertools.pairwise(names)]
+    return "\n".join(lines) + "\n"
 
 
 def assert_clean_exit(result: Result) -> None:

@@ -200,7 +200,7 @@ def parse_flag(name: str, value: bool | str) -> bool:
     raise UserError(f"{name} must be true or false, got {value!r}")
 
 
-def parse_integer(name: str, value: int | float | str) -> int:
+def parse_integer(name: str, value: float | str) -> int:
     """A whole-number argument given as an int or as lm-eval model_args text ("128"; lm-eval casts "128.0" to
     a float): anything else, 1.5 included, is an error rather than silently truncated."""
     if isinstance(value, bool):
