@@ -24,6 +24,7 @@ from tabulate import tabulate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from fuzzing import bomb_text
+
 from sparse_bench.harness_ext.errors import UserError
 from sparse_bench.harness_ext.recipes.yaml_loader import load_yaml
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..harness_ext.errors import UserError
 from ..harness_ext.checkpoints import read_record, save_checkpoint
+from ..harness_ext.errors import UserError
 from .spec import Cell, GridSpec, prune_key
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".json", ".model")

@@ -69,8 +69,11 @@ def run_command(spec: str, out_dir: Path, shard: str, cache_root: Path | None, r
         torch.set_num_threads(threads)
     summary = run_grid(grid, out_dir, parse_shard(shard), cache_root, retry_failed)
     if render_after:
+        from .render import load_grid, summary_table
+
         _render(out_dir, "md", plots=True, echo=False)
-        click.echo(f"leaderboard: {out_dir / 'leaderboard.md'}")
+        click.echo("\n" + summary_table(load_grid(out_dir)) + "\n")
+        click.echo(f"full leaderboard (every task's metrics, plots, timings): {out_dir / 'leaderboard.md'}")
     click.echo(f"{len(summary.ok)} cells ran, {len(summary.done)} were already done, {len(summary.partial)} "
                f"kept their results but a phase failed, {len(summary.failed)} failed")
     if summary.failed or summary.partial:

@@ -307,12 +307,16 @@ def summary_rows(grid: Grid) -> list[dict[str, Any]]:
     return rows
 
 
+def summary_table(grid: Grid) -> str:
+    """The summary rows as one markdown table (what a run prints at its end)."""
+    return tabulate(summary_rows(grid), headers="keys", tablefmt="github", disable_numparse=True)
+
+
 def render_markdown(grid: Grid, plots: dict[str, Path] | None = None) -> str:
     lines = [f"# Leaderboard: {grid.spec['name']}", ""]
     lines += [f"- **{label}**: {text}" for label, text in header(grid).items()]
     if len(task_names(grid)) > 1:
-        lines += ["", "## Summary: each task's primary metric", "",
-                  tabulate(summary_rows(grid), headers="keys", tablefmt="github", disable_numparse=True)]
+        lines += ["", "## Summary: each task's primary metric", "", summary_table(grid)]
     for task in task_names(grid):
         rows, primary = task_rows(grid, task)
         metrics = task_metrics(grid, task)

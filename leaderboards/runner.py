@@ -31,15 +31,15 @@ from pathlib import Path
 from typing import Any
 
 from ..harness_ext.errors import UserError
-from ..harness_ext.io import write_json_atomic, write_text_atomic
+from ..harness_ext.io import write_json_atomic
 from .cache import PrunedModelCache, model_fingerprint, pruned_checkpoint
-from .spec import Cell, GridSpec, TaskSpec, expand_cells, shard_cells
+from .evaluation import GridTasks, evaluate_cell, flatten_metrics, needs_builtin_tasks, write_samples
+from .spec import Cell, GridSpec, expand_cells, shard_cells
 
 RESULT_FORMAT = "sparse-bench-leaderboard-cell/1"
 GRID_FORMAT = "sparse-bench-leaderboard-grid/1"
 CHARS_PER_TOKEN_CAP = 16  # see cell_perplexity
 RESULT_NEUTRAL_KEYS = ("source", "name", "log_samples")  # spec keys that change no number in a cell
-NOT_METRICS = ("alias", "name", "sample_len", "samples")  # bookkeeping entries of lm-eval's per-task results
 
 
 # --- the output folder -----------------------------------------------------------------------------------
@@ -87,26 +87,6 @@ def _result_relevant(spec_dict: dict[str, Any]) -> dict[str, Any]:
 
 # --- one cell ----------------------------------------------------------------------------------------------
 
-def task_groups(tasks: tuple[TaskSpec, ...]) -> list[tuple[int | float | None, int | None, list[str]]]:
-    """Tasks that share (limit, num_fewshot) run in one `simple_evaluate` call."""
-    groups: dict[tuple, list[str]] = {}
-    for task in tasks:
-        groups.setdefault((task.limit, task.num_fewshot), []).append(task.name)
-    return [(limit, fewshot, names) for (limit, fewshot), names in groups.items()]
-
-
-def flatten_metrics(results: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, bool]]]:
-    """lm-eval's `results` and `higher_is_better` -> {task: {metric: value}} with `metric,none` shortened to
-    `metric` (other filters keep `metric,filter`) and stderr as `metric_stderr`."""
-    metrics: dict[str, dict[str, Any]] = {}
-    for task, values in results.get("results", {}).items():
-        metrics[task] = {key.removesuffix(",none"): value for key, value in values.items()
-                         if key not in NOT_METRICS and isinstance(value, (int, float))}
-    better = {task: {key.removesuffix(",none"): flag for key, flag in flags.items()}
-              for task, flags in results.get("higher_is_better", {}).items()}
-    return metrics, better
-
-
 def nonfinite_flags(metrics: dict[str, dict[str, Any]], *extra: tuple[str, Any]) -> list[str]:
     """One flag per NaN or infinite number (metrics, perplexity, ...): shown in the table, never hidden."""
     flags = [f"{task}/{name} is {value}" for task, values in metrics.items() for name, value in values.items()
@@ -115,52 +95,8 @@ def nonfinite_flags(metrics: dict[str, dict[str, Any]], *extra: tuple[str, Any])
                     if isinstance(value, float) and not math.isfinite(value)]
 
 
-def evaluate_cell(lm: Any, spec: GridSpec, task_manager: Any) -> list[dict[str, Any]]:
-    """All the grid's tasks on one loaded model; one `simple_evaluate` per (limit, num_fewshot) group."""
-    import lm_eval
-
-    evaluations = []
-    for limit, num_fewshot, names in task_groups(spec.tasks):
-        start = time.perf_counter()
-        results = lm_eval.simple_evaluate(
-            model=lm, tasks=names, limit=limit, num_fewshot=num_fewshot, bootstrap_iters=spec.bootstrap_iters,
-            task_manager=task_manager, log_samples=spec.log_samples, random_seed=spec.seed,
-            numpy_random_seed=spec.seed, torch_random_seed=spec.seed, fewshot_random_seed=spec.seed,
-            verbosity="WARNING")
-        if results is None:
-            raise RuntimeError("lm-eval returned no results (not rank 0?)")
-        evaluations.append({"tasks": names, "limit": limit, "num_fewshot": num_fewshot, "results": results,
-                            "seconds": time.perf_counter() - start})
-    return evaluations
-
-
-def needs_builtin_tasks(spec: GridSpec) -> bool:
-    """True if some task of the grid is neither ours nor in include_path, so lm-eval's thousands of built-in
-    task YAML files must be indexed (10-40 s on 2 cores, once per cell)."""
-    from lm_eval.tasks import TaskManager
-
-    own = TaskManager(include_path=spec.include_path, include_defaults=False)
-    return not all(task.name in own.all_tasks for task in spec.tasks)
-
-
-def make_task_manager(spec: GridSpec, model_args: dict[str, Any], builtin_tasks: bool) -> Any:
-    """A TaskManager that hands `model_args` to the tasks as metadata, as `lm_eval --model_args` does (Billsum
-    reads the tokenizer and context length from them)."""
-    from lm_eval.tasks import TaskManager
-
-    return TaskManager(include_path=spec.include_path, include_defaults=builtin_tasks, metadata=dict(model_args))
-
-
 def samples_path(out_dir: Path, cell: Cell) -> Path:
     return Path(out_dir) / "samples" / cell.cell_id
-
-
-def write_samples(folder: Path, evaluations: list[dict[str, Any]]) -> None:
-    """Move lm-eval's per-sample records out of the results into one JSONL file per task."""
-    for evaluation in evaluations:
-        for task, samples in (evaluation["results"].pop("samples", None) or {}).items():
-            lines = "".join(json.dumps(sample, default=str, ensure_ascii=False) + "\n" for sample in samples)
-            write_text_atomic(Path(folder) / f"samples_{task}.jsonl", lines)
 
 
 def wikitext2_test_text() -> str:
@@ -217,7 +153,7 @@ class CellRun:
     spec: GridSpec
     resolve: Callable[[str], tuple[str, str]]  # model name -> (path, weights fingerprint)
     cache: PrunedModelCache
-    builtin_tasks: bool
+    tasks: GridTasks
     samples_dir: Path
     source: str = ""
     model_args: dict[str, Any] = field(default_factory=dict)
@@ -248,7 +184,7 @@ def load_phase(run: CellRun) -> dict[str, Any]:
 
 def evaluate_phase(run: CellRun) -> dict[str, Any]:
     """Every task through lm-eval; per-sample outputs to `samples_dir`; metrics flattened per task."""
-    evaluations = evaluate_cell(run.lm, run.spec, make_task_manager(run.spec, run.model_args, run.builtin_tasks))
+    evaluations = evaluate_cell(run.lm, run.spec, *run.tasks.for_model(run.resolve(run.cell.model)[0]))
     write_samples(run.samples_dir, evaluations)
     metrics: dict[str, Any] = {}
     better: dict[str, Any] = {}
@@ -422,7 +358,7 @@ def run_grid(spec: GridSpec, out_dir: Path, shard: tuple[int, int] = (0, 1), cac
         return summary
     register_with_lm_eval()
     quiet_library_progress_bars()
-    builtin_tasks = needs_builtin_tasks(spec)
+    tasks = GridTasks(spec, needs_builtin_tasks(spec))
     resolve = functools.cache(lambda model: (path := resolve_model_path(model), model_fingerprint(path)))
     env = environment()
     bar = tqdm(todo, desc=f"grid {spec.name}", unit="cell", disable=not progress)
@@ -437,7 +373,7 @@ def run_grid(spec: GridSpec, out_dir: Path, shard: tuple[int, int] = (0, 1), cac
         start = time.perf_counter()
         record: dict[str, Any] = {"format": RESULT_FORMAT, "cell_id": cell.cell_id, "cell": cell.describe(),
                                   "started": _now(), "environment": env}
-        record.update(run_cell(CellRun(cell, spec, resolve, cache, builtin_tasks, samples_path(out_dir, cell)),
+        record.update(run_cell(CellRun(cell, spec, resolve, cache, tasks, samples_path(out_dir, cell)),
                                previous))
         record["seconds"] = time.perf_counter() - start
         write_json_atomic(result_path(out_dir, cell), record)
@@ -463,4 +399,4 @@ def _now() -> str:
 
 
 __all__ = ["RESULT_FORMAT", "GridSummary", "PrunedModelCache", "run_grid", "run_cell", "read_result",
-           "result_path", "cells_dir", "model_fingerprint", "task_groups", "flatten_metrics", "cell_label"]
+           "result_path", "cells_dir", "model_fingerprint", "cell_label"]

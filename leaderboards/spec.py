@@ -19,12 +19,19 @@ from pathlib import Path
 from typing import Any
 
 from ..harness_ext.errors import UserError
-from ..harness_ext.pruning.plan import (METHODS, UNSTRUCTURED, CalibrationConfig, PruningPlan, parse_structure,
-                                        plan_from_arguments)
+from ..harness_ext.pruning.plan import (
+    METHODS,
+    UNSTRUCTURED,
+    CalibrationConfig,
+    PruningPlan,
+    parse_structure,
+    plan_from_arguments,
+)
 from ..harness_ext.recipes.yaml_loader import load_yaml
 
 DTYPES = ("float32", "float16", "bfloat16")
 DENSE = "dense"
+SPEC_HINT = "fix that key in the grid spec (docs/leaderboard.md lists the keys and their values)"
 
 
 @dataclass(frozen=True)
@@ -168,7 +175,10 @@ class _Fields:
         self.data = data
 
     def fail(self, key: str, message: str):
+        """UserError "SOURCE: KEY: MESSAGE; what to do" (SPEC_HINT unless the message says what to do)."""
         name = f"{self.where}.{key}" if self.where and key else (self.where or key)
+        if "; " not in message:
+            message = f"{message}; {SPEC_HINT}"
         raise UserError(f"{self.source}: {name or 'spec'}: {message}")
 
     def get(self, key: str, default: Any = None, required: bool = False) -> Any:
@@ -404,8 +414,8 @@ def parse_shard(text: str) -> tuple[int, int]:
     """"i/N" (0 <= i < N) -> (i, N)."""
     match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
     if not match or not 0 <= int(match.group(1)) < int(match.group(2)):
-        raise UserError(f"--shard must be i/N with 0 <= i < N (e.g. 0/4 .. 3/4, as a Slurm array index), "
-                        f"got {text!r}")
+        raise UserError(f"--shard must be i/N with 0 <= i < N, got {text!r}; "
+                        "write e.g. 0/4 .. 3/4 (a Slurm array index)")
     return int(match.group(1)), int(match.group(2))
 
 

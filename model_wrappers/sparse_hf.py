@@ -24,7 +24,6 @@ from ..harness_ext.pruning.engine import prune
 from ..harness_ext.pruning.plan import CalibrationConfig, parse_flag, parse_integer, plan_from_arguments
 from ..harness_ext.pruning.report import measure_sparsity
 
-
 LOGGER = logging.getLogger("lm_eval.models.sparse_hf")  # under lm-eval's handler and format
 UNKNOWN_ARGUMENT = re.compile(r"got an unexpected keyword argument '(\w+)'")
 
@@ -75,7 +74,8 @@ class SparseHFLM(HFLM):
             raise UserError(f"model_args: {unknown.group(1)!r} is an option of neither sparse-hf, lm-eval's hf "
                             "model nor the model's from_pretrained; check its spelling") from error
         if requested_dtype != "auto" and self.model.dtype != requested_dtype:
-            raise UserError(f"dtype={kwargs['dtype']} was asked but the model loaded as {self.model.dtype}")
+            raise UserError(f"dtype={kwargs['dtype']} was asked but the model loaded as {self.model.dtype}; "
+                            "pass dtype=auto or convert the checkpoint")
         if plan is not None and plan.steps:
             self.sparsity_report = prune(self.model, plan, calibration_config, tokenizer=self.tokenizer)
         else:  # nothing to prune (no arguments, or a recipe that only holds masks): measure as loaded

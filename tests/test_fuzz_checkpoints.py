@@ -14,6 +14,9 @@ import pytest
 from fuzzing import mutated
 from hypothesis import given
 from hypothesis import strategies as st
+from test_checkpoints import prune_rows
+from transformers import AutoModelForCausalLM
+
 from sparse_bench.harness_ext.checkpoints import (
     RECORD_NAME,
     load_checkpoint,
@@ -21,8 +24,6 @@ from sparse_bench.harness_ext.checkpoints import (
 )
 from sparse_bench.harness_ext.checkpoints.container import WEIGHTS_NAME
 from sparse_bench.harness_ext.errors import UserError
-from test_checkpoints import prune_rows
-from transformers import AutoModelForCausalLM
 
 FILES = [WEIGHTS_NAME, RECORD_NAME, "config.json"]
 

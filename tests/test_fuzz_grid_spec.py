@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from fuzzing import assert_clean_exit, mutated
 from hypothesis import given
 from hypothesis import strategies as st
+
 from sparse_bench.harness_ext.cli import main
 from sparse_bench.leaderboards.spec import GRID_KEYS
 

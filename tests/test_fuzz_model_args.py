@@ -11,6 +11,7 @@ import pytest
 from fuzzing import mutated
 from hypothesis import given
 from hypothesis import strategies as st
+
 from sparse_bench.harness_ext.errors import UserError
 
 KEYS = ["method", "sparsity", "structure", "scope", "recipe", "calibration", "nsamples", "seqlen", "seed",
@@ -35,6 +36,7 @@ def model_args(draw) -> str:
 @pytest.fixture(scope="module")
 def sparse_hf():
     from lm_eval.api.registry import get_model
+
     from sparse_bench.model_wrappers.registration import register_with_lm_eval
 
     register_with_lm_eval()

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tiny_tasks import TASK_NAME, write_tiny_choice_task
 
 from sparse_bench.leaderboards.render import load_grid, render, task_rows
 from sparse_bench.leaderboards.runner import read_result, result_path, run_grid
 from sparse_bench.leaderboards.spec import expand_cells, load_spec
-from tiny_tasks import TASK_NAME, write_tiny_choice_task
 
 SECOND_TASK = f"{TASK_NAME}_b"
 
@@ -76,7 +76,10 @@ def test_two_by_two_grid_end_to_end(finished_grid, tiny_spec):
         assert set(record["metrics"]) == {TASK_NAME, SECOND_TASK}
         metrics = record["metrics"][TASK_NAME]
         assert 0.0 <= metrics["acc"] <= 1.0 and "acc_stderr" in metrics
-        assert [e["limit"] for e in record["evaluations"]] == [8, 4]
+        # one lm-eval call for both tasks, each limited to its own first documents
+        assert [e["limits"] for e in record["evaluations"]] == [{TASK_NAME: 8, SECOND_TASK: 4}]
+        second = (out_dir / "samples" / cell.cell_id / f"samples_{SECOND_TASK}.jsonl").read_text().splitlines()
+        assert [json.loads(line)["doc_id"] for line in second] == list(range(4))
         assert record["perplexity"]["tokens"] == 256 and record["perplexity"]["perplexity"] > 1
         assert record["latency"]["forward_ms"] > 0 and record["latency"]["torch_threads"] >= 1
         assert record["size"]["compressed_bytes"] > 0
@@ -207,3 +210,12 @@ def _recording(names: list[str]):
         return original(record, name, work)
 
     return run_phase
+
+
+def test_document_indices_follow_lm_evals_limit():
+    from sparse_bench.leaderboards.evaluation import document_indices
+
+    assert document_indices(None, 10) is None
+    assert document_indices(3, 10) == [0, 1, 2]
+    assert document_indices(50, 10) == list(range(10))  # more than there are: all of them
+    assert document_indices(0.25, 10) == [0, 1, 2]  # a fraction rounds up, as lm-eval's limit does

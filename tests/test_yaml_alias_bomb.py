@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from fuzzing import bomb_text
+
 from sparse_bench.harness_ext.cli import main
 from sparse_bench.harness_ext.errors import UserError
 from sparse_bench.harness_ext.recipes import load_recipe
@@ -122,6 +123,7 @@ def test_prune_with_recipe(bomb, tiny_llama, tmp_path):
 def test_lm_eval_model_args(bomb, tiny_llama):
     """The sparse-hf model as lm-eval builds it from `--model_args` (the recipe is read before the model)."""
     from lm_eval.api.registry import get_model
+
     from sparse_bench.model_wrappers.registration import register_with_lm_eval
 
     register_with_lm_eval()
