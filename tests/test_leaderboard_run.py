@@ -151,20 +151,20 @@ def test_killed_run_resumes_to_the_same_table(finished_grid, tiny_spec, tmp_path
 
 def test_failed_perplexity_keeps_evaluation_and_a_rerun_fills_only_that_column(tiny_spec, tiny_llama, tmp_path,
                                                                                monkeypatch):
-    """Offline without the perplexity data: every cell keeps its lm-eval results and marks perplexity failed
-    with its reason; a later run with the data runs only the perplexity phase."""
+    """`leaderboard run` offline (empty Hugging Face cache) without SPARSE_BENCH_DATA_DIR: every cell keeps its
+    lm-eval results and marks perplexity failed with its reason; a later run with the data runs only the
+    perplexity phase of each cell."""
     spec_path = write_spec(tmp_path / "grid.yaml", [str(tiny_llama)], Path(load_spec(tiny_spec).include_path),
                            methods=["magnitude"], sparsities=[0.5], tasks=[{"name": TASK_NAME, "limit": 4}],
                            latency=None, log_samples=False)
     out, cache = tmp_path / "out", tmp_path / "cache"
-    data_dir = os.environ.pop("SPARSE_BENCH_DATA_DIR")
-    monkeypatch.setattr("datasets.load_dataset", _offline_hub(__import__("datasets").load_dataset))
-    try:
-        summary = run_grid(load_spec(spec_path), out, cache_root=cache, progress=False)
-    finally:
-        os.environ["SPARSE_BENCH_DATA_DIR"] = data_dir
-    monkeypatch.undo()
-    assert len(summary.partial) == 2 and summary.ok == summary.failed == []
+    offline = {key: value for key, value in os.environ.items() if key != "SPARSE_BENCH_DATA_DIR"}
+    offline.update(HF_HOME=str(tmp_path / "empty_hf_home"), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    command = [sys.executable, "-m", "sparse_bench.harness_ext.cli", "leaderboard", "run", str(spec_path),
+               "--out", str(out), "--cache", str(cache), "--no-render"]
+    result = subprocess.run(command, capture_output=True, text=True, env=offline, timeout=600, check=False)
+    assert result.returncode == 1, result.stderr[-3000:]  # a phase failed
+    assert "2 kept their results but a phase failed, 0 failed" in result.stdout
     first = {p.name: json.loads(p.read_text()) for p in (out / "cells").glob("*.json")}
     for record in first.values():
         assert record["status"] == "partial" and 0 <= record["metrics"][TASK_NAME]["acc"] <= 1
@@ -187,16 +187,6 @@ def test_failed_perplexity_keeps_evaluation_and_a_rerun_fills_only_that_column(t
             assert record[key] == first[name][key], key
     text, _ = render(out, "md")
     assert "2 of 2 finished" in text and "failed (!)" not in text
-
-
-def _offline_hub(load_dataset):
-    """datasets.load_dataset as it behaves offline with an empty cache: local files load, hub ids fail."""
-    def offline(path, *args, **kwargs):
-        if "/" in str(path) and not Path(path).exists():
-            raise ConnectionError(f"Couldn't reach '{path}' on the Hub (LocalEntryNotFoundError)")
-        return load_dataset(path, *args, **kwargs)
-
-    return offline
 
 
 def _recording(names: list[str]):
