@@ -16,7 +16,7 @@ import yaml
 from tiny_tasks import TASK_NAME, write_tiny_choice_task
 
 from sparse_bench.leaderboards.render import load_grid, render, task_rows
-from sparse_bench.leaderboards.runner import read_result, result_path, run_grid
+from sparse_bench.leaderboards.runner import MEASURES, NOT_RUN, read_result, result_path, run_grid
 from sparse_bench.leaderboards.spec import expand_cells, load_spec
 
 SECOND_TASK = f"{TASK_NAME}_b"
@@ -126,26 +126,39 @@ def test_failed_cell_is_recorded_and_grid_goes_on(tiny_spec, tiny_llama, tmp_pat
 
 
 def test_killed_run_resumes_to_the_same_table(finished_grid, tiny_spec, tmp_path):
-    """SIGKILL while a cell is in flight: no corrupt file, finished cells kept, same table after resuming."""
+    """SIGKILL while a cell is in flight: no corrupt file, finished cells kept, the killed cell's finished phases
+    kept (its file is rewritten after every phase), same table after resuming."""
     out_dir, cache = tmp_path / "out", tmp_path / "cache"
     command = [sys.executable, "-m", "sparse_bench.harness_ext.cli", "leaderboard", "run", str(tiny_spec),
                "--out", str(out_dir), "--cache", str(cache), "--no-render"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
-    while len(list((out_dir / "cells").glob("*.json"))) < 2:
-        assert process.poll() is None, "the grid ended before it could be killed"
+
+    def in_second_cell_or_later() -> bool:
+        statuses = [json.loads(p.read_bytes())["status"] for p in (out_dir / "cells").glob("*.json")]
+        return 2 <= statuses.count("ok") < len(statuses)
+
+    while not in_second_cell_or_later():
+        assert process.poll() is None, "the grid ended before it could be killed inside a cell"
         assert time.monotonic() < deadline, "no cell finished in time"
         time.sleep(0.05)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     files = {p.name: p.read_bytes() for p in (out_dir / "cells").glob("*.json")}
-    assert 2 <= len(files) < 5
-    for content in files.values():
-        assert json.loads(content)["status"] == "ok"  # complete files only: nothing half written
-    summary = run_grid(load_spec(tiny_spec), out_dir, cache_root=cache, progress=False)
-    assert sorted(f"{cell_id}.json" for cell_id in summary.done) == sorted(files)
-    assert len(summary.ok) == 5 - len(files) and summary.failed == []
-    assert all((out_dir / "cells" / name).read_bytes() == content for name, content in files.items())
+    before = {name: json.loads(content) for name, content in files.items()}  # complete files only
+    done = sorted(name for name, record in before.items() if record["status"] == "ok")
+    stopped = {name: record for name, record in before.items() if record["status"] != "ok"}
+    assert 2 <= len(done) < 5 and stopped
+    assert all(NOT_RUN in record["reason"] for record in stopped.values())
+    summary = run_grid(load_spec(tiny_spec), out_dir, cache_root=cache, progress=False, retry_failed=False)
+    assert sorted(f"{cell_id}.json" for cell_id in summary.done) == done  # a stopped cell runs even so
+    assert len(summary.ok) == 5 - len(done) and summary.failed == summary.partial == []
+    assert all((out_dir / "cells" / name).read_bytes() == files[name] for name in done)
+    for name, record in stopped.items():
+        after = json.loads((out_dir / "cells" / name).read_bytes())
+        for phase, state in record["phases"].items():
+            if phase in MEASURES and state["status"] == "ok":
+                assert after["phases"][phase] == state, (name, phase)  # kept, not run again
     assert quality_table(out_dir) == quality_table(finished_grid[0])
 
 
