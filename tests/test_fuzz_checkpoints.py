@@ -70,3 +70,23 @@ def test_damaged_checkpoints_load_or_refuse(checkpoints, tmp_path, data, which, 
         return
     assert damaged == original or not verify or name != WEIGHTS_NAME, "a damaged weights file passed verification"
     assert sum(p.numel() for p in model.parameters()) > 0
+
+
+@pytest.mark.parametrize(("file", "edit", "message"), [
+    ("config.json", ('"dtype": "float32"', '"dtype": "gloat32"'), "cannot read the config"),
+    ("config.json", ('"initializer_range": 0.02', '"initializer_range": 1.02'), "cannot read the config"),
+    ("config.json", ('"hidden_size": 64', '"iidden_size": 64'), "tensors have another shape than its config.json"),
+    (RECORD_NAME, ("{", "\xfb"), "is not valid JSON"),
+    (WEIGHTS_NAME, ("float32", "fload32"), "damaged header"),
+])
+def test_found_by_fuzzing(checkpoints, tmp_path, file, edit, message):
+    """Damaged files that were tracebacks (AttributeError, StrictDataclassError, NotImplementedError from deep in
+    transformers, UnicodeDecodeError, AttributeError from torch) before the loader checked them."""
+    folder = shutil.copytree(checkpoints[0], tmp_path / "ckpt")
+    path = folder / file
+    data = path.read_bytes()
+    old, new = (part.encode("latin-1") for part in edit)
+    assert old in data
+    path.write_bytes(data.replace(old, new, 1))
+    with pytest.raises(UserError, match=message):
+        load_checkpoint(AutoModelForCausalLM, folder, verify=False)

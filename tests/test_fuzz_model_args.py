@@ -72,6 +72,8 @@ def test_mutated_model_args(sparse_hf, arg_string):
     ("pretrained={model},sparsty=0.5", "model_args: 'sparsty' is an option of neither"),
     ("pretrained={model},method=wanda,sparsity=0.5,nsamples=abc", "nsamples must be a whole number, got 'abc'"),
     ("pretrained={model},method=wanda,sparsity=0.5,seqlen=64.5", "seqlen must be a whole number, got 64.5"),
+    ("pretrained={model},recipe=0.5", "cannot read recipe 0.5"),
+    ("pretrained={model},recipe=a\x00b", "cannot read recipe a.b: embedded null byte"),
 ])
 def test_found_by_fuzzing(sparse_hf, tiny_llama, arg_string, message):
     """Misspelt keys and non-integer counts were tracebacks (TypeError, ValueError) or silently truncated."""

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from huggingface_hub.errors import StrictDataclassError
 from safetensors import SafetensorError
 
 from ..errors import UserError
@@ -24,9 +25,10 @@ from .encoding import int_view
 from .record import RECORD_NAME, read_record, verify_files
 
 _SHOWN = 4  # tensor names quoted per kind in an error message
-# What transformers raises for a config.json with values of the wrong type or name (e.g. a damaged "dtype":
-# AttributeError from torch), when reading it or building a model from it.
-_CONFIG_ERRORS = (OSError, ValueError, TypeError, AttributeError, KeyError, RuntimeError)
+# What transformers raises for a config.json with values of the wrong type, name or range (a damaged "dtype":
+# AttributeError from torch; "initializer_range": 1.02: huggingface_hub's StrictDataclassError), when reading
+# it or building a model from it.
+_CONFIG_ERRORS = (OSError, ValueError, TypeError, AttributeError, KeyError, RuntimeError, StrictDataclassError)
 
 
 def load_checkpoint(auto_class, path: str | os.PathLike, *, verify: bool = True, **from_pretrained_kwargs):
