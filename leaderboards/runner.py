@@ -216,7 +216,7 @@ PREREQUISITES: dict[str, Callable[[CellRun], dict[str, Any]]] = {"prune": prune_
 MEASURES: dict[str, Callable[[CellRun], dict[str, Any]]] = {  # each needs only the loaded model
     "evaluate": evaluate_phase, "perplexity": perplexity_phase, "latency": latency_phase, "size": size_phase}
 PHASES = (*PREREQUISITES, *MEASURES)
-NOT_RUN = "not run yet (in flight, or the run stopped before it)"
+NOT_RUN_YET = "not run yet (in flight, or the run stopped before it)"
 PHASE_KEYS = {  # the record keys each phase fills
     "prune": ("model_path", "model_fingerprint", "prune", "pruned_checkpoint", "prune_cached"),
     "load": ("sparsity",), "evaluate": ("evaluations", "metrics", "higher_is_better"),
@@ -256,7 +256,7 @@ def cell_status(phases: dict[str, dict[str, Any]]) -> tuple[str, str | None]:
     """(status, reason): ok when every phase is ok; partial when some measure is ok and some phase failed or
     has not run; failed when nothing was measured. The reason names each of those phases
     (`perplexity: ...; latency: not run yet ...`)."""
-    failed = [f"{name}: {phases[name]['reason'] if name in phases else NOT_RUN}" for name in PHASES
+    failed = [f"{name}: {phases[name]['reason'] if name in phases else NOT_RUN_YET}" for name in PHASES
               if phases.get(name, {}).get("status") != "ok"]
     if not failed:
         return "ok", None

@@ -16,7 +16,7 @@ import yaml
 from tiny_tasks import TASK_NAME, write_tiny_choice_task
 
 from sparse_bench.leaderboards.render import load_grid, render, task_rows
-from sparse_bench.leaderboards.runner import MEASURES, NOT_RUN, read_result, result_path, run_grid
+from sparse_bench.leaderboards.runner import MEASURES, NOT_RUN_YET, read_result, result_path, run_grid
 from sparse_bench.leaderboards.spec import expand_cells, load_spec
 
 SECOND_TASK = f"{TASK_NAME}_b"
@@ -149,7 +149,7 @@ def test_killed_run_resumes_to_the_same_table(finished_grid, tiny_spec, tmp_path
     done = sorted(name for name, record in before.items() if record["status"] == "ok")
     stopped = {name: record for name, record in before.items() if record["status"] != "ok"}
     assert 2 <= len(done) < 5 and stopped
-    assert all(NOT_RUN in record["reason"] for record in stopped.values())
+    assert all(NOT_RUN_YET in record["reason"] for record in stopped.values())
     summary = run_grid(load_spec(tiny_spec), out_dir, cache_root=cache, progress=False, retry_failed=False)
     assert sorted(f"{cell_id}.json" for cell_id in summary.done) == done  # a stopped cell runs even so
     assert len(summary.ok) == 5 - len(done) and summary.failed == summary.partial == []
