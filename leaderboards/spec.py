@@ -202,8 +202,8 @@ class _Fields:
             self.fail(key, f"must be true or false, got {value!r}")
         return value
 
-    def items(self, key: str, required: bool = True) -> list[Any]:
-        value = self.get(key, [] if not required else None, required=required)
+    def items(self, key: str, required: bool = True, default: tuple[Any, ...] = ()) -> list[Any]:
+        value = self.get(key, list(default) if not required else None, required=required)
         if not isinstance(value, list) or (required and not value):
             self.fail(key, f"must be a non-empty list, got {value!r}")
         return value
@@ -233,10 +233,12 @@ def parse_spec(data: Any, source: str = "<dict>", base_dir: Path | None = None) 
     models = [_model_name(fields, i, m) for i, m in enumerate(fields.items("models"))]
     methods = [_method(fields, i, entry, base_dir) for i, entry in enumerate(fields.items("methods", False))]
     sparsities = [_sparsity(fields, i, s) for i, s in enumerate(fields.items("sparsities", False))]
-    structures = [_structure(fields, i, s) for i, s in enumerate(fields.get("structures", [UNSTRUCTURED]))]
+    structures = [_structure(fields, i, s)
+                  for i, s in enumerate(fields.items("structures", False, (UNSTRUCTURED,)))]
     if any(m.recipe is None for m in methods) and UNSTRUCTURED in structures and not sparsities:
         fields.fail("sparsities", "is required for unstructured pruning (e.g. [0.5]); or list only N:M structures")
-    dtypes = [_choice(fields, f"dtypes[{i}]", d, DTYPES) for i, d in enumerate(fields.get("dtypes", ["float32"]))]
+    dtypes = [_choice(fields, f"dtypes[{i}]", d, DTYPES)
+              for i, d in enumerate(fields.items("dtypes", False, ("float32",)))]
     tasks = [_task(fields, i, entry) for i, entry in enumerate(fields.items("tasks"))]
     include_path = fields.get("include_path")
     if include_path is not None:
