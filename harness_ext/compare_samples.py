@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,22 @@ from .errors import UserError
 from .io import read_jsonl_records
 
 LOWER_IS_BETTER = {"bits_per_byte", "empty", "gold_nll"}  # the sparsebench per-sample metrics where less is better
+# lm-eval writes samples_<task>_<date>.jsonl, the leaderboards samples_<task>.jsonl
+SAMPLES_FILE_NAME = re.compile(r"^samples_(?P<task>.+?)(_\d{4}-\d{2}-\d{2}T[0-9.:-]+)?\.jsonl$")
+
+
+def task_of(path: Path) -> str | None:
+    """The task a samples file belongs to, from its name (None for a name lm-eval did not give)."""
+    match = SAMPLES_FILE_NAME.match(Path(path).name)
+    return match["task"] if match else None
+
+
+def same_task(file_a: Path, file_b: Path) -> None:
+    """UserError if the two files' names say they hold different tasks."""
+    task_a, task_b = task_of(file_a), task_of(file_b)
+    if task_a and task_b and task_a != task_b:
+        raise UserError(f"{Path(file_a).name} holds task {task_a} and {Path(file_b).name} task {task_b}; compare "
+                        "two runs of the same task")
 
 
 def read_samples(path: Path, filter_name: str | None = None) -> dict[int, dict[str, Any]]:
@@ -58,9 +75,8 @@ def scalar_metrics(sample: dict[str, Any]) -> dict[str, float]:
     return metrics
 
 
-def pair_samples(samples_a: dict[int, dict], samples_b: dict[int, dict], metric: str | None,
-                 sort: str) -> tuple[list[dict[str, Any]], str | None]:
-    """Rows {doc_id, reference, a, b} for the documents both runs scored, and the metric used to sort them."""
+def shared_doc_ids(samples_a: dict[int, dict], samples_b: dict[int, dict]) -> list[int]:
+    """The doc_ids both runs scored, in order; UserError unless they are the same documents (`doc_hash`)."""
     shared = sorted(set(samples_a) & set(samples_b))
     if not shared:
         raise UserError("the two files share no doc_id; compare two runs of the same task")
@@ -68,6 +84,13 @@ def pair_samples(samples_a: dict[int, dict], samples_b: dict[int, dict], metric:
         if samples_a[doc_id].get("doc_hash") != samples_b[doc_id].get("doc_hash"):
             raise UserError(f"doc_id {doc_id} is a different document in the two files (another task, data "
                             "or limit?); compare two runs of the same task on the same data")
+    return shared
+
+
+def pair_samples(samples_a: dict[int, dict], samples_b: dict[int, dict], metric: str | None,
+                 sort: str) -> tuple[list[dict[str, Any]], str | None]:
+    """Rows {doc_id, reference, a, b} for the documents both runs scored, and the metric used to sort them."""
+    shared = shared_doc_ids(samples_a, samples_b)
     rows = [{"doc_id": doc_id, "reference": str(samples_a[doc_id].get("target", "")),
              "a": {"output": output_text(samples_a[doc_id]), "metrics": scalar_metrics(samples_a[doc_id])},
              "b": {"output": output_text(samples_b[doc_id]), "metrics": scalar_metrics(samples_b[doc_id])}}
