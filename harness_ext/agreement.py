@@ -88,7 +88,7 @@ def load_reference(path: Path, description: dict[str, Any]) -> DenseReference | 
             stored = json.loads(metadata.get("description", "null"))
             if stored != json.loads(json.dumps(description, sort_keys=True)):
                 return None
-            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 - not a dict
     except (OSError, ValueError, RuntimeError):  # a truncated or foreign file: rebuild it
         return None
     return DenseReference(token_ids=tensors["token_ids"].long(), top_ids=tensors["top_ids"].long(),

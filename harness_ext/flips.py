@@ -14,8 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .compare_samples import read_samples, same_task, shared_doc_ids
 from .errors import UserError
+from .samples import read_samples, same_task, shared_doc_ids
 
 DEFAULT_CORRECTNESS_METRIC = "acc"
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from sparse_bench.harness_ext.agreement import (build_reference, load_reference, measure_agreement)
+from sparse_bench.harness_ext.agreement import build_reference, load_reference, measure_agreement
 from sparse_bench.harness_ext.errors import UserError
 from sparse_bench.harness_ext.perplexity import token_perplexity
 
