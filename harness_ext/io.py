@@ -70,7 +70,7 @@ def read_jsonl_records(path: Path, hint: str = "") -> Iterator[tuple[int, dict]]
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as error:
-                raise UserError(f"{path}, line {number}: not JSON ({error.msg}){suffix}") from None
+                raise UserError(f"{path}, line {number}: not JSON ({error.msg}){suffix}; fix or remove that line") from None
             if not isinstance(record, dict):
-                raise UserError(f"{path}, line {number}: not a JSON object{suffix}")
+                raise UserError(f"{path}, line {number}: not a JSON object{suffix}; each line must be one {{...}} record")
             yield number, record

@@ -164,7 +164,8 @@ def load_model(name_or_path: str, dtype: Any = "auto", device: str = "cpu"):
         config = AutoConfig.from_pretrained(path)
         tokenizer = AutoTokenizer.from_pretrained(path)
     except OSError as error:
-        raise UserError(f"cannot load model {name_or_path!r}: {str(error).splitlines()[0]}") from None
+        raise UserError(f"cannot load model {name_or_path!r}: {str(error).splitlines()[0]}; give a checkpoint "
+                        "directory, a hub id (online), or a short name (smollm2-135m)") from None
     model = load_checkpoint(auto_model_class(config), path, dtype=torch_dtype)
     return model.to(device).eval(), tokenizer
 

@@ -34,7 +34,7 @@ def read_text(path: str | Path) -> str:
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
-        raise UserError(f"{path} is not UTF-8 text") from None
+        raise UserError(f"{path} is not UTF-8 text; give a raw text file such as WikiText-2's wiki.test.raw") from None
 
 
 # Called with (windows' token ids [batch, seqlen], their logits [batch, seqlen, vocab]) after each forward, in
@@ -52,15 +52,17 @@ def token_perplexity(model: nn.Module, tokenizer, text: str, seqlen: int, max_to
     `on_logits`, if given, sees every batch of windows and its logits (see `LogitsObserver`).
     """
     if seqlen < 2:
-        raise UserError(f"seqlen must be >= 2 tokens, got {seqlen}")
+        raise UserError(f"seqlen must be >= 2 tokens, got {seqlen}; use e.g. --seqlen 256")
     if max_tokens is not None and max_tokens < seqlen:
-        raise UserError(f"max_tokens={max_tokens} is smaller than one window of seqlen={seqlen}")
+        raise UserError(f"max_tokens={max_tokens} is smaller than one window of seqlen={seqlen}; raise max_tokens "
+                        "or lower seqlen")
     ids = torch.tensor(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"], dtype=torch.int64)
     if max_tokens is not None:
         ids = ids[:max_tokens]
     windows = ids.numel() // seqlen
     if windows == 0:
-        raise UserError(f"the text has {ids.numel()} tokens, fewer than one window of seqlen={seqlen}")
+        raise UserError(f"the text has {ids.numel()} tokens, fewer than one window of seqlen={seqlen}; use a "
+                        "longer text or a smaller seqlen")
     ids = ids[:windows * seqlen].reshape(windows, seqlen)
     device = model.get_input_embeddings().weight.device
     vocab = model.get_output_embeddings().weight.shape[0] if model.get_output_embeddings() is not None else 1

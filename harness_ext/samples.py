@@ -42,7 +42,8 @@ def read_samples(path: Path, filter_name: str | None = None) -> dict[int, dict[s
         if sample.get("filter") == filter_name:
             samples[int(sample["doc_id"])] = sample
     if not samples:
-        raise UserError(f"{path} holds no samples" + (f" for filter {filter_name!r}" if filter_name else ""))
+        raise UserError(f"{path} holds no samples" + (f" for filter {filter_name!r}" if filter_name else "")
+                        + "; give a samples_TASK.jsonl written by lm-eval --log_samples")
     return samples
 
 

@@ -26,6 +26,7 @@ from ..harness_ext.pruning.plan import (METHODS, UNSTRUCTURED, CalibrationConfig
 
 DTYPES = ("float32", "float16", "bfloat16")
 DENSE = "dense"
+SPEC_HINT = "fix that key in the grid spec (docs/leaderboard.md lists the keys and their values)"
 
 
 @dataclass(frozen=True)
@@ -169,7 +170,10 @@ class _Fields:
         self.data = data
 
     def fail(self, key: str, message: str):
+        """UserError "SOURCE: KEY: MESSAGE; what to do" (SPEC_HINT unless the message says what to do)."""
         name = f"{self.where}.{key}" if self.where and key else (self.where or key)
+        if "; " not in message:
+            message = f"{message}; {SPEC_HINT}"
         raise UserError(f"{self.source}: {name or 'spec'}: {message}")
 
     def get(self, key: str, default: Any = None, required: bool = False) -> Any:
@@ -210,7 +214,8 @@ def load_spec(path: str | Path) -> GridSpec:
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark else ""
-        raise UserError(f"{path}:{line} is not valid YAML: {getattr(error, 'problem', error)}") from None
+        raise UserError(f"{path}:{line} is not valid YAML: {getattr(error, 'problem', error)}; fix the "
+                        "file there") from None
     return parse_spec(data, source=str(path), base_dir=path.parent)
 
 
@@ -403,8 +408,8 @@ def parse_shard(text: str) -> tuple[int, int]:
     """"i/N" (0 <= i < N) -> (i, N)."""
     match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
     if not match or not 0 <= int(match.group(1)) < int(match.group(2)):
-        raise UserError(f"--shard must be i/N with 0 <= i < N (e.g. 0/4 .. 3/4, as a Slurm array index), "
-                        f"got {text!r}")
+        raise UserError(f"--shard must be i/N with 0 <= i < N, got {text!r}; "
+                        "write e.g. 0/4 .. 3/4 (a Slurm array index)")
     return int(match.group(1)), int(match.group(2))
 
 

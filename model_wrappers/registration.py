@@ -95,7 +95,14 @@ def install_user_error_hook() -> None:
 
 
 def register_with_lm_eval() -> None:
-    """Everything a process that runs lm-eval needs to see our model and tasks."""
+    """Everything a process that runs lm-eval needs to see our model and tasks, quietly and fast offline."""
+    from ..harness_ext.hub import offline_if_hub_unreachable
+    from .log_filters import show_repeated_warnings_once
+
     register_models()
     add_task_folder()
     install_user_error_hook()
+    show_repeated_warnings_once()
+    if offline_if_hub_unreachable():
+        print("sparse-bench: the Hugging Face hub is unreachable; running offline (set HF_HUB_OFFLINE=0 to "
+              "try the hub anyway)", file=sys.stderr)

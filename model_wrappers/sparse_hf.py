@@ -62,7 +62,8 @@ class SparseHFLM(HFLM):
             pretrained = resolve_model_path(pretrained)
         super().__init__(pretrained=pretrained, **kwargs)
         if requested_dtype != "auto" and self.model.dtype != requested_dtype:
-            raise UserError(f"dtype={kwargs['dtype']} was asked but the model loaded as {self.model.dtype}")
+            raise UserError(f"dtype={kwargs['dtype']} was asked but the model loaded as {self.model.dtype}; "
+                            "pass dtype=auto or convert the checkpoint")
         if plan is not None and plan.steps:
             self.sparsity_report = prune(self.model, plan, calibration_config, tokenizer=self.tokenizer)
         else:  # nothing to prune (no arguments, or a recipe that only holds masks): measure as loaded

@@ -116,7 +116,8 @@ def test_cli_malformed_spec_exit_2_one_line(tmp_path):
                              str(path)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"error: {path}: dtypes[0]: must be one of float32, float16, "
-                                                  "bfloat16, got 'fp8'"]
+                                                  "bfloat16, got 'fp8'; fix that key in the grid spec "
+                                                      "(docs/leaderboard.md lists the keys and their values)"]
     assert "Traceback" not in result.stderr
 
 

@@ -37,7 +37,8 @@ def analyze(model_or_path, thresholds=DEFAULT_THRESHOLDS, progress: bool = False
         tensors = [(entry, classify(entry.name), _measure_tensor(entry, thresholds, bar))
                    for entry in source.entries]
     if not tensors:
-        raise UserError(f"no floating-point weights found in {source.origin['path'] or 'the model'}")
+        raise UserError(f"no floating-point weights found in {source.origin['path'] or 'the model'}; "
+                        "give a checkpoint with float weights")
     analysis = _assemble(source, tensors, thresholds)
     analysis["seconds"] = round(time.perf_counter() - started, 3)
     return analysis
@@ -55,7 +56,7 @@ def parse_thresholds(thresholds) -> tuple[float, ...]:
     except (TypeError, ValueError):
         raise UserError(f"thresholds {thresholds!r} are not numbers; give e.g. 0.01,0.1") from None
     if not values or not all(math.isfinite(value) and value > 0 for value in values):
-        raise UserError(f"thresholds {thresholds!r} must be positive finite |w| cut-offs, e.g. 0.01,0.1")
+        raise UserError(f"thresholds {thresholds!r} must be positive finite |w| cut-offs; write them e.g. as 0.01,0.1")
     return tuple(values)
 
 

@@ -73,9 +73,11 @@ def load_analysis(path: Path) -> dict:
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
-        raise UserError(f"cannot read analysis {path}: {error}") from None
+        raise UserError(f"cannot read analysis {path}: {error}; give the JSON that "
+                        "`sparse-bench analyze --json` wrote") from None
     if not isinstance(data, dict) or "schema_version" not in data or "overall" not in data:
-        raise UserError(f"{path} is not an analysis JSON (written by `sparse-bench analyze --json` or --out)")
+        raise UserError(f"{path} is not an analysis JSON; give one written by "
+                        "`sparse-bench analyze --json` or --out")
     return data
 
 

@@ -298,7 +298,8 @@ def _read_config(folder: Path):
     try:
         return AutoConfig.from_pretrained(folder)
     except (OSError, ValueError, KeyError) as error:
-        raise UserError(f"cannot read {folder / 'config.json'}: {str(error).splitlines()[0]}") from None
+        raise UserError(f"cannot read {folder / 'config.json'}: {str(error).splitlines()[0]}; "
+                        "a checkpoint directory needs a valid config.json") from None
 
 
 def _origin(kind: str, path: str | None, config, class_name: str | None) -> dict:

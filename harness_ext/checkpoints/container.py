@@ -102,7 +102,8 @@ def read_compressed(path: Path) -> dict[str, torch.Tensor]:
             metadata = handle.metadata() or {}
             if metadata.get("sparse_bench.format") != FORMAT_TAG:
                 raise UserError(f"{path} is not a sparse-bench {FORMAT_TAG} weights file "
-                                f"(format tag {metadata.get('sparse_bench.format')!r})")
+                                f"(format tag {metadata.get('sparse_bench.format')!r}); re-save it with `sparse-bench prune ... "
+                                "--save-format compressed`")
             layout = json.loads(metadata["sparse_bench.tensors"])
             aliases = json.loads(metadata["sparse_bench.aliases"])
             parts: dict[str, dict[str, torch.Tensor]] = {}

@@ -61,7 +61,8 @@ def read_sparse_bitmask(directory: Path) -> dict[str, torch.Tensor]:
     arrays: dict[str, torch.Tensor] = {}
     files = sorted(Path(directory).glob("*.safetensors"))
     if not files:
-        raise UserError(f"{directory} names a compressed-tensors sparse format but holds no .safetensors files")
+        raise UserError(f"{directory} names a compressed-tensors sparse format but holds no .safetensors files; copy the "
+                        "weight files into it or point at the complete checkpoint")
     try:
         for path in files:
             with safe_open(str(path), framework="pt") as handle:

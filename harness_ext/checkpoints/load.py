@@ -72,7 +72,7 @@ def _local_directory(path, subfolder: str) -> Path | None:
         raise UserError(f"{path} is a file, not a checkpoint directory; pass the folder that holds config.json")
     text = str(path)
     if text.startswith((".", "/", "~")) or text.count("/") > 1 or os.sep != "/" and os.sep in text:
-        raise UserError(f"checkpoint directory {path} does not exist")
+        raise UserError(f"checkpoint directory {path} does not exist; check the path")
     return None
 
 
@@ -91,7 +91,8 @@ def _hub_compressed_snapshot(repo_id: str, kwargs: dict) -> Path | None:
         root = snapshot_download(repo_id, revision=kwargs.get("revision"), cache_dir=kwargs.get("cache_dir"),
                                  allow_patterns=[f"{subfolder}/*" if subfolder else "*"])
     except Exception as error:  # huggingface_hub raises many types; all mean "could not fetch it"
-        raise UserError(f"cannot download compressed checkpoint {repo_id}: {_first_line(error)}") from error
+        raise UserError(f"cannot download compressed checkpoint {repo_id}: {_first_line(error)}; check the hub id, or download "
+                        "it where the hub is reachable and give the directory") from error
     return Path(root) / subfolder if subfolder else Path(root)
 
 
@@ -118,7 +119,8 @@ def _from_pretrained(auto_class, source, kwargs: dict):
         return auto_class.from_pretrained(source, output_loading_info=True,
                                           **{**kwargs, "ignore_mismatched_sizes": True})
     except (OSError, ValueError, ImportError, SafetensorError) as error:
-        raise UserError(f"cannot load checkpoint {source or kwargs.get('config')}: {_first_line(error)}") from error
+        raise UserError(f"cannot load checkpoint {source or kwargs.get('config')}: {_first_line(error)}; "
+                        "check that the directory holds a complete checkpoint (config.json and its weight files)") from error
 
 
 def _refuse_incomplete(source: str, info: dict) -> None:
@@ -164,7 +166,8 @@ def _load_state(auto_class, directory: Path, state: dict[str, torch.Tensor], kwa
     try:
         config = AutoConfig.from_pretrained(directory, trust_remote_code=kwargs.get("trust_remote_code", False))
     except (OSError, ValueError) as error:
-        raise UserError(f"cannot read the config of {directory}: {_first_line(error)}") from error
+        raise UserError(f"cannot read the config of {directory}: {_first_line(error)}; "
+                        "a checkpoint directory needs a valid config.json") from error
     for entry in ("quantization_config", "compression_config"):
         if hasattr(config, entry):
             delattr(config, entry)

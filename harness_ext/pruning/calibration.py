@@ -33,22 +33,28 @@ def default_batch_size(seqlen: int) -> int:
 
 
 class InputStatistics:
-    """Sums over calibration tokens of one layer input x (fp32): x^T x (`hessian`) or x * x (`squares`).
+    """Sums over calibration tokens of one layer input x (fp64): x^T x (`hessian`) or x * x (`squares`).
 
     `hessian` is (in, in), the SparseGPT Hessian up to a constant factor; `squares` (in,) is its diagonal,
     Wanda's squared input-feature norms. Only what was asked is accumulated.
+
+    Both sums are float64: a product of two fp32/fp16/bf16 inputs is exact in float64, and the sum's rounding
+    (~1e-16 relative) is far below any score gap that selects a mask, so the masks do not depend on the BLAS
+    kernel's summation order (thread count, CPU model). In fp32 the Hessian's rounding (~1e-5 relative over
+    16k tokens), amplified by the inverse, flipped near-tie SparseGPT choices between machines.
     """
 
     def __init__(self, columns: int, with_hessian: bool, device: torch.device) -> None:
         self.tokens = 0
         self.squares = torch.zeros(columns, dtype=torch.float64, device=device)
-        self.hessian = torch.zeros(columns, columns, dtype=torch.float32, device=device) if with_hessian else None
+        self.hessian = torch.zeros(columns, columns, dtype=torch.float64, device=device) if with_hessian else None
 
     def add(self, inputs: torch.Tensor) -> None:
         """Add one batch of inputs shaped (samples, tokens, in), sample by sample in order."""
         inputs = inputs.float()
         if self.hessian is not None:
             for sample in inputs:
+                sample = sample.double()
                 self.hessian.addmm_(sample.t(), sample)
         else:
             for sample_norms in torch.linalg.vector_norm(inputs, dim=1).double():

@@ -40,10 +40,11 @@ def _read_jsonl(path: Path) -> list[str]:
     texts = []
     for number, record in read_jsonl_records(path):
         if not isinstance(record.get("text"), str):
-            raise UserError(f"{path}, line {number}: each line needs a string field 'text'")
+            raise UserError(f"{path}, line {number}: each line needs a string field 'text'; "
+                            "write one {\"text\": \"...\"} object a line")
         texts.append(record["text"])
     if not texts:
-        raise UserError(f"{path} has no documents")
+        raise UserError(f"{path} has no documents; give a file with text in it")
     return texts
 
 
@@ -77,7 +78,7 @@ def load_calibration_texts(source: str) -> tuple[list[str], bool, list[str]]:
         return ["\n\n".join(rows)], False, warnings
     path = Path(source).expanduser()
     if not path.is_file():
-        raise UserError(f"calibration data {source!r} is neither {' nor '.join(NAMED_SOURCES)} nor a file")
+        raise UserError(f"calibration data {source!r} is neither {' nor '.join(NAMED_SOURCES)} nor a file; name one of those or an existing .txt / .jsonl file")
     if path.suffix == ".jsonl":
         return _read_jsonl(path), True, warnings
     try:

@@ -26,7 +26,7 @@ def _build_plan(method, sparsity, structure, scope, recipe, targets, ignore, blo
     plan = plan_from_arguments(method, sparsity, structure, scope=scope, recipe=recipe, source="cli",
                                **({} if recipe else options))
     if plan is None:
-        raise UserError("nothing to prune: give --method (with --sparsity or --structure) or --recipe")
+        raise UserError("nothing to prune; give --method (with --sparsity or --structure) or --recipe")
     return plan
 
 
@@ -90,7 +90,7 @@ def prune_command(model, method, sparsity, structure, scope, recipe, targets, ig
     calibration_config = CalibrationConfig(data=calibration, nsamples=nsamples, seqlen=seqlen, seed=seed,
                                            true_sequential=true_sequential)
     if batch_size is not None and batch_size < 1:
-        raise UserError(f"--batch-size must be >= 1, got {batch_size}")
+        raise UserError(f"--batch-size must be >= 1, got {batch_size}; leave it out for the default")
     from ..checkpoints import save_checkpoint
     from ..models import load_model
     from .engine import prune

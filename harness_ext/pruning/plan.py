@@ -85,10 +85,10 @@ class PruneStep:
         for _, value in self.layer_sparsity:
             validate_sparsity(value)
         if self.block_size < 1:
-            raise UserError(f"block_size must be a positive number of columns, got {self.block_size}")
+            raise UserError(f"block_size must be a positive number of columns, got {self.block_size}; the default is 128")
         if not 0.0 < self.dampening < 1.0:
             raise UserError(f"dampening must be in (0, 1) (fraction of the mean Hessian diagonal), "
-                            f"got {self.dampening}")
+                            f"got {self.dampening}; the default is 0.01")
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready summary (method, sparsity, structure, scope, targets, ...)."""
@@ -147,9 +147,9 @@ class CalibrationConfig:
 
     def __post_init__(self) -> None:
         if self.nsamples < 1:
-            raise UserError(f"nsamples must be >= 1, got {self.nsamples}")
+            raise UserError(f"nsamples must be >= 1, got {self.nsamples}; e.g. nsamples=64")
         if self.seqlen < 2:
-            raise UserError(f"seqlen must be >= 2 tokens, got {self.seqlen}")
+            raise UserError(f"seqlen must be >= 2 tokens, got {self.seqlen}; e.g. seqlen=256")
 
     def describe(self) -> dict[str, Any]:
         return {"data": self.data, "nsamples": self.nsamples, "seqlen": self.seqlen, "seed": self.seed,
@@ -164,7 +164,7 @@ def validate_method(method: str) -> str:
 
 def validate_sparsity(sparsity: float) -> float:
     if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)):
-        raise UserError(f"sparsity must be a number in [0, 1), got {sparsity!r}")
+        raise UserError(f"sparsity must be a number in [0, 1), got {sparsity!r}; write it as a fraction, e.g. 0.5")
     if not 0.0 <= float(sparsity) < 1.0:
         raise UserError(f"sparsity must be in [0, 1) (fraction of weights set to zero), got {sparsity}; "
                         "for 50 % write 0.5")
@@ -183,8 +183,8 @@ def parse_structure(text: str | None) -> NMStructure | None:
         raise UserError(f"malformed structure {text!r}; use 'unstructured' or N:M such as 2:4 or 4:8")
     n, m = int(match.group(1)), int(match.group(2))
     if not 0 < n < m:
-        raise UserError(f"impossible N:M structure {text!r}: need 0 < N < M (keep N of every M weights), "
-                        "e.g. 2:4")
+        raise UserError(f"impossible N:M structure {text!r}: need 0 < N < M (keep N of every M weights); "
+                        "write e.g. 2:4")
     return NMStructure(n, m)
 
 
@@ -197,7 +197,7 @@ def parse_flag(name: str, value: bool | str) -> bool:
         return True
     if text in ("false", "0", "no"):
         return False
-    raise UserError(f"{name} must be true or false, got {value!r}")
+    raise UserError(f"{name} must be true or false, got {value!r}; write {name}=true or {name}=false")
 
 
 def compile_pattern(pattern: str) -> re.Pattern[str]:
@@ -206,7 +206,7 @@ def compile_pattern(pattern: str) -> re.Pattern[str]:
         try:
             return re.compile(pattern[3:])
         except re.error as error:
-            raise UserError(f"bad regex {pattern!r}: {error}") from None
+            raise UserError(f"bad regex {pattern!r}: {error}; fix the pattern after re:") from None
     return re.compile(re.escape(pattern))
 
 
@@ -227,7 +227,7 @@ def shortcut_plan(method: str | None, sparsity: float | None, structure: str | N
     nm = parse_structure(structure)
     if sparsity is None:
         if nm is None:
-            raise UserError(f"method={method} needs sparsity=FRACTION (e.g. 0.5) or structure=N:M")
+            raise UserError(f"method={method} needs a target; add sparsity=FRACTION (e.g. 0.5) or structure=N:M")
         sparsity = nm.sparsity
     step = PruneStep(method=validate_method(method), sparsity=validate_sparsity(sparsity), structure=nm,
                      scope=scope, **step_options)

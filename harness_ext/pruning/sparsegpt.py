@@ -7,6 +7,11 @@ H^-1. The mask of each block is chosen when the block starts, from w^2 / [H^-1]_
 for N:M, each group of m columns is chosen when it starts. Dampening adds `dampening * mean(diag H)` to the
 diagonal; when the Cholesky factorisation fails it is retried with 10x more, and the caller is told.
 
+The whole solve runs in float64 (the Hessian arrives in float64 from the calibration loop): the inverse
+amplifies rounding by the Hessian's condition number, and in fp32 that flipped near-tie choices between
+machines whose BLAS kernels sum in different orders. In float64 the masks are the same on any x86 machine
+and thread count (tested), at the cost of a slower solve (benchmarks/bench_prune.py reports it).
+
 Layers that share one input (q/k/v) share the Hessian and run as one stacked matrix: rows are independent in
 OBS, and each layer keeps its own exact sparsity through its own row segment.
 """
@@ -63,21 +68,21 @@ def _nm_prune_flags(group: torch.Tensor, inverse_diagonal: torch.Tensor, structu
 @torch.no_grad()
 def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, sparsities: Sequence[tuple[int, float]],
                     structure: NMStructure | None, block_size: int, dampening: float) -> tuple[torch.Tensor, float]:
-    """Prune and reconstruct an (out, in) weight; returns (new fp32 weight, dampening used).
+    """Prune and reconstruct an (out, in) weight; returns (new weight in the input's dtype, dampening used).
 
     `sparsities` lists (rows, sparsity) segments covering the rows in order (one per stacked layer); each
     segment loses exactly round(rows * in * sparsity) weights (unstructured) or m - n per N:M group.
-    `hessian` is (in, in) fp32; neither input is modified.
+    `hessian` is (in, in), used in float64; neither input is modified.
     """
     columns = weight.shape[1]
     if structure is not None and block_size % structure.m:
         block_size += structure.m - block_size % structure.m
-    hessian = hessian.float().clone()
+    hessian = hessian.double().clone()
     dead = hessian.diagonal() == 0
     hessian[dead, dead] = 1.0
     upper, damp_used = inverse_hessian_factor(hessian, dampening)
     # transposed working copy: column j of W is the contiguous row j here
-    work = weight.float().t().contiguous()
+    work = weight.double().t().contiguous()
     work[dead] = 0.0
     bounds, start = [], 0
     for rows, sparsity in sparsities:
@@ -105,7 +110,7 @@ def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, sparsities: Seq
             block[j + 1:].addr_(factor[j, j + 1:], error, alpha=-1.0)
             errors[j] = error
         work[last:].addmm_(upper[first:last, last:].t(), errors, alpha=-1.0)
-    return work.t(), damp_used
+    return work.t().to(weight.dtype), damp_used
 
 
 __all__ = ["MAX_DAMPENING", "inverse_hessian_factor", "sparsegpt_prune"]

@@ -103,7 +103,7 @@ def find_target_layers(model: nn.Module, targets: Iterable[str] = (),
         selected -= hits
     if not selected:
         raise UserError(f"no layer of {type(model).__name__} is left to prune after targets={list(targets)} "
-                        f"and ignore={list(ignore)}")
+                        f"and ignore={list(ignore)}; widen targets or shorten ignore (`sparse-bench analyze` lists the layers)")
     return {name: module for name, module in prunable.items() if name in selected}
 
 

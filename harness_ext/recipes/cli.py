@@ -27,7 +27,7 @@ def _parse_args(pairs: tuple[str, ...]) -> dict[str, Any]:
     for pair in pairs:
         name, sep, value = pair.partition("=")
         if not sep or not name.strip():
-            raise UserError(f"--arg {pair!r}: expected NAME=VALUE, e.g. --arg num_epochs=10")
+            raise UserError(f"--arg {pair!r}: expected NAME=VALUE; write it e.g. as --arg num_epochs=10")
         parsed[name.strip()] = parse_value(value)
     return parsed
 

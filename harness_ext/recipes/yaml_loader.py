@@ -32,9 +32,17 @@ MARKDOWN_SUFFIXES = (".md", ".markdown")
 FRONT_MATTER_DELIMITERS = ("---", "+++")
 
 
+RECIPE_HINT = "fix the recipe there (docs/recipes.md lists the formats, modifiers and fields)"
+
+
 def recipe_error(path: str | Path, line: int | None, where: str | None, message: str) -> UserError:
-    """UserError "FILE:LINE: WHERE: MESSAGE" (line and where optional)."""
+    """UserError "FILE:LINE: WHERE: MESSAGE; what to do" (line and where optional).
+
+    A message that says no more than what is wrong gets RECIPE_HINT as its what-to-do part.
+    """
     location = f"{path}:{line}" if line else str(path)
+    if "; " not in message:
+        message = f"{message}; {RECIPE_HINT}"
     return UserError(f"{location}: {where}: {message}" if where else f"{location}: {message}")
 
 
@@ -197,7 +205,7 @@ def load_yaml(path: str | Path) -> tuple[Any, bytes]:
     try:
         raw = path.read_bytes()
     except OSError as error:
-        raise UserError(f"cannot read recipe {path}: {error.strerror or error}") from None
+        raise UserError(f"cannot read recipe {path}: {error.strerror or error}; check the path") from None
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as error:

@@ -86,8 +86,11 @@ def load_billsum(hub_dataset: str = "FiscalNote/billsum", split: str = "test", n
     docs = [cut_to_budget(row, tokenizer, bill_room, summary_room) | scorer_fields
             for row in _read_rows(hub_dataset, split)]
     bills_cut, summaries_cut = sum(doc["bill_cut"] for doc in docs), sum(doc["summary_cut"] for doc in docs)
-    logger.info("Billsum: context %d tokens; %d of %d bills cut to %d tokens", context, bills_cut, len(docs),
-                bill_room)
+    if bills_cut:
+        logger.info("Billsum: %d of %d bills are cut to their first %d tokens (max_bill_tokens %d; the model's "
+                    "context is %d): every model sees the same cut bills, so cells compare; --metadata "
+                    "'{\"max_bill_tokens\": N}' scores more of each bill, at more cost",
+                    bills_cut, len(docs), bill_room, int(max_bill_tokens), context)
     if summaries_cut:
         logger.warning("Billsum: %d of %d reference summaries cut to %d tokens to fit the context; the "
                        "likelihood task scores only those tokens", summaries_cut, len(docs), summary_room)
@@ -121,14 +124,14 @@ def read_jsonl(path: Path) -> list[dict]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as error:
-                raise DataError(f"{path}, line {line_number}: not JSON ({error.msg})") from error
+                raise DataError(f"{path}, line {line_number}: not JSON ({error.msg}); fix or remove that line") from error
             missing = [column for column in COLUMNS if not isinstance(row.get(column), str)]
             if missing:
                 raise DataError(f"{path}, line {line_number}: no {' or '.join(missing)} string; each line needs "
                                 f"{', '.join(COLUMNS)}")
             rows.append(row)
     if not rows:
-        raise DataError(f"{path} holds no records")
+        raise DataError(f"{path} holds no records; write one {{\"text\": ..., \"summary\": ...}} object a line")
     return rows
 
 
@@ -146,7 +149,7 @@ def model_tokenizer_and_context(model_args: dict):
         pretrained = getattr(config, "name_or_path", None) or None
     source = tokenizer or pretrained
     if not source:
-        raise DataError("Billsum cuts bills to the model's context and needs its tokenizer: pass "
+        raise DataError("Billsum cuts bills to the model's context and needs its tokenizer; pass "
                         "--model_args pretrained=... (or tokenizer=...), or, with a model object in Python, "
                         "TaskManager(metadata={'tokenizer': PATH_OR_TOKENIZER, 'max_length': N})")
     if isinstance(source, str):
@@ -249,7 +252,7 @@ def rouge_scorer():
     try:
         from rouge_score.rouge_scorer import RougeScorer
     except ImportError as error:
-        raise DataError("sparsebench_billsum needs the rouge-score package: pip install rouge-score") from error
+        raise DataError("sparsebench_billsum needs the rouge-score package; pip install rouge-score") from error
     return RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
 
 

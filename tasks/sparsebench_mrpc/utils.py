@@ -97,11 +97,11 @@ def read_glue_tsv(path: Path) -> list[dict]:
         for row in reader:
             if None in row or None in row.values() or row["Quality"] not in ("0", "1"):
                 raise DataError(f"{path}, line {reader.line_num}: not a GLUE MRPC row (wrong number of tab-"
-                                "separated fields or a label other than 0/1)")
+                                "separated fields or a label other than 0/1); fix that line or use the GLUE file as published")
             rows.append({"idx": len(rows), "sentence1": row["#1 String"], "sentence2": row["#2 String"],
                          "label": int(row["Quality"])})
     if not rows:
-        raise DataError(f"{path} has a header but no pairs")
+        raise DataError(f"{path} has a header but no pairs; give the full GLUE MRPC TSV")
     return rows
 
 
