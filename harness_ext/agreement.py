@@ -110,7 +110,7 @@ class AgreementMeter:
 
     def __init__(self, reference: DenseReference | None = None, top_k: int = DEFAULT_TOP_K) -> None:
         if top_k < 1:
-            raise UserError(f"top_k must be >= 1, got {top_k}")
+            raise UserError(f"top_k must be >= 1, got {top_k}; keep at least the dense model's most likely token")
         self.reference, self.top_k = reference, (reference.top_k if reference is not None else top_k)
         self.windows_seen, self.positions = 0, 0
         self.kl_sum, self.agreeing, self.rest_sum = 0.0, 0, 0.0

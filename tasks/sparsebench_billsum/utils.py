@@ -295,7 +295,7 @@ def bert_scorer(model: str, layers: int | None):
     try:
         from bert_score import BERTScorer
     except ImportError as error:
-        raise DataError("sparsebench_billsum needs the bert-score package: pip install bert-score") from error
+        raise DataError("sparsebench_billsum needs the bert-score package for BERTScore; pip install bert-score") from error
     from bert_score.utils import model2layers
     from transformers import AutoConfig
 
