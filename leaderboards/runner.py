@@ -177,23 +177,32 @@ def wikitext2_test_text() -> str:
     return "\n\n".join(rows)
 
 
-def cell_perplexity(lm: Any, spec: GridSpec) -> dict[str, Any] | None:
-    """Token-level perplexity (harness_ext.perplexity) on the first `max_tokens` tokens of the text.
+def perplexity_text(spec: GridSpec, tokenizer: Any) -> str:
+    """The text whose first `max_tokens` tokens perplexity (and agreement) are measured on.
 
     Tokenizing all of WikiText-2 test takes ~5 s on 2 cores, so the text is first cut to `CHARS_PER_TOKEN_CAP`
     characters per wanted token (BPE splits words locally, so the first `max_tokens` tokens are unchanged);
     if the cut yields fewer tokens than asked, the whole text is used.
     """
-    if spec.perplexity is None:
-        return None
-    from ..harness_ext.perplexity import read_text, token_perplexity
+    from ..harness_ext.perplexity import read_text
 
     settings = spec.perplexity
     text = wikitext2_test_text() if settings.data == "wikitext2" else read_text(settings.data)
     head = text[:settings.max_tokens * CHARS_PER_TOKEN_CAP]
-    result = token_perplexity(lm.model, lm.tokenizer, head, settings.seqlen, settings.max_tokens)
-    if len(head) < len(text) and result["tokens"] < settings.max_tokens - settings.seqlen + 1:
-        result = token_perplexity(lm.model, lm.tokenizer, text, settings.seqlen, settings.max_tokens)
+    head_tokens = len(tokenizer(head, add_special_tokens=False, verbose=False)["input_ids"])
+    return text if len(head) < len(text) and head_tokens < settings.max_tokens else head
+
+
+def cell_perplexity(lm: Any, spec: GridSpec, on_logits: Any = None) -> dict[str, Any] | None:
+    """Token-level perplexity (harness_ext.perplexity) on the first `max_tokens` tokens of `perplexity_text`;
+    `on_logits` sees every batch of windows (the agreement meter)."""
+    if spec.perplexity is None:
+        return None
+    from ..harness_ext.perplexity import token_perplexity
+
+    settings = spec.perplexity
+    result = token_perplexity(lm.model, lm.tokenizer, perplexity_text(spec, lm.tokenizer), settings.seqlen,
+                              settings.max_tokens, on_logits)
     return {**result, "data": settings.data}
 
 
@@ -219,10 +228,12 @@ def run_cell(cell: Cell, spec: GridSpec, model_path: str, fingerprint: str, cach
     """Everything one cell measures, as a JSON-ready dict (status ok). Raises on failure.
 
     `timings` holds the wall seconds of each phase: prune (pruning, saving and the cache lookup), load,
-    evaluate (all lm-eval calls), perplexity, latency, size. Per-sample outputs (spec `log_samples`) go to
+    evaluate (all lm-eval calls), agreement_reference (building the dense reference when no cell did yet),
+    perplexity (with KL / top-1 agreement in the same forward), latency, size. Per-sample outputs (spec `log_samples`) go to
     `samples_dir/samples_TASK.jsonl`, lm-eval's own format (for `sparse-bench compare-samples`)."""
     from lm_eval.api.registry import get_model
 
+    from .agreement import cell_agreement
     from .measure import measure_latency
 
     timings: dict[str, float] = {}
@@ -247,8 +258,11 @@ def run_cell(cell: Cell, spec: GridSpec, model_path: str, fingerprint: str, cach
         metrics, better = flatten_metrics(evaluation["results"])
         record["metrics"].update(metrics)
         record["higher_is_better"].update(better)
+    with timed(timings, "agreement_reference"):  # only when the dense reference is not cached yet
+        agreement = cell_agreement(cell, spec, model_path, fingerprint, cache.root)
     with timed(timings, "perplexity"):
-        record["perplexity"] = cell_perplexity(lm, spec)
+        record["perplexity"] = cell_perplexity(lm, spec, agreement)
+        record["agreement"] = None if agreement is None else agreement.finish()
     latency = spec.latency
     with timed(timings, "latency"):
         record["latency"] = None if latency is None else measure_latency(
