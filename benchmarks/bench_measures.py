@@ -91,25 +91,26 @@ def cost(args) -> str:
     scorer = bertscore_cost(data_dir)
     reference_mib = sum(t.numel() * t.element_size() for t in (reference.token_ids, reference.top_ids,
                                                              reference.top_logprobs, reference.rest_logprob)) / 2**20
-    lines = [f"# Cost of the quality measures on SmolLM2-135M-Instruct (fp32, CPU, {torch.get_num_threads()} "
-             f"threads; load average {os.getloadavg()[0]:.1f} at the end: the machine may be shared)", "",
+    threads, load = torch.get_num_threads(), os.getloadavg()[0]
+    rows = [("dense: perplexity alone", dense_ppl_s, 1.0),
+            ("dense: perplexity + building the reference (same forward)", dense_ref_s, dense_ref_s / dense_ppl_s),
+            ("magnitude 50 %: perplexity alone", pruned_ppl_s, 1.0),
+            ("magnitude 50 %: perplexity + KL / top-1 vs the reference (same forward)", pruned_agree_s,
+             pruned_agree_s / pruned_ppl_s),
+            (f"BERTScore: build the {scorer['scorer']} scorer (once per process)", scorer["load_s"], None),
+            ("BERTScore: score one 100-word output against a Billsum summary", scorer["score_s"], None)]
+    own = self_check.result()
+    lines = [(f"# Cost of the quality measures on SmolLM2-135M-Instruct (fp32, CPU, {threads} threads; load "
+              f"average {load:.1f} at the end: the machine may be shared)"), "",
              f"Windows: {args.max_tokens} tokens of WikiText-2 test in windows of {args.seqlen}; top k = {args.top_k}.",
-             "", "| what | seconds | ratio |", "|---|---|---|",
-             f"| dense: perplexity alone | {dense_ppl_s:.2f} | 1 |",
-             f"| dense: perplexity + building the reference (same forward) | {dense_ref_s:.2f} | "
-             f"{dense_ref_s / dense_ppl_s:.2f} |",
-             f"| magnitude 50 %: perplexity alone | {pruned_ppl_s:.2f} | 1 |",
-             f"| magnitude 50 %: perplexity + KL / top-1 vs the reference (same forward) | {pruned_agree_s:.2f} | "
-             f"{pruned_agree_s / pruned_ppl_s:.2f} |",
-             f"| BERTScore: build the {scorer['scorer']} scorer (once per process) | {scorer['load_s']:.2f} | |",
-             f"| BERTScore: score one 100-word output against a Billsum summary | {scorer['score_s']:.2f} | |",
-             "", f"Reference in memory / on disk: {reference_mib:.1f} MiB.", "",
-             "| magnitude 50 % vs dense | top-k KL (nats/token) | exact KL | top-1 agreement (cached) | exact top-1 |"
-             " dense rest mass |", "|---|---|---|---|---|---|",
-             f"| | {result['kl']:.4f} | {exact_kl:.4f} | {result['top1_agreement']:.4f} | {exact_top1:.4f} | "
-             f"{result['reference_tail_mass']:.4f} |", "",
-             f"Dense against its own reference: KL {self_check.result()['kl']:.2e}, top-1 agreement "
-             f"{self_check.result()['top1_agreement']:.4f}."]
+             "", "| what | seconds | ratio |", "|---|---|---|"]
+    lines += [f"| {what} | {seconds:.2f} | {'' if ratio is None else f'{ratio:.2f}'} |" for what, seconds, ratio in rows]
+    lines += ["", f"Reference in memory / on disk: {reference_mib:.1f} MiB.", "",
+              ("| magnitude 50 % vs dense | top-k KL (nats/token) | exact KL | top-1 agreement (cached) | exact top-1 "
+               "| dense rest mass |"), "|---|---|---|---|---|---|",
+              (f"| | {result['kl']:.4f} | {exact_kl:.4f} | {result['top1_agreement']:.4f} | {exact_top1:.4f} | "
+               f"{result['reference_tail_mass']:.4f} |"), "",
+              (f"Dense against its own reference: KL {own['kl']:.2e}, top-1 agreement {own['top1_agreement']:.4f}.")]
     return "\n".join(lines) + "\n"
 
 
@@ -130,7 +131,8 @@ def rank(args) -> str:
     if len(rows) < 3 or any(value is None for row in rows for value in row):
         sys.exit(f"{args.grid}: need >= 3 finished cells with Billsum bits/byte, perplexity and agreement")
     bpb, ppl, kl, top1 = (list(column) for column in list(zip(*rows))[1:])
-    correlations = {"KL vs dense": spearmanr(kl, bpb)[0], "top-1 agreement (negated)": spearmanr([-t for t in top1], bpb)[0],
+    correlations = {"KL vs dense": spearmanr(kl, bpb)[0],
+                    "top-1 agreement (negated)": spearmanr([-t for t in top1], bpb)[0],
                     "token perplexity": spearmanr(ppl, bpb)[0]}
     lines = [f"# KL and top-1 agreement vs Billsum bits per byte on `{args.grid}` ({len(rows)} cells)", "",
              "| cell | Billsum bits/byte | token ppl | KL vs dense | top-1 agree |", "|---|---|---|---|---|"]

@@ -3,7 +3,7 @@ for tasks scored by `acc`, and an error-analysis report (`OUT/reports/CELL_ID/TA
 
 The dense cell is the one of the same model and dtype. Both come from `sparse-bench compare-samples`
 (harness_ext.compare_samples.compare); the reports use the cell's model directory as the tokenizer, so the
-`max_tokens` category is checked.
+`max_tokens` category is checked (when that directory exists where the leaderboard is rendered).
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ def compare_with_dense(folder: Path, dense: dict[str, Any], result: dict[str, An
     file_a, file_b = (samples_file(folder, record["cell_id"], task) for record in (dense, result))
     if not (file_a.is_file() and file_b.is_file()):
         return None
-    found = compare(file_a, file_b, tokenizer=result.get("model_path"))
+    model_path = result.get("model_path")  # on another machine (shards) it may be gone: max_tokens not checked
+    found = compare(file_a, file_b, tokenizer=model_path if model_path and Path(model_path).is_dir() else None)
     report = None
     if found["categories"] is not None:
         names = (f"dense ({dense['cell_id']})", result["cell_id"])
