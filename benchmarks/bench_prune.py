@@ -73,8 +73,7 @@ def worker(args: argparse.Namespace) -> None:
     from sparse_bench.harness_ext.memory import peak_rss_bytes, rss_bytes
     from sparse_bench.harness_ext.models import load_model
     from sparse_bench.harness_ext.perplexity import read_text, token_perplexity
-    from sparse_bench.harness_ext.pruning.calibration import (Stopwatch, default_batch_size, layer_sequential,
-                                                              run_block)
+    from sparse_bench.harness_ext.pruning.calibration import Stopwatch, default_batch_size, layer_sequential, run_block
     from sparse_bench.harness_ext.pruning.calibration_data import calibration_tokens
     from sparse_bench.harness_ext.pruning.engine import prune
     from sparse_bench.harness_ext.pruning.plan import CalibrationConfig, shortcut_plan

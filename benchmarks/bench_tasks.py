@@ -48,9 +48,9 @@ def run_method(method: str, args: argparse.Namespace) -> dict:
     import lm_eval
     from lm_eval.tasks import TaskManager
 
+    from sparse_bench.harness_ext.models import resolve_model_path
     from sparse_bench.model_wrappers.registration import register_with_lm_eval
     from sparse_bench.model_wrappers.sparse_hf import SparseHFLM
-    from sparse_bench.harness_ext.models import resolve_model_path
 
     register_with_lm_eval()
     if args.threads:

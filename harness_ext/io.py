@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+
+def sha256_file(path: Path, digest: Any = None) -> Any:
+    """Feed the bytes of `path` into `digest` (a new sha256 when None), in 16 MiB chunks; returns the digest."""
+    digest = hashlib.sha256() if digest is None else digest
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 24):
+            digest.update(chunk)
+    return digest
 
 
 def write_text_atomic(path: Path, text: str) -> Path:

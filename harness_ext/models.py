@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -20,7 +19,7 @@ from typing import Any
 import click
 
 from .errors import UserError
-from .io import write_json_atomic
+from .io import sha256_file, write_json_atomic
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 DEFAULT_MODEL_DIRNAME = "smollm2-135m-instruct"
@@ -85,14 +84,6 @@ def _gguf_folder() -> Path:
     return folder
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def prepare_default_model(out_dir: Path | None = None, force: bool = False) -> Path:
     """Write SmolLM2-135M-Instruct as an fp32 safetensors checkpoint to `out_dir`; returns the directory.
 
@@ -105,7 +96,7 @@ def prepare_default_model(out_dir: Path | None = None, force: bool = False) -> P
 
     out_dir = Path(out_dir or default_model_dir())
     folder = _gguf_folder()
-    gguf_sha256 = _sha256(folder / GGUF_FILE)
+    gguf_sha256 = sha256_file(folder / GGUF_FILE).hexdigest()
     if not force and _prepared_from(out_dir) == gguf_sha256:
         return out_dir
     if out_dir.exists() and any(out_dir.iterdir()):

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..harness_ext.errors import UserError
 from ..harness_ext.checkpoints import read_record, save_checkpoint
+from ..harness_ext.errors import UserError
+from ..harness_ext.io import sha256_file
 from .spec import Cell, GridSpec, prune_key
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".json", ".model")
@@ -31,9 +32,7 @@ def model_fingerprint(model_path: str) -> str:
     digest = hashlib.sha256()
     for file in sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES):
         digest.update(file.name.encode())
-        with open(file, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 22), b""):
-                digest.update(chunk)
+        sha256_file(file, digest)
     return digest.hexdigest()
 
 

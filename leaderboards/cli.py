@@ -51,27 +51,32 @@ def run_command(spec: str, out_dir: Path, shard: str, cache_root: Path | None, r
                 render_after: bool, threads: int | None) -> None:
     """Run every cell of the grid SPEC (a YAML file or a shipped spec name) into --out.
 
-    Finished cells are skipped, so re-running resumes; a failed cell is recorded with its reason and the
-    grid goes on. Exit status 1 if a cell failed.
+    Finished cells are skipped, so re-running resumes; each phase of a cell (prune, load, evaluate,
+    perplexity, latency, size) is recorded with its result or its failure reason, the grid goes on, and a
+    re-run retries only the phases that failed. Exit status 1 if a cell or a phase failed.
 
     \b
     Example:
       sparse-bench leaderboard run demo --out results/demo
       sparse-bench leaderboard run my_grid.yaml --out results/grid --shard 0/4   # one of 4 machines
     """
+    grid = load_spec(resolve_spec(spec))  # a bad spec fails before the runner's heavy imports (torch: ~3 s)
     from .runner import run_grid
 
-    grid = load_spec(resolve_spec(spec))
     if threads is not None:
         import torch
 
         torch.set_num_threads(threads)
     summary = run_grid(grid, out_dir, parse_shard(shard), cache_root, retry_failed)
     if render_after:
+        from .render import load_grid, summary_table
+
         _render(out_dir, "md", plots=True, echo=False)
-        click.echo(f"leaderboard: {out_dir / 'leaderboard.md'}")
-    click.echo(f"{len(summary.ok)} cells ran, {len(summary.done)} were already done, {len(summary.failed)} failed")
-    if summary.failed:
+        click.echo("\n" + summary_table(load_grid(out_dir)) + "\n")
+        click.echo(f"full leaderboard (every task's metrics, plots, timings): {out_dir / 'leaderboard.md'}")
+    click.echo(f"{len(summary.ok)} cells ran, {len(summary.done)} were already done, {len(summary.partial)} "
+               f"kept their results but a phase failed, {len(summary.failed)} failed")
+    if summary.failed or summary.partial:
         raise SystemExit(1)
 
 

@@ -24,6 +24,7 @@ from .runner import cells_dir, read_result
 
 FORMATS = ("md", "csv", "json")
 FLAG = "(!)"
+FAILED = f"failed {FLAG}"  # in place of the numbers of a phase that failed (its reason under "Failed")
 # What the metrics our tasks and the engine report mean (others show only their direction).
 METRIC_NOTES = {
     "bits_per_byte": "bits per UTF-8 byte of the reference text under teacher forcing",
@@ -51,7 +52,9 @@ class Grid:
     comparisons: dict[tuple[str, str], dict[str, Any]] | None = None  # comparisons.compare_cells, when computed
 
     def ok(self) -> list[dict[str, Any]]:
-        return [r for c in self.cells if (r := self.results[c["cell_id"]]) and r["status"] == "ok"]
+        """Records of the cells with results: every phase ok, or partial (a failed phase is marked where its
+        numbers would be)."""
+        return [r for c in self.cells if (r := self.results[c["cell_id"]]) and r["status"] in ("ok", "partial")]
 
     def with_comparisons(self) -> "Grid":
         """Compare each pruned cell's logged samples with its dense cell's (answer flips; error-analysis reports
@@ -70,6 +73,9 @@ def load_grid(folder: Path) -> Grid:
     except (OSError, ValueError):
         raise UserError(f"{folder} has no readable grid.json; give the --out folder of `leaderboard run`") from None
     results = {c["cell_id"]: read_result(cells_dir(folder) / f"{c['cell_id']}.json") for c in grid["cells"]}
+    for result in filter(None, results.values()):  # a cell whose evaluate phase failed has no metrics
+        result.setdefault("metrics", {})
+        result.setdefault("higher_is_better", {})
     return Grid(folder=folder, spec=grid["spec"], cells=grid["cells"], results=results)
 
 
@@ -133,13 +139,19 @@ def _target(cell: dict[str, Any]) -> str:
     return "recipe" if cell["sparsity"] is None else f"{cell['sparsity']:g}"
 
 
+def failed_phase(result: dict[str, Any], phase: str) -> bool:
+    """True if the cell's `phase` failed (records written before phases were recorded: never)."""
+    return (result.get("phases") or {}).get(phase, {}).get("status", "ok") != "ok"
+
+
 def cell_columns(result: dict[str, Any]) -> dict[str, Any]:
-    """Columns every table shares: what the cell is, what it measured, what it cost."""
+    """Columns every table shares: what the cell is, what it measured, what it cost; `failed (!)` where the
+    phase that measures a column failed."""
     cell, sparsity = result["cell"], result.get("sparsity") or {}
     latency, size = result.get("latency") or {}, result.get("size") or {}
     prune = result.get("prune") or {}
     measured = sparsity.get("overall_sparsity")
-    return {
+    columns = {
         "model": Path(cell["model"].rstrip("/")).name, "method": cell["method"],
         "structure": "-" if cell["method"] == "dense" else cell["structure"], "target": _target(cell),
         "measured": "-" if measured is None else f"{100 * measured:.2f} %",
@@ -155,6 +167,14 @@ def cell_columns(result: dict[str, Any]) -> dict[str, Any]:
         "peak MiB": mebibytes(latency.get("peak_memory_bytes")),
         "prune s": "-" if not prune else fmt(prune.get("prune_seconds")),
     }
+    for phase, names in PHASE_COLUMNS.items():
+        if failed_phase(result, phase):
+            columns.update(dict.fromkeys(names, FAILED))
+    return columns
+
+
+PHASE_COLUMNS = {"perplexity": ("ppl (token)", "KL vs dense", "top-1 agree"), "size": ("dense MiB", "compressed MiB"),
+                 "latency": ("ms/forward", "tokens/s", "peak MiB")}
 
 
 def _ranks(values: list[Any], higher_is_better: bool) -> list[str]:
@@ -200,6 +220,7 @@ def task_rows(grid: Grid, task: str) -> tuple[list[dict[str, Any]], str | None]:
                                             f"{delta:+.4g}" if math.isfinite(delta) else fmt(delta))
         row.update({k: v for k, v in cell_columns(result).items() if k not in CELL_HEAD})
         flags = [f for f in result.get("flags", []) if f.startswith(f"{task}/") or "/" not in f]
+        flags += [f"{phase} failed" for phase in PHASE_COLUMNS if failed_phase(result, phase)]
         row["flags"] = "; ".join(flags) if flags else ""
         rows.append(row)
     if primary:
@@ -233,7 +254,8 @@ def header(grid: Grid) -> dict[str, Any]:
     models = []
     for model in spec["models"]:
         ok = [r for r in grid.ok() if r["cell"]["model"] == model]
-        config = ok[0]["evaluations"][0]["results"].get("config", {}) if ok else {}
+        evaluations = next((r["evaluations"] for r in ok if r.get("evaluations")), [{"results": {}}])
+        config = evaluations[0]["results"].get("config", {})
         revision = config.get("model_revision") or "-"
         models.append(f"`{model}` ({ok[0]['model_path'] if ok else 'not run'}; weights sha256 "
                       f"{(ok[0]['model_fingerprint'] if ok else '-')[:16]}; revision {revision})")
@@ -295,7 +317,9 @@ def scorer_note(grid: Grid) -> str:
 
 def _cell_counts(grid: Grid) -> str:
     states = [(grid.results[c["cell_id"]] or {}).get("status", "not run") for c in grid.cells]
-    return (f"{states.count('ok')} of {len(states)} finished, {states.count('failed')} failed, "
+    partial = (f", {states.count('partial')} with a failed phase (shown, marked `{FAILED}`)"
+               if "partial" in states else "")
+    return (f"{states.count('ok')} of {len(states)} finished{partial}, {states.count('failed')} failed, "
             f"{states.count('not run')} not run")
 
 
@@ -310,8 +334,16 @@ def metric_legend(grid: Grid, task: str, metrics: list[str]) -> str:
 
 
 def failed_rows(grid: Grid) -> list[dict[str, str]]:
-    return [{"cell": c["cell_id"], "reason": r["reason"]} for c in grid.cells
-            if (r := grid.results[c["cell_id"]]) and r["status"] == "failed"]
+    """One row per failed phase of each cell (`cell` for records written before phases were recorded)."""
+    rows = []
+    for cell in grid.cells:
+        result = grid.results[cell["cell_id"]]
+        if not result or result["status"] == "ok":
+            continue
+        phases = result.get("phases") or {"cell": {"status": "failed", "reason": result["reason"]}}
+        rows += [{"cell": cell["cell_id"], "phase": name, "reason": state["reason"]}
+                 for name, state in phases.items() if state["status"] != "ok"]
+    return rows
 
 
 def summary_rows(grid: Grid) -> list[dict[str, Any]]:
@@ -324,9 +356,10 @@ def summary_rows(grid: Grid) -> list[dict[str, Any]]:
         if len(grid.spec["models"]) > 1:
             row = {"model": columns["model"], **row}
         for task, primary in primaries.items():
-            values = result["metrics"].get(task, {})
+            values = result.get("metrics", {}).get(task, {})
             if primary:
-                row[f"{task} {primary}"] = with_stderr(values.get(primary), values.get(f"{primary}_stderr"))
+                row[f"{task} {primary}"] = (FAILED if failed_phase(result, "evaluate") else
+                                            with_stderr(values.get(primary), values.get(f"{primary}_stderr")))
             row.update({f"{task} {name}": fmt(values.get(name), 3) for name in SUMMARY_EXTRAS
                         if name != primary and name in values})
         row.update({key: columns[key] for key in ("ppl (token)", "KL vs dense", "top-1 agree", "compressed MiB",
@@ -335,12 +368,16 @@ def summary_rows(grid: Grid) -> list[dict[str, Any]]:
     return rows
 
 
+def summary_table(grid: Grid) -> str:
+    """The summary rows as one markdown table (what a run prints at its end)."""
+    return tabulate(summary_rows(grid), headers="keys", tablefmt="github", disable_numparse=True)
+
+
 def render_markdown(grid: Grid, plots: dict[str, Path] | None = None) -> str:
     lines = [f"# Leaderboard: {grid.spec['name']}", ""]
     lines += [f"- **{label}**: {text}" for label, text in header(grid).items()]
     if len(task_names(grid)) > 1:
-        lines += ["", "## Summary: each task's primary metric", "",
-                  tabulate(summary_rows(grid), headers="keys", tablefmt="github", disable_numparse=True)]
+        lines += ["", "## Summary: each task's primary metric", "", summary_table(grid)]
     for task in task_names(grid):
         rows, primary = task_rows(grid, task)
         metrics = task_metrics(grid, task)
@@ -356,7 +393,7 @@ def render_markdown(grid: Grid, plots: dict[str, Path] | None = None) -> str:
                   f"![measures]({plots['measures'].relative_to(grid.folder).as_posix()})"]
     failed = failed_rows(grid)
     if failed:
-        lines += ["", "## Failed cells", "", tabulate(failed, headers="keys", tablefmt="github")]
+        lines += ["", "## Failed cells and phases", "", tabulate(failed, headers="keys", tablefmt="github")]
     return "\n".join(lines) + "\n"
 
 

@@ -5,8 +5,12 @@ Layout of an output folder:
     OUT/cells/CELL_ID.json    one result per cell, written to a temporary name and renamed into place
     OUT/cells/CELL_ID.running marker of the cell in flight (left behind if the process was killed)
 
-A cell whose file says `"status": "ok"` is never recomputed; a failed cell is retried on the next run unless
-`retry_failed=False`. Killing the process at any moment loses at most the cell in flight.
+A cell runs in phases (prune, load, evaluate, perplexity, latency, size); each records its result or its
+failure reason in `phases`, and a failed phase discards no other phase's result. A cell's `status` is ok (every
+phase ok), partial (some measure ok, some phase failed) or failed (nothing measured). An ok cell is never
+recomputed; a partial or failed one is retried on the next run unless `retry_failed=False`, and only its
+phases that did not end ok run again (prune and load too, from the pruned-model cache, to have the model).
+Killing the process at any moment loses at most the cell in flight.
 
 Pruned models are cached (see cache.py): a dtype sweep or a re-run prunes each model once.
 """
@@ -14,27 +18,28 @@ Pruned models are cached (see cache.py): a dtype sweep or a re-run prunes each m
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import math
 import os
 import socket
 import time
 import traceback
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from ..harness_ext.errors import UserError
-from ..harness_ext.io import write_json_atomic, write_text_atomic
+from ..harness_ext.io import write_json_atomic
 from .cache import PrunedModelCache, model_fingerprint, pruned_checkpoint
-from .spec import Cell, GridSpec, TaskSpec, expand_cells, shard_cells
+from .evaluation import GridTasks, evaluate_cell, flatten_metrics, needs_builtin_tasks, write_samples
+from .spec import Cell, GridSpec, expand_cells, shard_cells
 
 RESULT_FORMAT = "sparse-bench-leaderboard-cell/1"
 GRID_FORMAT = "sparse-bench-leaderboard-grid/1"
 CHARS_PER_TOKEN_CAP = 16  # see cell_perplexity
 RESULT_NEUTRAL_KEYS = ("source", "name", "log_samples")  # spec keys that change no number in a cell
-NOT_METRICS = ("alias", "name", "sample_len", "samples")  # bookkeeping entries of lm-eval's per-task results
 
 
 # --- the output folder -----------------------------------------------------------------------------------
@@ -82,26 +87,6 @@ def _result_relevant(spec_dict: dict[str, Any]) -> dict[str, Any]:
 
 # --- one cell ----------------------------------------------------------------------------------------------
 
-def task_groups(tasks: tuple[TaskSpec, ...]) -> list[tuple[int | float | None, int | None, list[str]]]:
-    """Tasks that share (limit, num_fewshot) run in one `simple_evaluate` call."""
-    groups: dict[tuple, list[str]] = {}
-    for task in tasks:
-        groups.setdefault((task.limit, task.num_fewshot), []).append(task.name)
-    return [(limit, fewshot, names) for (limit, fewshot), names in groups.items()]
-
-
-def flatten_metrics(results: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, bool]]]:
-    """lm-eval's `results` and `higher_is_better` -> {task: {metric: value}} with `metric,none` shortened to
-    `metric` (other filters keep `metric,filter`) and stderr as `metric_stderr`."""
-    metrics: dict[str, dict[str, Any]] = {}
-    for task, values in results.get("results", {}).items():
-        metrics[task] = {key.removesuffix(",none"): value for key, value in values.items()
-                         if key not in NOT_METRICS and isinstance(value, (int, float))}
-    better = {task: {key.removesuffix(",none"): flag for key, flag in flags.items()}
-              for task, flags in results.get("higher_is_better", {}).items()}
-    return metrics, better
-
-
 def nonfinite_flags(metrics: dict[str, dict[str, Any]], *extra: tuple[str, Any]) -> list[str]:
     """One flag per NaN or infinite number (metrics, perplexity, ...): shown in the table, never hidden."""
     flags = [f"{task}/{name} is {value}" for task, values in metrics.items() for name, value in values.items()
@@ -110,52 +95,8 @@ def nonfinite_flags(metrics: dict[str, dict[str, Any]], *extra: tuple[str, Any])
                     if isinstance(value, float) and not math.isfinite(value)]
 
 
-def evaluate_cell(lm: Any, spec: GridSpec, task_manager: Any) -> list[dict[str, Any]]:
-    """All the grid's tasks on one loaded model; one `simple_evaluate` per (limit, num_fewshot) group."""
-    import lm_eval
-
-    evaluations = []
-    for limit, num_fewshot, names in task_groups(spec.tasks):
-        start = time.perf_counter()
-        results = lm_eval.simple_evaluate(
-            model=lm, tasks=names, limit=limit, num_fewshot=num_fewshot, bootstrap_iters=spec.bootstrap_iters,
-            task_manager=task_manager, log_samples=spec.log_samples, random_seed=spec.seed,
-            numpy_random_seed=spec.seed, torch_random_seed=spec.seed, fewshot_random_seed=spec.seed,
-            verbosity="WARNING")
-        if results is None:
-            raise RuntimeError("lm-eval returned no results (not rank 0?)")
-        evaluations.append({"tasks": names, "limit": limit, "num_fewshot": num_fewshot, "results": results,
-                            "seconds": time.perf_counter() - start})
-    return evaluations
-
-
-def needs_builtin_tasks(spec: GridSpec) -> bool:
-    """True if some task of the grid is neither ours nor in include_path, so lm-eval's thousands of built-in
-    task YAML files must be indexed (10-40 s on 2 cores, once per cell)."""
-    from lm_eval.tasks import TaskManager
-
-    own = TaskManager(include_path=spec.include_path, include_defaults=False)
-    return not all(task.name in own.all_tasks for task in spec.tasks)
-
-
-def make_task_manager(spec: GridSpec, model_args: dict[str, Any], builtin_tasks: bool) -> Any:
-    """A TaskManager that hands `model_args` to the tasks as metadata, as `lm_eval --model_args` does (Billsum
-    reads the tokenizer and context length from them)."""
-    from lm_eval.tasks import TaskManager
-
-    return TaskManager(include_path=spec.include_path, include_defaults=builtin_tasks, metadata=dict(model_args))
-
-
 def samples_path(out_dir: Path, cell: Cell) -> Path:
     return Path(out_dir) / "samples" / cell.cell_id
-
-
-def write_samples(folder: Path, evaluations: list[dict[str, Any]]) -> None:
-    """Move lm-eval's per-sample records out of the results into one JSONL file per task."""
-    for evaluation in evaluations:
-        for task, samples in (evaluation["results"].pop("samples", None) or {}).items():
-            lines = "".join(json.dumps(sample, default=str, ensure_ascii=False) + "\n" for sample in samples)
-            write_text_atomic(Path(folder) / f"samples_{task}.jsonl", lines)
 
 
 def wikitext2_test_text() -> str:
@@ -213,64 +154,154 @@ def cell_size(model: Any) -> dict[str, Any]:
     return {"status": "measured", **checkpoint_sizes(model)}
 
 
-@contextmanager
-def timed(timings: dict[str, float], phase: str) -> Iterator[None]:
-    """Add the wall seconds of the block to `timings[phase]`."""
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        timings[phase] = timings.get(phase, 0.0) + time.perf_counter() - start
+@dataclass
+class CellRun:
+    """What the phases of one cell share: the cell, its grid, and the model once prune and load ran."""
+
+    cell: Cell
+    spec: GridSpec
+    resolve: Callable[[str], tuple[str, str]]  # model name -> (path, weights fingerprint)
+    cache: PrunedModelCache
+    tasks: GridTasks
+    samples_dir: Path
+    source: str = ""
+    model_args: dict[str, Any] = field(default_factory=dict)
+    lm: Any = None
 
 
-def run_cell(cell: Cell, spec: GridSpec, model_path: str, fingerprint: str, cache: PrunedModelCache,
-             builtin_tasks: bool, samples_dir: Path) -> dict[str, Any]:
-    """Everything one cell measures, as a JSON-ready dict (status ok). Raises on failure.
+def prune_phase(run: CellRun) -> dict[str, Any]:
+    """The model's path and fingerprint, and for a pruned cell its pruned checkpoint (cached)."""
+    model_path, fingerprint = run.resolve(run.cell.model)
+    result: dict[str, Any] = {"model_path": model_path, "model_fingerprint": fingerprint, "prune": None}
+    run.source = model_path
+    if not run.cell.is_dense:
+        folder, prune_report, cached = pruned_checkpoint(run.cell, run.spec, model_path, fingerprint, run.cache)
+        run.source = str(folder)
+        result.update(prune=prune_report, pruned_checkpoint=str(folder), prune_cached=cached)
+    return result
 
-    `timings` holds the wall seconds of each phase: prune (pruning, saving and the cache lookup), load,
-    evaluate (all lm-eval calls), agreement_reference (building the dense reference when no cell did yet),
-    perplexity (with KL / top-1 agreement in the same forward), latency, size. Per-sample outputs (spec `log_samples`) go to
-    `samples_dir/samples_TASK.jsonl`, lm-eval's own format (for `sparse-bench compare-samples`)."""
+
+def load_phase(run: CellRun) -> dict[str, Any]:
+    """Load the (pruned) checkpoint through `sparse-hf` in the cell's dtype; its measured sparsity."""
     from lm_eval.api.registry import get_model
 
+    run.model_args = {"pretrained": run.source, "dtype": run.cell.dtype}
+    run.lm = get_model("sparse-hf").create_from_arg_obj(
+        run.model_args, {"batch_size": run.spec.batch_size, "device": run.spec.device})
+    return {"sparsity": run.lm.sparsity_report.to_dict()}
+
+
+def evaluate_phase(run: CellRun) -> dict[str, Any]:
+    """Every task through lm-eval; per-sample outputs to `samples_dir`; metrics flattened per task."""
+    evaluations = evaluate_cell(run.lm, run.spec, *run.tasks.for_model(run.resolve(run.cell.model)[0]))
+    write_samples(run.samples_dir, evaluations)
+    metrics: dict[str, Any] = {}
+    better: dict[str, Any] = {}
+    for evaluation in evaluations:
+        task_metrics, task_better = flatten_metrics(evaluation["results"])
+        metrics.update(task_metrics)
+        better.update(task_better)
+    return {"evaluations": evaluations, "metrics": metrics, "higher_is_better": better}
+
+
+def perplexity_phase(run: CellRun) -> dict[str, Any]:
+    """Perplexity and, in the same forward, KL / top-1 agreement with the dense model (agreement.py; building
+    the dense reference first when no cell has yet)."""
     from .agreement import cell_agreement
+
+    agreement = cell_agreement(run.cell, run.spec, *run.resolve(run.cell.model), run.cache.root)
+    return {"perplexity": cell_perplexity(run.lm, run.spec, agreement),
+            "agreement": None if agreement is None else agreement.finish()}
+
+
+def latency_phase(run: CellRun) -> dict[str, Any]:
     from .measure import measure_latency
 
-    timings: dict[str, float] = {}
-    record: dict[str, Any] = {"model_path": model_path, "model_fingerprint": fingerprint, "prune": None,
-                              "timings": timings}
-    source = model_path
-    if not cell.is_dense:
-        with timed(timings, "prune"):
-            folder, prune_report, cached = pruned_checkpoint(cell, spec, model_path, fingerprint, cache)
-        source = str(folder)
-        record.update(prune=prune_report, pruned_checkpoint=source, prune_cached=cached)
-    model_args = {"pretrained": source, "dtype": cell.dtype}
-    with timed(timings, "load"):
-        lm = get_model("sparse-hf").create_from_arg_obj(
-            model_args, {"batch_size": spec.batch_size, "device": spec.device})
-    record["sparsity"] = lm.sparsity_report.to_dict()
-    with timed(timings, "evaluate"):
-        record["evaluations"] = evaluate_cell(lm, spec, make_task_manager(spec, model_args, builtin_tasks))
-    write_samples(samples_dir, record["evaluations"])
-    record["metrics"], record["higher_is_better"] = {}, {}
-    for evaluation in record["evaluations"]:
-        metrics, better = flatten_metrics(evaluation["results"])
-        record["metrics"].update(metrics)
-        record["higher_is_better"].update(better)
-    with timed(timings, "agreement_reference"):  # only when the dense reference is not cached yet
-        agreement = cell_agreement(cell, spec, model_path, fingerprint, cache.root)
-    with timed(timings, "perplexity"):
-        record["perplexity"] = cell_perplexity(lm, spec, agreement)
-        record["agreement"] = None if agreement is None else agreement.finish()
-    latency = spec.latency
-    with timed(timings, "latency"):
-        record["latency"] = None if latency is None else measure_latency(
-            lm.model, latency.batch, latency.seqlen, latency.new_tokens, latency.repeats, spec.seed)
-    with timed(timings, "size"):
-        record["size"] = cell_size(lm.model)
-    ppl = (record["perplexity"] or {}).get("perplexity")
-    record["flags"] = nonfinite_flags(record["metrics"], ("perplexity", ppl))
+    latency = run.spec.latency
+    return {"latency": None if latency is None else measure_latency(
+        run.lm.model, latency.batch, latency.seqlen, latency.new_tokens, latency.repeats, run.spec.seed)}
+
+
+def size_phase(run: CellRun) -> dict[str, Any]:
+    return {"size": cell_size(run.lm.model)}
+
+
+PREREQUISITES: dict[str, Callable[[CellRun], dict[str, Any]]] = {"prune": prune_phase, "load": load_phase}
+MEASURES: dict[str, Callable[[CellRun], dict[str, Any]]] = {  # each needs only the loaded model
+    "evaluate": evaluate_phase, "perplexity": perplexity_phase, "latency": latency_phase, "size": size_phase}
+PHASES = (*PREREQUISITES, *MEASURES)
+PHASE_KEYS = {  # the record keys each phase fills
+    "prune": ("model_path", "model_fingerprint", "prune", "pruned_checkpoint", "prune_cached"),
+    "load": ("sparsity",), "evaluate": ("evaluations", "metrics", "higher_is_better"),
+    "perplexity": ("perplexity", "agreement"), "latency": ("latency",), "size": ("size",)}
+
+
+def finished_phases(previous: dict[str, Any] | None) -> dict[str, Any]:
+    """The part of an earlier record of the cell that a re-run keeps: every phase that ended ok, with the
+    keys it filled and its timing. Records written before phases were recorded keep nothing."""
+    kept: dict[str, Any] = {"phases": {}, "timings": {}}
+    for name, state in ((previous or {}).get("phases") or {}).items():
+        if name in PHASE_KEYS and state.get("status") == "ok":
+            kept["phases"][name] = state
+            kept["timings"][name] = previous.get("timings", {}).get(name, state.get("seconds"))
+            kept.update({key: previous[key] for key in PHASE_KEYS[name] if key in previous})
+    return kept
+
+
+def run_phase(record: dict[str, Any], name: str, work: Callable[[], dict[str, Any]]) -> bool:
+    """Run one phase: the keys `work()` returns go into `record`, its status (ok, or failed with a one-line
+    reason and the traceback) into `record["phases"][name]`, its wall seconds into `record["timings"]`."""
+    start = time.perf_counter()
+    try:
+        record.update(work())
+        state: dict[str, Any] = {"status": "ok", "reason": None}
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as error:  # noqa: BLE001 - a failed phase is recorded and the cell goes on
+        state = {"status": "failed", "reason": failure_reason(error), "traceback": traceback.format_exc()}
+    seconds = time.perf_counter() - start
+    record["timings"][name] = seconds
+    record["phases"][name] = {**state, "seconds": seconds}
+    return state["status"] == "ok"
+
+
+def cell_status(phases: dict[str, dict[str, Any]]) -> tuple[str, str | None]:
+    """(status, reason): ok when every phase is ok; partial when some measure is ok and some phase failed;
+    failed when nothing was measured. The reason names each failed phase (`perplexity: ...; latency: ...`)."""
+    failed = [f"{name}: {phases[name]['reason']}" for name in PHASES
+              if name in phases and phases[name]["status"] != "ok"]
+    if not failed:
+        return "ok", None
+    measured = any(phases.get(name, {}).get("status") == "ok" for name in MEASURES)
+    return ("partial" if measured else "failed"), "; ".join(failed)
+
+
+def run_cell(run: CellRun, previous: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run the phases of one cell that `previous` (its earlier record, if any) did not finish; returns the
+    record's measured part: `status`, `reason`, `phases` ({name: {status, reason, seconds}}), `timings`,
+    each phase's keys (PHASE_KEYS) and `flags`.
+
+    prune (model resolution, fingerprint, pruning or the cache lookup) and load run whenever a measure is to
+    run (a re-run keeps their earlier result when they ended ok), then each measure not finished before. A
+    failed measure never discards another's result; a failed prune or load marks the measures it kept from
+    running as failed ("not run: ..."), to be retried."""
+    record = finished_phases(previous)
+    todo = [name for name in MEASURES if name not in record["phases"]]
+    for name, work in PREREQUISITES.items():
+        kept = name in record["phases"]  # ran ok before: run again for the model, keep the recorded result
+        target = {"phases": {}, "timings": {}} if kept else record
+        if not run_phase(target, name, lambda work=work: work(run)):
+            record["phases"][name] = target["phases"][name]
+            for later in todo:
+                record["phases"][later] = {"status": "failed", "reason": f"not run: the {name} phase failed",
+                                           "seconds": 0.0}
+            todo = []
+            break
+    for name in todo:
+        run_phase(record, name, lambda name=name: MEASURES[name](run))
+    record["status"], record["reason"] = cell_status(record["phases"])
+    ppl = (record.get("perplexity") or {}).get("perplexity")
+    record["flags"] = nonfinite_flags(record.get("metrics", {}), ("perplexity", ppl))
     return record
 
 
@@ -299,10 +330,12 @@ def failure_reason(error: BaseException) -> str:
 
 @dataclass
 class GridSummary:
-    """What a run did, per cell id: done (already there), ok, failed."""
+    """What a run did, per cell id: done (already there), ok, partial (some phase failed, the others' results
+    kept), failed (nothing measured)."""
 
     done: list[str] = field(default_factory=list)
     ok: list[str] = field(default_factory=list)
+    partial: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     interrupted_before: list[str] = field(default_factory=list)
 
@@ -329,10 +362,10 @@ def run_grid(spec: GridSpec, out_dir: Path, shard: tuple[int, int] = (0, 1), cac
     summary, todo = GridSummary(), []
     for cell in cells:
         existing = read_result(result_path(out_dir, cell))
-        if existing and (existing["status"] == "ok" or (existing["status"] == "failed" and not retry_failed)):
+        if existing and (existing["status"] == "ok" or not retry_failed):
             summary.done.append(cell.cell_id)
         else:
-            todo.append(cell)
+            todo.append((cell, existing))
     say = tqdm.write if progress else (lambda text: None)
     say(f"grid {spec.name}: {len(all_cells)} cells, shard {shard[0]}/{shard[1]}: {len(cells)} cells, "
         f"{len(summary.done)} already done, {len(todo)} to run; results in {out_dir}")
@@ -340,11 +373,11 @@ def run_grid(spec: GridSpec, out_dir: Path, shard: tuple[int, int] = (0, 1), cac
         return summary
     register_with_lm_eval()
     quiet_library_progress_bars()
-    builtin_tasks = needs_builtin_tasks(spec)
-    models: dict[str, tuple[str, str]] = {}
+    tasks = GridTasks(spec, needs_builtin_tasks(spec))
+    resolve = functools.cache(lambda model: (path := resolve_model_path(model), model_fingerprint(path)))
     env = environment()
     bar = tqdm(todo, desc=f"grid {spec.name}", unit="cell", disable=not progress)
-    for cell in bar:
+    for cell, previous in bar:
         bar.set_postfix_str(cell_label(cell))
         marker = result_path(out_dir, cell).with_suffix(".running")
         if marker.exists():
@@ -352,24 +385,15 @@ def run_grid(spec: GridSpec, out_dir: Path, shard: tuple[int, int] = (0, 1), cac
             say(f"{cell_label(cell)}: a previous run stopped inside this cell (killed or out of memory?); "
                 "running it again")
         write_json_atomic(marker, {"pid": os.getpid(), "host": socket.gethostname(), "started": _now()})
-        started, start = _now(), time.perf_counter()
+        start = time.perf_counter()
         record: dict[str, Any] = {"format": RESULT_FORMAT, "cell_id": cell.cell_id, "cell": cell.describe(),
-                                  "started": started, "environment": env}
-        try:
-            if cell.model not in models:
-                path = resolve_model_path(cell.model)
-                models[cell.model] = (path, model_fingerprint(path))
-            record.update(status="ok", reason=None,
-                          **run_cell(cell, spec, *models[cell.model], cache, builtin_tasks,
-                                     samples_path(out_dir, cell)))
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except Exception as error:  # noqa: BLE001 - a failed cell is recorded and the grid goes on
-            record.update(status="failed", reason=failure_reason(error), traceback=traceback.format_exc())
+                                  "started": _now(), "environment": env}
+        record.update(run_cell(CellRun(cell, spec, resolve, cache, tasks, samples_path(out_dir, cell)),
+                               previous))
         record["seconds"] = time.perf_counter() - start
         write_json_atomic(result_path(out_dir, cell), record)
         marker.unlink(missing_ok=True)
-        (summary.ok if record["status"] == "ok" else summary.failed).append(cell.cell_id)
+        getattr(summary, record["status"]).append(cell.cell_id)
         say(f"{cell_label(cell)}: {record['status']} in {record['seconds']:.0f} s"
             + (f" - {record['reason']}" if record["reason"] else "")
             + (f" - FLAGGED: {'; '.join(record['flags'])}" if record.get("flags") else ""))
@@ -390,4 +414,4 @@ def _now() -> str:
 
 
 __all__ = ["RESULT_FORMAT", "GridSummary", "PrunedModelCache", "run_grid", "run_cell", "read_result",
-           "result_path", "cells_dir", "model_fingerprint", "task_groups", "flatten_metrics", "cell_label"]
+           "result_path", "cells_dir", "model_fingerprint", "cell_label"]

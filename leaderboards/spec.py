@@ -18,11 +18,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ..harness_ext.errors import UserError
-from ..harness_ext.pruning.plan import (METHODS, UNSTRUCTURED, CalibrationConfig, PruningPlan, parse_structure,
-                                        plan_from_arguments)
+from ..harness_ext.pruning.plan import (
+    METHODS,
+    UNSTRUCTURED,
+    CalibrationConfig,
+    PruningPlan,
+    parse_structure,
+    plan_from_arguments,
+)
+from ..harness_ext.recipes.yaml_loader import load_yaml
 
 DTYPES = ("float32", "float16", "bfloat16")
 DENSE = "dense"
@@ -208,17 +213,14 @@ class _Fields:
 
 
 def load_spec(path: str | Path) -> GridSpec:
-    """Read and validate a grid spec YAML file (relative paths inside it are relative to the file)."""
+    """Read and validate a grid spec YAML file (relative paths inside it are relative to the file).
+
+    The recipes' YAML loader reads it: YAML 1.2 numbers (an unquoted 2:4 stays "2:4"), duplicate keys refused,
+    the alias budget (an alias bomb is refused in milliseconds), errors naming the file and line."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"grid spec {path} not found; give the path of a YAML file (see docs/leaderboard.md)")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        line = f" line {mark.line + 1}" if mark else ""
-        raise UserError(f"{path}:{line} is not valid YAML: {getattr(error, 'problem', error)}; fix the "
-                        "file there") from None
+    data, _ = load_yaml(path, kind="grid spec")
     return parse_spec(data, source=str(path), base_dir=path.parent)
 
 
@@ -289,7 +291,7 @@ def _sparsity(fields: _Fields, index: int, value: Any) -> float:
 
 
 def _structure(fields: _Fields, index: int, value: Any) -> str:
-    if isinstance(value, int):  # YAML 1.1 reads an unquoted 2:4 as the base-60 integer 124
+    if isinstance(value, int):  # YAML 1.1 (e.g. yaml.safe_load) reads an unquoted 2:4 as the integer 124
         fields.fail(f"structures[{index}]", f"got the number {value}; quote N:M structures, e.g. \"2:4\"")
     try:
         structure = parse_structure(str(value))
@@ -310,6 +312,10 @@ def _method(fields: _Fields, index: int, value: Any, base_dir: Path) -> MethodSp
         recipe_path = (base_dir / str(recipe)).resolve()
         if not recipe_path.is_file():
             entry.fail("recipe", f"recipe file {recipe_path} not found")
+        try:  # a bad recipe is reported now, before any model loads
+            plan_from_arguments(recipe=str(recipe_path))
+        except UserError as error:
+            entry.fail("recipe", str(error))
         digest = hashlib.sha256(recipe_path.read_bytes()).hexdigest()
         return MethodSpec(recipe=str(recipe_path), recipe_sha256=digest)
     method = _choice(entry, "method", entry.get("method", required=True), METHODS)

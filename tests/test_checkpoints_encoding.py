@@ -9,10 +9,21 @@ import numpy as np
 import pytest
 import torch
 
-from sparse_bench.harness_ext.checkpoints.container import (WEIGHTS_NAME, predicted_file_bytes, read_compressed,
-                                                             write_compressed)
-from sparse_bench.harness_ext.checkpoints.encoding import (candidate_encodings, choose_encoding, decode, encode,
-                                                            mask_bound_bits, mask_stats, nonzero_mask)
+from sparse_bench.harness_ext.checkpoints.container import (
+    WEIGHTS_NAME,
+    predicted_file_bytes,
+    read_compressed,
+    write_compressed,
+)
+from sparse_bench.harness_ext.checkpoints.encoding import (
+    candidate_encodings,
+    choose_encoding,
+    decode,
+    encode,
+    mask_bound_bits,
+    mask_stats,
+    nonzero_mask,
+)
 from sparse_bench.harness_ext.errors import UserError
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)

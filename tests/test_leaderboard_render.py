@@ -148,3 +148,27 @@ def test_agreement_columns_error_reports_and_measures_plot(grid_dir):
     assert len(reports) == 3 and gen_table.count("[report](reports/") == 3
     assert "| dense " in gen_table and "errors" in gen_table.splitlines()[4]
     assert "### doc 0: rouge1 A 0.500" in reports[0].read_text(encoding="utf-8")
+
+
+def test_partial_cell_renders_what_exists_and_marks_failed_phases(grid_dir):
+    """A cell whose evaluate and latency phases failed: its size and perplexity still show, the failed
+    phases are marked in place and listed with their reasons; older records (no `phases`) render as before."""
+    grid = load_grid(grid_dir)
+    wanda = next(c for c in expand_cells(parse_spec(SPEC)) if (c.method_label, c.structure) == ("wanda", "2:4"))
+    record = {key: value for key, value in fake_record(wanda, 1.2, 0.6).items()
+              if key not in ("metrics", "higher_is_better", "evaluations", "latency")}
+    record.update(status="partial", reason="evaluate: boom; latency: out of memory", perplexity={"perplexity": 41.5},
+                  phases={"prune": {"status": "ok"}, "load": {"status": "ok"},
+                          "evaluate": {"status": "failed", "reason": "RuntimeError: boom"},
+                          "perplexity": {"status": "ok"}, "size": {"status": "ok"},
+                          "latency": {"status": "failed", "reason": "out of memory: CUDA"}})
+    write_json_atomic(result_path(grid_dir, wanda), record)
+    text, _ = render(grid_dir, "md")
+    assert "4 of 5 finished, 1 with a failed phase (shown, marked `failed (!)`), 0 failed, 0 not run" in text
+    summary = text.split("## Summary")[1].split("## loglik")[0]
+    row = next(line for line in summary.splitlines() if "2:4" in line and "wanda" in line)
+    assert row.count("failed (!)") == 3 and "41.5" in row and "2.0" in row  # 2 tasks + ms/forward; ppl, size
+    failures = text.split("## Failed cells and phases")[1]
+    assert "| evaluate |" in failures and "RuntimeError: boom" in failures and "out of memory: CUDA" in failures
+    assert len(task_rows(load_grid(grid_dir), "mc")[0]) == len(task_rows(grid, "mc")[0])  # no metrics: no row
+    assert make_plots(load_grid(grid_dir))  # the plots skip what the cell lacks

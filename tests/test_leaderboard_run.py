@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tiny_tasks import TASK_NAME, write_tiny_choice_task
 
 from sparse_bench.leaderboards.render import load_grid, render, task_rows
 from sparse_bench.leaderboards.runner import read_result, result_path, run_grid
 from sparse_bench.leaderboards.spec import expand_cells, load_spec
-from tiny_tasks import TASK_NAME, write_tiny_choice_task
 
 SECOND_TASK = f"{TASK_NAME}_b"
 
@@ -76,7 +76,10 @@ def test_two_by_two_grid_end_to_end(finished_grid, tiny_spec):
         assert set(record["metrics"]) == {TASK_NAME, SECOND_TASK}
         metrics = record["metrics"][TASK_NAME]
         assert 0.0 <= metrics["acc"] <= 1.0 and "acc_stderr" in metrics
-        assert [e["limit"] for e in record["evaluations"]] == [8, 4]
+        # one lm-eval call for both tasks, each limited to its own first documents
+        assert [e["limits"] for e in record["evaluations"]] == [{TASK_NAME: 8, SECOND_TASK: 4}]
+        second = (out_dir / "samples" / cell.cell_id / f"samples_{SECOND_TASK}.jsonl").read_text().splitlines()
+        assert [json.loads(line)["doc_id"] for line in second] == list(range(4))
         assert record["perplexity"]["tokens"] == 256 and record["perplexity"]["perplexity"] > 1
         assert record["latency"]["forward_ms"] > 0 and record["latency"]["torch_threads"] >= 1
         assert record["size"]["compressed_bytes"] > 0
@@ -162,3 +165,75 @@ def test_killed_run_resumes_to_the_same_table(finished_grid, tiny_spec, tmp_path
     assert len(summary.ok) == 5 - len(files) and summary.failed == []
     assert all((out_dir / "cells" / name).read_bytes() == content for name, content in files.items())
     assert quality_table(out_dir) == quality_table(finished_grid[0])
+
+
+def test_failed_perplexity_keeps_evaluation_and_a_rerun_fills_only_that_column(tiny_spec, tiny_llama, tmp_path,
+                                                                               monkeypatch):
+    """Offline without the perplexity data: every cell keeps its lm-eval results and marks perplexity failed
+    with its reason; a later run with the data runs only the perplexity phase."""
+    spec_path = write_spec(tmp_path / "grid.yaml", [str(tiny_llama)], Path(load_spec(tiny_spec).include_path),
+                           methods=["magnitude"], sparsities=[0.5], tasks=[{"name": TASK_NAME, "limit": 4}],
+                           latency=None, log_samples=False)
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    data_dir = os.environ.pop("SPARSE_BENCH_DATA_DIR")
+    monkeypatch.setattr("datasets.load_dataset", _offline_hub(__import__("datasets").load_dataset))
+    try:
+        summary = run_grid(load_spec(spec_path), out, cache_root=cache, progress=False)
+    finally:
+        os.environ["SPARSE_BENCH_DATA_DIR"] = data_dir
+    monkeypatch.undo()
+    assert len(summary.partial) == 2 and summary.ok == summary.failed == []
+    first = {p.name: json.loads(p.read_text()) for p in (out / "cells").glob("*.json")}
+    for record in first.values():
+        assert record["status"] == "partial" and 0 <= record["metrics"][TASK_NAME]["acc"] <= 1
+        assert record["phases"]["perplexity"]["status"] == "failed" and "perplexity" not in record
+        assert "cannot load WikiText-2" in record["phases"]["perplexity"]["reason"]
+        assert record["reason"].startswith("perplexity: cannot load WikiText-2")
+        assert all(record["phases"][p]["status"] == "ok" for p in ("prune", "load", "evaluate", "latency", "size"))
+    text, _ = render(out, "md")
+    assert "2 with a failed phase" in text and "failed (!)" in text and "| perplexity |" in text
+    assert [row["acc"] != "-" for row in task_rows(load_grid(out), TASK_NAME)[0]] == [True, True]
+
+    timed_phases = []
+    monkeypatch.setattr("sparse_bench.leaderboards.runner.run_phase", _recording(timed_phases))
+    summary = run_grid(load_spec(spec_path), out, cache_root=cache, progress=False)
+    assert len(summary.ok) == 2 and summary.partial == []
+    assert timed_phases == ["prune", "load", "perplexity"] * 2  # the pruned model comes from the cache
+    for name, record in ((p.name, json.loads(p.read_text())) for p in (out / "cells").glob("*.json")):
+        assert record["status"] == "ok" and record["perplexity"]["perplexity"] > 1
+        for key in ("evaluations", "metrics", "size", "sparsity"):
+            assert record[key] == first[name][key], key
+    text, _ = render(out, "md")
+    assert "2 of 2 finished" in text and "failed (!)" not in text
+
+
+def _offline_hub(load_dataset):
+    """datasets.load_dataset as it behaves offline with an empty cache: local files load, hub ids fail."""
+    def offline(path, *args, **kwargs):
+        if "/" in str(path) and not Path(path).exists():
+            raise ConnectionError(f"Couldn't reach '{path}' on the Hub (LocalEntryNotFoundError)")
+        return load_dataset(path, *args, **kwargs)
+
+    return offline
+
+
+def _recording(names: list[str]):
+    """runner.run_phase that also notes the name of each phase it runs."""
+    from sparse_bench.leaderboards import runner
+
+    original = runner.run_phase
+
+    def run_phase(record, name, work):
+        names.append(name)
+        return original(record, name, work)
+
+    return run_phase
+
+
+def test_document_indices_follow_lm_evals_limit():
+    from sparse_bench.leaderboards.evaluation import document_indices
+
+    assert document_indices(None, 10) is None
+    assert document_indices(3, 10) == [0, 1, 2]
+    assert document_indices(50, 10) == list(range(10))  # more than there are: all of them
+    assert document_indices(0.25, 10) == [0, 1, 2]  # a fraction rounds up, as lm-eval's limit does

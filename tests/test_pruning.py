@@ -14,8 +14,14 @@ from sparse_bench.harness_ext.errors import UserError
 from sparse_bench.harness_ext.pruning.engine import prune
 from sparse_bench.harness_ext.pruning.magnitude import magnitude_mask
 from sparse_bench.harness_ext.pruning.masks import prune_count
-from sparse_bench.harness_ext.pruning.plan import (CalibrationConfig, NMStructure, OwlConfig, PruneStep,
-                                                   PruningPlan, shortcut_plan)
+from sparse_bench.harness_ext.pruning.plan import (
+    CalibrationConfig,
+    NMStructure,
+    OwlConfig,
+    PruneStep,
+    PruningPlan,
+    shortcut_plan,
+)
 from sparse_bench.harness_ext.pruning.sparsegpt import inverse_hessian_factor, sparsegpt_prune
 from sparse_bench.harness_ext.pruning.targets import find_target_layers, weight_matrix
 from sparse_bench.harness_ext.pruning.wanda import wanda_mask

@@ -11,8 +11,13 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from sparse_bench.harness_ext.errors import UserError
-from sparse_bench.harness_ext.pruning.calibration import (BlockInputs, BlockStep, Stopwatch, default_batch_size,
-                                                          layer_sequential)
+from sparse_bench.harness_ext.pruning.calibration import (
+    BlockInputs,
+    BlockStep,
+    Stopwatch,
+    default_batch_size,
+    layer_sequential,
+)
 from sparse_bench.harness_ext.pruning.calibration_data import calibration_tokens
 from sparse_bench.harness_ext.pruning.engine import prune
 from sparse_bench.harness_ext.pruning.plan import CalibrationConfig, shortcut_plan

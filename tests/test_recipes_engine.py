@@ -49,7 +49,6 @@ def test_recipe_end_to_end_through_lm_eval(tiny_llama, tmp_path, data_dir):
     register_with_lm_eval()
     import lm_eval
     from lm_eval.tasks import TaskManager
-
     from tiny_tasks import TASK_NAME, write_tiny_choice_task
 
     manager = TaskManager(include_path=str(write_tiny_choice_task(tmp_path / "tasks")))

@@ -12,9 +12,9 @@ register_with_lm_eval()
 
 import lm_eval  # noqa: E402
 from lm_eval.tasks import TaskManager  # noqa: E402
+from tiny_tasks import TASK_NAME, write_tiny_choice_task  # noqa: E402
 
 from sparse_bench.model_wrappers.sparse_hf import SparseHFLM  # noqa: E402
-from tiny_tasks import TASK_NAME, write_tiny_choice_task  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,6 @@ import torch
 from ..errors import UserError
 
 CHUNK_ELEMENTS = 1 << 22  # 4 Mi weights per chunk: ~16 MiB as float32, whatever the stored dtype
-COMPRESSED_TENSORS_SUFFIXES = (".bitmask", ".compressed", ".row_offsets", ".weight_packed")
 SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
                       "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
 
@@ -170,6 +169,8 @@ def _definition_groups(config) -> tuple[list[list[str]], set[str], str | None]:
 
 def _safetensors_entries(file: Path, stack: contextlib.ExitStack, source: WeightSource) -> Iterator[TensorEntry]:
     from safetensors import safe_open
+
+    from ..checkpoints.ct_bitmask import COMPRESSED_TENSORS_SUFFIXES
 
     try:
         handle = stack.enter_context(safe_open(str(file), framework="pt"))

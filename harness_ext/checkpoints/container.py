@@ -95,6 +95,19 @@ def _part_shapes(tensor: torch.Tensor, encoding: Encoding) -> dict[str, tuple[to
             "rest": (torch.uint8, [rest], rest)}
 
 
+def read_safetensors(files: list[Path]) -> dict[str, torch.Tensor]:
+    """Every tensor of the given .safetensors files, by name; UserError naming a truncated or damaged file."""
+    tensors: dict[str, torch.Tensor] = {}
+    for path in files:
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                for key in handle.keys():
+                    tensors[key] = handle.get_tensor(key)
+        except (SafetensorError, OSError) as error:
+            raise UserError(f"cannot read {path}: {error}; the file is truncated or damaged") from error
+    return tensors
+
+
 def read_compressed(path: Path) -> dict[str, torch.Tensor]:
     """Decode every tensor in `path` (aliases included); UserError on a truncated or altered file."""
     try:

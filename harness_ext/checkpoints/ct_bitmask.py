@@ -18,13 +18,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import SafetensorError, safe_open
 
 from ..errors import UserError
+from .container import read_safetensors
 from .encoding import from_int_view, int_view
 
 SPARSE_FORMATS = ("sparse-bitmask", "sparse-24-bitmask")
 _PARTS = ("shape", "compressed", "bitmask", "row_offsets")
+# names of the packed arrays compressed-tensors checkpoints hold instead of a layer's `.weight`
+COMPRESSED_TENSORS_SUFFIXES = (".bitmask", ".compressed", ".row_offsets", ".weight_packed", ".shape")
 
 
 def sparsity_format(directory: Path) -> str | None:
@@ -58,18 +60,11 @@ def config_sparsity_format(config: dict, source: str) -> str | None:
 
 def read_sparse_bitmask(directory: Path) -> dict[str, torch.Tensor]:
     """The dense state dict of a compressed-tensors sparse checkpoint in `directory`, decoded exactly."""
-    arrays: dict[str, torch.Tensor] = {}
     files = sorted(Path(directory).glob("*.safetensors"))
     if not files:
         raise UserError(f"{directory} names a compressed-tensors sparse format but holds no .safetensors files; copy the "
                         "weight files into it or point at the complete checkpoint")
-    try:
-        for path in files:
-            with safe_open(str(path), framework="pt") as handle:
-                for key in handle.keys():
-                    arrays[key] = handle.get_tensor(key)
-    except (SafetensorError, OSError) as error:
-        raise UserError(f"cannot read {path}: {error}; the file is truncated or damaged") from error
+    arrays = read_safetensors(files)
     state: dict[str, torch.Tensor] = {}
     prefixes = {key[: -len(".bitmask")] for key in arrays if key.endswith(".bitmask")}
     for prefix in sorted(prefixes):

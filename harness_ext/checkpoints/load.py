@@ -19,12 +19,11 @@ from safetensors import SafetensorError
 
 from ..errors import UserError
 from .container import WEIGHTS_NAME, dtype_name, read_compressed
-from .ct_bitmask import config_sparsity_format, read_sparse_bitmask, sparsity_format
+from .ct_bitmask import COMPRESSED_TENSORS_SUFFIXES, config_sparsity_format, read_sparse_bitmask, sparsity_format
 from .encoding import int_view
 from .record import RECORD_NAME, read_record, verify_files
 
 _SHOWN = 4  # tensor names quoted per kind in an error message
-_COMPRESSED_TENSORS_SUFFIXES = (".bitmask", ".compressed", ".row_offsets", ".weight_packed", ".shape")
 
 
 def load_checkpoint(auto_class, path: str | os.PathLike, *, verify: bool = True, **from_pretrained_kwargs):
@@ -140,7 +139,7 @@ def _refuse_incomplete(source: str, info: dict) -> None:
     if not problems:
         return
     hint = "the checkpoint is incomplete or of another architecture; re-save it with sparse-bench"
-    if any(name.endswith(_COMPRESSED_TENSORS_SUFFIXES) for name in unexpected):
+    if any(name.endswith(COMPRESSED_TENSORS_SUFFIXES) for name in unexpected):
         hint = ("it holds compressed-tensors (llm-compressor) arrays but its config.json names no sparse format "
                 "sparse-bench decodes; save it dense with llm-compressor")
     raise UserError(f"refusing to load {source}: {'; '.join(problems)}; {hint}")

@@ -9,12 +9,12 @@ measured sparsity), `sizes` the figures of `checkpoint_sizes`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from ..io import sha256_file
 
 RECORD_NAME = "sparse_bench_checkpoint.json"
 RECORD_VERSION = 1
@@ -23,11 +23,7 @@ SAVE_FORMATS = ("dense", "compressed")
 
 def file_digest(path: Path) -> dict[str, Any]:
     """{"bytes": size, "sha256": hex digest} of one file, read in 16 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 24):
-            digest.update(chunk)
-    return {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+    return {"bytes": path.stat().st_size, "sha256": sha256_file(path).hexdigest()}
 
 
 def read_record(directory: Path) -> dict | None:

@@ -17,10 +17,9 @@ from collections import Counter
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 
 from ..errors import UserError
-from .container import WEIGHTS_NAME, dtype_name, predicted_file_bytes, read_compressed
+from .container import WEIGHTS_NAME, dtype_name, predicted_file_bytes, read_compressed, read_safetensors
 from .ct_bitmask import read_sparse_bitmask, sparsity_format
 from .encoding import MaskStats, choose_encoding, is_encodable, mask_bound_bits, mask_stats, nonzero_mask
 from .record import read_record
@@ -102,12 +101,7 @@ def _dense_state(directory: Path) -> dict[str, torch.Tensor]:
     files = sorted(directory.glob("*.safetensors"))
     if not files:
         raise UserError(f"{directory} holds no .safetensors weights; sizes need a safetensors checkpoint")
-    state = {}
-    for path in files:
-        with safe_open(str(path), framework="pt") as handle:
-            for key in handle.keys():
-                state[key] = handle.get_tensor(key)
-    return state
+    return read_safetensors(files)
 
 
 def checkpoint_sizes(path_or_model) -> dict:

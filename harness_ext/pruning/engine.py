@@ -19,13 +19,13 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from ..memory import peak_rss_bytes
 from .calibration import BlockStep, InputStatistics, Stopwatch, default_batch_size, layer_sequential
 from .calibration_data import calibration_tokens
 from .magnitude import magnitude_mask, prune_global_magnitude
 from .masks import check_nm_shape, prune_count
 from .owl import outlier_ratio, owl_sparsities
 from .plan import CalibrationConfig, PruneStep, PruningPlan, matches_any
-from ..memory import peak_rss_bytes
 from .report import LayerSparsity, PruneReport, count_parameters, layer_sparsity
 from .sparsegpt import sparsegpt_prune
 from .targets import find_target_layers, weight_matrix

@@ -142,17 +142,20 @@ def resolve_variables(definitions: Mapping[str, Any], outer: Mapping[str, Any],
 
 
 def all_expressions(value: Any) -> Iterable[str]:
-    """Every eval() expression nested anywhere in a parsed YAML value."""
-    if isinstance(value, dict):
-        for item in value.values():
-            yield from all_expressions(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from all_expressions(item)
-    elif hasattr(value, "args") and isinstance(getattr(value, "args"), dict):
-        yield from all_expressions(value.args)
-    elif eval_expression(value) is not None:
-        yield eval_expression(value)
+    """Every eval() expression nested anywhere in a parsed YAML value, in document order. A container that
+    YAML aliases share is visited once, so the walk is linear in the file's size (not in the expanded tree)."""
+    seen: set[int] = set()
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if hasattr(item, "args") and isinstance(getattr(item, "args"), dict):
+            item = item.args
+        if isinstance(item, (dict, list)):
+            if id(item) not in seen:
+                seen.add(id(item))
+                stack.extend(reversed(list(item.values() if isinstance(item, dict) else item)))
+        elif eval_expression(item) is not None:
+            yield eval_expression(item)
 
 
 __all__ = ["UNDEFINED_HINT", "UndefinedVariable", "BadExpression", "eval_expression", "evaluate", "referenced_names",

@@ -19,8 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from ..pruning.plan import (DEFAULT_IGNORE, NMStructure, OwlConfig, PruneStep, compile_pattern, parse_structure,
-                            validate_sparsity)
+from ..pruning.plan import (
+    DEFAULT_IGNORE,
+    NMStructure,
+    OwlConfig,
+    PruneStep,
+    compile_pattern,
+    parse_structure,
+    validate_sparsity,
+)
 from .fields import MODIFIERS, ModifierSpec, close_match, modifier_spec
 from .stages import ModifierEntry
 from .yaml_loader import YamlMap, recipe_error

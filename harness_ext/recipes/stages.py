@@ -18,8 +18,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from .expressions import (UNDEFINED_HINT, BadExpression, UndefinedVariable, all_expressions, eval_expression,
-                          evaluate, referenced_names, resolve_variables)
+from .expressions import (
+    UNDEFINED_HINT,
+    BadExpression,
+    UndefinedVariable,
+    all_expressions,
+    eval_expression,
+    evaluate,
+    referenced_names,
+    resolve_variables,
+)
 from .yaml_loader import TaggedModifier, YamlList, YamlMap, recipe_error
 
 STAGE_RESERVED = ("run_type",)

@@ -10,6 +10,14 @@ What this loader does beyond `yaml.safe_load`:
   and `1e-4` is the float 0.0001 (YAML 1.1 reads the string "1e-4").
 - Markdown recipe cards: the YAML is the `---` ... `---` front matter, which may follow blank lines and
   HTML comments (licence headers); line numbers stay those of the file.
+- Nesting is limited to MAX_NESTING levels (deeper, PyYAML's recursive composer dies of RecursionError
+  after seconds).
+- Aliases have a budget: a document whose aliases, expanded, would add more than ALIAS_EXPANSION_BUDGET
+  nodes to the ones written (a "billion laughs" alias bomb: 1 KB that expands to billions of nodes), or
+  whose alias refers to a node that contains it, is refused before anything walks it. The check visits each
+  written node once, so it is linear in the file's size.
+
+Grid specs (leaderboards/spec.py) and command-line values (`parse_value`) are read by this loader too.
 """
 
 from __future__ import annotations
@@ -30,6 +38,18 @@ FLOAT_TAG = "tag:yaml.org,2002:float"
 MERGE_TAG = "tag:yaml.org,2002:merge"
 MARKDOWN_SUFFIXES = (".md", ".markdown")
 FRONT_MATTER_DELIMITERS = ("---", "+++")
+ALIAS_EXPANSION_BUDGET = 100_000  # nodes that expanding one document's aliases may add to those written
+MAX_NESTING = 100  # levels of lists / mappings inside each other (the composer and every walk recurse)
+ALIAS_HINT = ("write the repeated parts out, or use fewer nested aliases (the limit protects every tool that "
+              "walks the document)")
+
+
+class AliasBombError(yaml.YAMLError):
+    """A document whose aliases expand beyond ALIAS_EXPANSION_BUDGET, or into themselves (a cycle)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
 
 
 RECIPE_HINT = "fix the recipe there (docs/recipes.md lists the formats, modifiers and fields)"
@@ -78,8 +98,59 @@ class TaggedModifier:
     line: int = 0
 
 
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, SequenceNode):
+        return node.value
+    if isinstance(node, MappingNode):
+        return [child for pair in node.value for child in pair]
+    return []
+
+
+def check_alias_expansion(root: yaml.Node, budget: int = ALIAS_EXPANSION_BUDGET) -> None:
+    """Raise AliasBombError if expanding the aliases of the composed document `root` would add more than
+    `budget` nodes, or never end (an alias inside the node it names). Aliases are shared node objects, so
+    each node's expanded size is computed once (iteratively: no recursion limit): time linear in the file."""
+    size: dict[int, int] = {}  # id(node) -> nodes in its expanded tree
+    path: set[int] = set()  # nodes whose expansion is under way
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if children_done:
+            path.discard(id(node))
+            size[id(node)] = 1 + sum(size[id(child)] for child in _children(node))
+        elif id(node) in path:
+            raise AliasBombError("an alias refers to the node that contains it, which expands without end")
+        elif id(node) not in size:
+            path.add(id(node))
+            stack.append((node, True))
+            stack.extend((child, False) for child in _children(node) if id(child) not in size)
+    expanded, written = size[id(root)], len(size)
+    if expanded - written > budget:
+        raise AliasBombError(f"expanding them gives {expanded:,} nodes from {written:,} written; at most "
+                             f"{budget:,} more than written are allowed")
+
+
 class _RecipeLoader(yaml.SafeLoader):
-    """SafeLoader with YAML 1.2 numbers, line-aware containers, duplicate-key errors and `!Modifier` tags."""
+    """SafeLoader with YAML 1.2 numbers, line-aware containers, duplicate-key errors, `!Modifier` tags and
+    the alias budget."""
+
+    depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        self.depth += 1
+        try:
+            if self.depth > MAX_NESTING:
+                raise yaml.MarkedYAMLError(problem=f"nested more than {MAX_NESTING} levels deep; flatten the "
+                                           "structure", problem_mark=self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+    def get_single_node(self) -> yaml.Node | None:
+        node = super().get_single_node()
+        if node is not None:
+            check_alias_expansion(node)
+        return node
 
 
 # YAML 1.2 core-schema numbers: no base-60 ("2:4" is a string) and exponents without a dot ("1e-4").
@@ -192,11 +263,12 @@ def front_matter(text: str, path: str | Path) -> str:
     raise recipe_error(path, index + 1, None, "the front matter opened here is never closed with '---'")
 
 
-def load_yaml(path: str | Path) -> tuple[Any, bytes]:
-    """(parsed document, raw file bytes) of a YAML / JSON recipe or a Markdown recipe card.
+def load_yaml(path: str | Path, kind: str = "recipe") -> tuple[Any, bytes]:
+    """(parsed document, raw file bytes) of a YAML / JSON file, or of a Markdown recipe card's front matter.
 
-    Raises UserError naming the file and line for unreadable files, YAML syntax errors, duplicate keys,
-    refused tags and several YAML documents in one file.
+    `kind` names the file in messages ("recipe", "grid spec"). Raises UserError naming the file and line for
+    unreadable files, YAML syntax errors, duplicate keys, refused tags, several YAML documents in one file,
+    alias bombs (see ALIAS_EXPANSION_BUDGET) and nesting deeper than MAX_NESTING.
     """
     if str(path).startswith("zoo:"):
         raise UserError(f"{path}: SparseZoo stubs are not supported (SparseZoo is end-of-life); download the "
@@ -205,7 +277,7 @@ def load_yaml(path: str | Path) -> tuple[Any, bytes]:
     try:
         raw = path.read_bytes()
     except OSError as error:
-        raise UserError(f"cannot read recipe {path}: {error.strerror or error}; check the path") from None
+        raise UserError(f"cannot read {kind} {path}: {error.strerror or error}; check the path") from None
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as error:
@@ -214,22 +286,26 @@ def load_yaml(path: str | Path) -> tuple[Any, bytes]:
         text = front_matter(text, path)
     try:
         return yaml.load(text, Loader=_RecipeLoader), raw  # noqa: S506 - a SafeLoader subclass
+    except AliasBombError as error:
+        raise UserError(f"{path}: too many YAML aliases ({error.message}); {ALIAS_HINT}") from None
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         problem = " ".join(filter(None, [error.context, error.problem]))
         if "expected a single document" in problem:
-            problem = "several YAML documents ('---' separators) in one recipe; keep one"
+            problem = f"several YAML documents ('---' separators) in one {kind}; keep one"
         raise recipe_error(path, mark.line + 1 if mark else None, None, problem) from None
     except yaml.YAMLError as error:
         raise recipe_error(path, None, None, f"not valid YAML: {error}") from None
 
 
 def parse_value(text: str) -> Any:
-    """A command-line value read as a YAML 1.2 scalar: "0.5" -> 0.5, "10" -> 10, "2:4" -> "2:4"."""
+    """A command-line value read as a YAML 1.2 scalar: "0.5" -> 0.5, "10" -> 10, "2:4" -> "2:4"; text that is
+    not valid YAML (or an alias bomb, or nested too deeply) stays the text it is."""
     try:
         return yaml.load(text, Loader=_RecipeLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError:
         return text
 
 
-__all__ = ["YamlMap", "YamlList", "TaggedModifier", "recipe_error", "front_matter", "load_yaml", "parse_value"]
+__all__ = ["ALIAS_EXPANSION_BUDGET", "YamlMap", "YamlList", "TaggedModifier", "recipe_error", "front_matter",
+           "check_alias_expansion", "load_yaml", "parse_value"]
