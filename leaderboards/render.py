@@ -173,8 +173,8 @@ def cell_columns(result: dict[str, Any]) -> dict[str, Any]:
     return columns
 
 
-PHASE_COLUMNS = {"perplexity": ("ppl (token)", "KL vs dense", "top-1 agree"), "size": ("dense MiB", "compressed MiB"),
-                 "latency": ("ms/forward", "tokens/s", "peak MiB")}
+PHASE_COLUMNS = {"perplexity": ("ppl (token)", "KL vs dense", "top-1 agree"),
+                 "size": ("dense MiB", "compressed MiB"), "latency": ("ms/forward", "tokens/s", "peak MiB")}
 
 
 def _ranks(values: list[Any], higher_is_better: bool) -> list[str]:
