@@ -19,7 +19,9 @@ from .io import write_text_atomic
 from .samples import output_text, read_samples, same_task, scalar_metrics, shared_doc_ids
 from .samples_report import annotate_categories, category_table, flips_if_scored, render_report
 
-LOWER_IS_BETTER = {"bits_per_byte", "empty", "gold_nll"}  # the sparsebench per-sample metrics where less is better
+# the sparsebench per-sample metrics where less is better
+LOWER_IS_BETTER = {"bits_per_byte", "empty", "gold_nll", "repeated_4gram"}
+
 
 def pair_samples(samples_a: dict[int, dict], samples_b: dict[int, dict], metric: str | None,
                  sort: str) -> tuple[list[dict[str, Any]], str | None]:
