@@ -120,7 +120,7 @@ def cost(args) -> str:
              f"Windows: {args.max_tokens} tokens of WikiText-2 test in windows of {args.seqlen}; top k = {args.top_k}.",
              "", "| what | CPU seconds | of which the agreement meter |", "|---|---|---|"]
     lines += [f"| {what} | {seconds:.2f} | {meter_note} |" for what, seconds, meter_note in rows]
-    lines += ["", f"Reference in memory / on disk: {reference_mib:.1f} MiB.", "",
+    lines += ["", f"Reference in memory: {reference_mib:.1f} MiB (the file stores token ids as int32: less).", "",
               ("| magnitude 50 % vs dense | top-k KL (nats/token) | exact KL | top-1 agreement (cached) | exact top-1 "
                "| dense rest mass |"), "|---|---|---|---|---|---|",
               (f"| | {result['kl']:.4f} | {exact_kl:.4f} | {result['top1_agreement']:.4f} | {exact_top1:.4f} | "
