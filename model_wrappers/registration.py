@@ -50,7 +50,7 @@ def add_task_folder() -> None:
     Done when lm-eval's task manager module has finished importing (now, if it has), never by importing it
     here: this runs inside lm-eval's own imports.
     """
-    from .lm_eval_hook import call_after_import
+    from .post_import import call_after_import
 
     call_after_import(TASK_MANAGER_MODULE, index_our_tasks_too)
 
