@@ -13,6 +13,7 @@ import io
 import json
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,19 @@ from tabulate import tabulate
 from ..harness_ext.errors import UserError
 from ..harness_ext.io import write_text_atomic
 from .runner import cells_dir, read_result
+from .status import (
+    DONE,
+    NOT_RUN,
+    PARTIAL,
+    QUEUED,
+    RUNNING,
+    SUBMITTED,
+    CellState,
+    cell_states,
+    counts,
+    in_flight,
+)
+from .status import FAILED as FAILED_STATE
 
 FORMATS = ("md", "csv", "json")
 FLAG = "(!)"
@@ -50,6 +64,11 @@ class Grid:
     cells: list[dict[str, Any]]
     results: dict[str, dict[str, Any] | None]
     comparisons: dict[tuple[str, str], dict[str, Any]] | None = None  # comparisons.compare_cells, when computed
+
+    @cached_property
+    def states(self) -> list[CellState]:
+        """Each cell's state, done to not run (status.py; asks squeue once if a cell went to Slurm)."""
+        return cell_states(self.folder, [c["cell_id"] for c in self.cells])
 
     def ok(self) -> list[dict[str, Any]]:
         """Records of the cells with results: every phase ok, or partial (a failed phase is marked where its
@@ -316,11 +335,22 @@ def scorer_note(grid: Grid) -> str:
 
 
 def _cell_counts(grid: Grid) -> str:
-    states = [(grid.results[c["cell_id"]] or {}).get("status", "not run") for c in grid.cells]
-    partial = (f", {states.count('partial')} with a failed phase (shown, marked `{FAILED}`)"
-               if "partial" in states else "")
-    return (f"{states.count('ok')} of {len(states)} finished{partial}, {states.count('failed')} failed, "
-            f"{states.count('not run')} not run")
+    states = counts(grid.states)
+    held = sum(states[name] for name in (QUEUED, RUNNING, SUBMITTED))
+    partial = (f", {states[PARTIAL]} with a failed phase (shown, marked `{FAILED}`)" if states[PARTIAL] else "")
+    return (f"{states[DONE]} of {len(grid.cells)} finished{partial}, {states[FAILED_STATE]} failed, "
+            f"{states[NOT_RUN]} not run" + (f", {held} still queued or running" if held else ""))
+
+
+def incomplete_note(grid: Grid) -> str | None:
+    """A warning line if some cells are still queued or running (the tables will change), else None."""
+    held = in_flight(grid.states)
+    if not held:
+        return None
+    jobs = sorted({s.job.split("_")[0] for s in held if s.job})
+    return (f"INCOMPLETE: {len(held)} of {len(grid.cells)} cells are still queued or running"
+            + (f" (Slurm job {', '.join(jobs)})" if jobs else "") + "; these tables will change. Render again "
+            f"when `sparse-bench leaderboard status {grid.folder}` shows them done.")
 
 
 def metric_legend(grid: Grid, task: str, metrics: list[str]) -> str:
@@ -334,15 +364,18 @@ def metric_legend(grid: Grid, task: str, metrics: list[str]) -> str:
 
 
 def failed_rows(grid: Grid) -> list[dict[str, str]]:
-    """One row per failed phase of each cell (`cell` for records written before phases were recorded)."""
+    """One row per failed phase of each cell (`cell` for records written before phases were recorded, and for a
+    cell whose process or Slurm task ended without writing its result)."""
     rows = []
-    for cell in grid.cells:
-        result = grid.results[cell["cell_id"]]
-        if not result or result["status"] == "ok":
+    for cell, state in zip(grid.cells, grid.states):
+        if state.state not in (FAILED_STATE, PARTIAL):
             continue
-        phases = result.get("phases") or {"cell": {"status": "failed", "reason": result["reason"]}}
-        rows += [{"cell": cell["cell_id"], "phase": name, "reason": state["reason"]}
-                 for name, state in phases.items() if state["status"] != "ok"]
+        result = grid.results[cell["cell_id"]]
+        from_result = result is not None and result["status"] != "ok" and result["reason"] == state.reason
+        phases = (result.get("phases") if from_result else None) or {"cell": {"status": "failed",
+                                                                              "reason": state.reason}}
+        rows += [{"cell": cell["cell_id"], "phase": name, "reason": phase["reason"]}
+                 for name, phase in phases.items() if phase["status"] != "ok"]
     return rows
 
 
@@ -375,6 +408,9 @@ def summary_table(grid: Grid) -> str:
 
 def render_markdown(grid: Grid, plots: dict[str, Path] | None = None) -> str:
     lines = [f"# Leaderboard: {grid.spec['name']}", ""]
+    incomplete = incomplete_note(grid)
+    if incomplete:
+        lines += [f"> **{incomplete}**", ""]
     lines += [f"- **{label}**: {text}" for label, text in header(grid).items()]
     if len(task_names(grid)) > 1:
         lines += ["", "## Summary: each task's primary metric", "", summary_table(grid)]
@@ -411,8 +447,8 @@ def render_csv(grid: Grid) -> str:
 
 def render_json(grid: Grid) -> str:
     tables = {task: dict(zip(("rows", "primary_metric"), task_rows(grid, task))) for task in task_names(grid)}
-    return json.dumps({"name": grid.spec["name"], "header": header(grid), "tables": tables,
-                       "failed": failed_rows(grid)}, indent=2, default=str) + "\n"
+    return json.dumps({"name": grid.spec["name"], "incomplete": incomplete_note(grid), "header": header(grid),
+                       "tables": tables, "failed": failed_rows(grid)}, indent=2, default=str) + "\n"
 
 
 def render(folder: Path, fmt_name: str = "md", plots: dict[str, Path] | None = None) -> tuple[str, Path]:

@@ -424,14 +424,21 @@ def parse_shard(text: str) -> tuple[int, int]:
     return int(match.group(1)), int(match.group(2))
 
 
-def shard_cells(cells: list[Cell], index: int, count: int) -> list[Cell]:
-    """Shard `index` of `count`: cells that share a pruned model stay together; groups are dealt round-robin
-    in grid order, so every cell lands in exactly one shard whatever machine computes the split."""
+def pruned_model_groups(cells: list[Cell]) -> list[list[Cell]]:
+    """Cells grouped by the pruned model they load (a dtype sweep of one mask is one group), in grid order."""
     groups: dict[tuple, list[Cell]] = {}
     for cell in cells:
         groups.setdefault((cell.model, cell.method, cell.sparsity, cell.structure), []).append(cell)
-    return [cell for number, group in enumerate(groups.values()) if number % count == index for cell in group]
+    return list(groups.values())
+
+
+def shard_cells(cells: list[Cell], index: int, count: int) -> list[Cell]:
+    """Shard `index` of `count`: cells that share a pruned model stay together; groups are dealt round-robin
+    in grid order, so every cell lands in exactly one shard whatever machine computes the split."""
+    return [cell for number, group in enumerate(pruned_model_groups(cells)) if number % count == index
+            for cell in group]
 
 
 __all__ = ["DTYPES", "DENSE", "MethodSpec", "TaskSpec", "PerplexitySpec", "LatencySpec", "GridSpec", "Cell",
-           "load_spec", "parse_spec", "expand_cells", "prune_key", "parse_shard", "shard_cells"]
+           "load_spec", "parse_spec", "expand_cells", "prune_key", "parse_shard", "shard_cells",
+           "pruned_model_groups"]
