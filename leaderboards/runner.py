@@ -119,23 +119,32 @@ def wikitext2_test_text() -> str:
     return "\n\n".join(rows)
 
 
-def cell_perplexity(lm: Any, spec: GridSpec) -> dict[str, Any] | None:
-    """Token-level perplexity (harness_ext.perplexity) on the first `max_tokens` tokens of the text.
+def perplexity_text(spec: GridSpec, tokenizer: Any) -> str:
+    """The text whose first `max_tokens` tokens perplexity (and agreement) are measured on.
 
     Tokenizing all of WikiText-2 test takes ~5 s on 2 cores, so the text is first cut to `CHARS_PER_TOKEN_CAP`
     characters per wanted token (BPE splits words locally, so the first `max_tokens` tokens are unchanged);
     if the cut yields fewer tokens than asked, the whole text is used.
     """
-    if spec.perplexity is None:
-        return None
-    from ..harness_ext.perplexity import read_text, token_perplexity
+    from ..harness_ext.perplexity import read_text
 
     settings = spec.perplexity
     text = wikitext2_test_text() if settings.data == "wikitext2" else read_text(settings.data)
     head = text[:settings.max_tokens * CHARS_PER_TOKEN_CAP]
-    result = token_perplexity(lm.model, lm.tokenizer, head, settings.seqlen, settings.max_tokens)
-    if len(head) < len(text) and result["tokens"] < settings.max_tokens - settings.seqlen + 1:
-        result = token_perplexity(lm.model, lm.tokenizer, text, settings.seqlen, settings.max_tokens)
+    head_tokens = len(tokenizer(head, add_special_tokens=False, verbose=False)["input_ids"])
+    return text if len(head) < len(text) and head_tokens < settings.max_tokens else head
+
+
+def cell_perplexity(lm: Any, spec: GridSpec, on_logits: Any = None) -> dict[str, Any] | None:
+    """Token-level perplexity (harness_ext.perplexity) on the first `max_tokens` tokens of `perplexity_text`;
+    `on_logits` sees every batch of windows (the agreement meter)."""
+    if spec.perplexity is None:
+        return None
+    from ..harness_ext.perplexity import token_perplexity
+
+    settings = spec.perplexity
+    result = token_perplexity(lm.model, lm.tokenizer, perplexity_text(spec, lm.tokenizer), settings.seqlen,
+                              settings.max_tokens, on_logits)
     return {**result, "data": settings.data}
 
 
@@ -197,7 +206,13 @@ def evaluate_phase(run: CellRun) -> dict[str, Any]:
 
 
 def perplexity_phase(run: CellRun) -> dict[str, Any]:
-    return {"perplexity": cell_perplexity(run.lm, run.spec)}
+    """Perplexity and, in the same forward, KL / top-1 agreement with the dense model (agreement.py; building
+    the dense reference first when no cell has yet)."""
+    from .agreement import cell_agreement
+
+    agreement = cell_agreement(run.cell, run.spec, *run.resolve(run.cell.model), run.cache.root)
+    return {"perplexity": cell_perplexity(run.lm, run.spec, agreement),
+            "agreement": None if agreement is None else agreement.finish()}
 
 
 def latency_phase(run: CellRun) -> dict[str, Any]:
@@ -220,7 +235,7 @@ NOT_RUN_YET = "not run yet (in flight, or the run stopped before it)"
 PHASE_KEYS = {  # the record keys each phase fills
     "prune": ("model_path", "model_fingerprint", "prune", "pruned_checkpoint", "prune_cached"),
     "load": ("sparsity",), "evaluate": ("evaluations", "metrics", "higher_is_better"),
-    "perplexity": ("perplexity",), "latency": ("latency",), "size": ("size",)}
+    "perplexity": ("perplexity", "agreement"), "latency": ("latency",), "size": ("size",)}
 
 
 def finished_phases(previous: dict[str, Any] | None) -> dict[str, Any]:

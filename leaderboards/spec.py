@@ -66,11 +66,14 @@ class TaskSpec:
 
 @dataclass(frozen=True)
 class PerplexitySpec:
-    """Token-level perplexity (the pruning papers' protocol): `data` is "wikitext2" or a text file."""
+    """Token-level perplexity (the pruning papers' protocol): `data` is "wikitext2" or a text file.
+    `agreement_top_k`: KL and top-1 agreement with the dense model on the same windows and forward, against the
+    dense model's top-k cached once (leaderboards/agreement.py); 0 switches them off."""
 
     data: str = "wikitext2"
     seqlen: int = 256
     max_tokens: int = 16384
+    agreement_top_k: int = 64
 
 
 @dataclass(frozen=True)
@@ -365,11 +368,13 @@ def _calibration(fields: _Fields, base_dir: Path) -> CalibrationConfig:
 def _perplexity(fields: _Fields, base_dir: Path) -> PerplexitySpec | None:
     if "perplexity" in fields.data and fields.data["perplexity"] is None:
         return None
-    entry = _Fields(fields.get("perplexity", {}), "perplexity", fields.source, ("data", "seqlen", "max_tokens"))
+    entry = _Fields(fields.get("perplexity", {}), "perplexity", fields.source,
+                    ("data", "seqlen", "max_tokens", "agreement_top_k"))
     defaults = PerplexitySpec()
     return PerplexitySpec(
         data=_data_path(entry, "data", entry.get("data", defaults.data), base_dir, ("wikitext2",)),
-        seqlen=entry.integer("seqlen", defaults.seqlen, 2), max_tokens=entry.integer("max_tokens", defaults.max_tokens))
+        seqlen=entry.integer("seqlen", defaults.seqlen, 2), max_tokens=entry.integer("max_tokens", defaults.max_tokens),
+        agreement_top_k=entry.integer("agreement_top_k", defaults.agreement_top_k, 0))
 
 
 def _latency(fields: _Fields) -> LatencySpec | None:

@@ -91,6 +91,24 @@ def test_two_by_two_grid_end_to_end(finished_grid, tiny_spec):
     assert [row[2] for row in quality_table(out_dir)] == ["dense", "magnitude", "magnitude", "wanda", "wanda"]
 
 
+def test_agreement_with_dense_and_answer_flips(finished_grid):
+    out_dir, cache = finished_grid
+    text, _ = render(out_dir, "md")
+    grid = load_grid(out_dir).with_comparisons()
+    dense = next(r for r in grid.ok() if r["cell"]["method"] == "dense")
+    assert dense["agreement"]["kl"] == pytest.approx(0.0, abs=1e-9) and dense["agreement"]["top1_agreement"] == 1.0
+    assert dense["agreement"]["positions"] == 4 * 63 and dense["agreement"]["reference"]["dtype"] == "float32"
+    pruned = [r for r in grid.ok() if r["cell"]["method"] != "dense"]
+    assert all(r["agreement"]["kl"] > 0 and 0 <= r["agreement"]["top1_agreement"] <= 1 for r in pruned)
+    assert len(list((cache / "dense-references").glob("*.safetensors"))) == 1  # built once, by the dense cell
+    for result in pruned:  # accuracy moves by exactly the net flips
+        flips = grid.comparisons[(result["cell_id"], TASK_NAME)]["flips"]
+        net = (flips["wrong_to_right"] - flips["right_to_wrong"]) / 8
+        assert result["metrics"][TASK_NAME]["acc"] - dense["metrics"][TASK_NAME]["acc"] == pytest.approx(net)
+    assert "KL vs dense" in text and "top-1 agree" in text
+    assert "flips r→w / w→r" in text and "Agreement**: `KL vs dense` = KL(dense || cell)" in text
+
+
 def test_rerun_skips_and_cache_avoids_pruning_again(finished_grid, tiny_spec, tmp_path):
     out_dir, cache = finished_grid
     before = {p.name: p.read_bytes() for p in (out_dir / "cells").glob("*.json")}
