@@ -72,7 +72,7 @@ def cell_agreement(cell: Cell, spec: GridSpec, model_path: str, fingerprint: str
 
 def _build_dense_reference(spec: GridSpec, model_path: str, description: dict[str, Any], path: Path):
     from ..harness_ext.models import load_model
-    from .runner import perplexity_text
+    from .perplexity import perplexity_text
 
     model, tokenizer = load_model(model_path, REFERENCE_DTYPE, spec.device)
     settings = spec.perplexity

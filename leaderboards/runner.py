@@ -35,11 +35,11 @@ from ..harness_ext.errors import UserError
 from ..harness_ext.io import write_json_atomic
 from .cache import PrunedModelCache, model_fingerprint, pruned_checkpoint
 from .evaluation import GridTasks, evaluate_cell, flatten_metrics, needs_builtin_tasks, write_samples
+from .perplexity import cell_perplexity
 from .spec import Cell, GridSpec, expand_cells, shard_cells
 
 RESULT_FORMAT = "sparse-bench-leaderboard-cell/1"
 GRID_FORMAT = "sparse-bench-leaderboard-grid/1"
-CHARS_PER_TOKEN_CAP = 16  # see cell_perplexity
 RESULT_NEUTRAL_KEYS = ("source", "name", "log_samples")  # spec keys that change no number in a cell
 
 
@@ -98,54 +98,6 @@ def nonfinite_flags(metrics: dict[str, dict[str, Any]], *extra: tuple[str, Any])
 
 def samples_path(out_dir: Path, cell: Cell) -> Path:
     return Path(out_dir) / "samples" / cell.cell_id
-
-
-def wikitext2_test_text() -> str:
-    """WikiText-2 raw test: $SPARSE_BENCH_DATA_DIR/wikitext2/wiki.test.raw, else the hub's
-    `Salesforce/wikitext` (wikitext-2-raw-v1, test) rows joined with "\\n\\n" as the pruning papers do."""
-    from ..harness_ext.perplexity import read_text
-
-    root = os.environ.get("SPARSE_BENCH_DATA_DIR")
-    if root:
-        return read_text(Path(root) / "wikitext2" / "wiki.test.raw")
-    try:
-        import datasets
-
-        rows = datasets.load_dataset("Salesforce/wikitext", "wikitext-2-raw-v1", split="test")["text"]
-    except Exception as error:  # noqa: BLE001 - offline, no such dataset: one line for the user
-        raise UserError(f"cannot load WikiText-2 test from the hub ({type(error).__name__}); set "
-                        "SPARSE_BENCH_DATA_DIR to a folder with wikitext2/wiki.test.raw, or set perplexity.data "
-                        "to a text file, or perplexity: null") from None
-    return "\n\n".join(rows)
-
-
-def perplexity_text(spec: GridSpec, tokenizer: Any) -> str:
-    """The text whose first `max_tokens` tokens perplexity (and agreement) are measured on.
-
-    Tokenizing all of WikiText-2 test takes ~5 s on 2 cores, so the text is first cut to `CHARS_PER_TOKEN_CAP`
-    characters per wanted token (BPE splits words locally, so the first `max_tokens` tokens are unchanged);
-    if the cut yields fewer tokens than asked, the whole text is used.
-    """
-    from ..harness_ext.perplexity import read_text
-
-    settings = spec.perplexity
-    text = wikitext2_test_text() if settings.data == "wikitext2" else read_text(settings.data)
-    head = text[:settings.max_tokens * CHARS_PER_TOKEN_CAP]
-    head_tokens = len(tokenizer(head, add_special_tokens=False, verbose=False)["input_ids"])
-    return text if len(head) < len(text) and head_tokens < settings.max_tokens else head
-
-
-def cell_perplexity(lm: Any, spec: GridSpec, on_logits: Any = None) -> dict[str, Any] | None:
-    """Token-level perplexity (harness_ext.perplexity) on the first `max_tokens` tokens of `perplexity_text`;
-    `on_logits` sees every batch of windows (the agreement meter)."""
-    if spec.perplexity is None:
-        return None
-    from ..harness_ext.perplexity import token_perplexity
-
-    settings = spec.perplexity
-    result = token_perplexity(lm.model, lm.tokenizer, perplexity_text(spec, lm.tokenizer), settings.seqlen,
-                              settings.max_tokens, on_logits)
-    return {**result, "data": settings.data}
 
 
 def cell_size(model: Any) -> dict[str, Any]:
