@@ -11,6 +11,7 @@ measured all the same. The measurement lands in the results JSON under `config.s
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +22,11 @@ from ..harness_ext.checkpoints import load_checkpoint, read_record
 from ..harness_ext.errors import UserError
 from ..harness_ext.models import parse_dtype, resolve_model_path
 from ..harness_ext.pruning.engine import prune
-from ..harness_ext.pruning.plan import CalibrationConfig, parse_flag, plan_from_arguments
+from ..harness_ext.pruning.plan import CalibrationConfig, parse_flag, parse_integer, plan_from_arguments
 from ..harness_ext.pruning.report import measure_sparsity
 
 LOGGER = logging.getLogger("lm_eval.models.sparse_hf")  # under lm-eval's handler and format
+UNKNOWN_ARGUMENT = re.compile(r"got an unexpected keyword argument '(\w+)'")
 
 
 class _CheckedAutoClass:
@@ -42,7 +44,7 @@ class _CheckedAutoClass:
 class SparseHFLM(HFLM):
     """HFLM + pruning on load + measured sparsity in the results."""
 
-    def __init__(self, pretrained: Any, method: str | None = None, sparsity: float | None = None,
+    def __init__(self, pretrained: Any = None, method: str | None = None, sparsity: float | None = None,
                  structure: str | None = None, scope: str = "layer", recipe: str | None = None,
                  calibration: str = "c4", nsamples: int = 128, seqlen: int = 2048, seed: int = 0,
                  true_sequential: bool | str = False, **kwargs: Any) -> None:
@@ -53,14 +55,25 @@ class SparseHFLM(HFLM):
         `true_sequential`: one forward per block, each layer pruned from the already pruned layers' outputs
         (faster, holds the calibration activations; see docs/pruning.md).
         """
+        if pretrained is None:
+            raise UserError("model_args has no pretrained=MODEL (a checkpoint folder, hub id or short name such as "
+                            "smollm2-135m); check its spelling")
         plan = plan_from_arguments(method, sparsity, structure, scope, recipe)
-        calibration_config = CalibrationConfig(data=str(calibration), nsamples=int(nsamples), seqlen=int(seqlen),
-                                               seed=int(seed),
-                                               true_sequential=parse_flag("true_sequential", true_sequential))
+        calibration_config = CalibrationConfig(
+            data=str(calibration), nsamples=parse_integer("nsamples", nsamples),
+            seqlen=parse_integer("seqlen", seqlen), seed=parse_integer("seed", seed),
+            true_sequential=parse_flag("true_sequential", true_sequential))
         requested_dtype = parse_dtype(kwargs.get("dtype", "auto"))
         if isinstance(pretrained, str):
             pretrained = resolve_model_path(pretrained)
-        super().__init__(pretrained=pretrained, **kwargs)
+        try:
+            super().__init__(pretrained=pretrained, **kwargs)
+        except TypeError as error:  # an unknown model_args key reaches the model class's constructor
+            unknown = UNKNOWN_ARGUMENT.search(str(error))
+            if unknown is None:
+                raise
+            raise UserError(f"model_args: {unknown.group(1)!r} is an option of neither sparse-hf, lm-eval's hf "
+                            "model nor the model's from_pretrained; check its spelling") from error
         record = read_record(Path(pretrained)) if isinstance(pretrained, str) and Path(pretrained).is_dir() else None
         self.finetune_record = (record or {}).get("finetune_record")  # a `sparse-bench finetune` output
         if requested_dtype != "auto" and self.model.dtype != requested_dtype:
