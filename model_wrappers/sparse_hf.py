@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import logging
 import re
+from pathlib import Path
 from typing import Any
 
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM  # importing lm_eval.models first registers the built-ins
 
-from ..harness_ext.checkpoints import load_checkpoint
+from ..harness_ext.checkpoints import load_checkpoint, read_record
 from ..harness_ext.errors import UserError
 from ..harness_ext.models import parse_dtype, resolve_model_path
 from ..harness_ext.pruning.engine import prune
@@ -73,6 +74,8 @@ class SparseHFLM(HFLM):
                 raise
             raise UserError(f"model_args: {unknown.group(1)!r} is an option of neither sparse-hf, lm-eval's hf "
                             "model nor the model's from_pretrained; check its spelling") from error
+        record = read_record(Path(pretrained)) if isinstance(pretrained, str) and Path(pretrained).is_dir() else None
+        self.finetune_record = (record or {}).get("finetune_record")  # a `sparse-bench finetune` output
         if requested_dtype != "auto" and self.model.dtype != requested_dtype:
             raise UserError(f"dtype={kwargs['dtype']} was asked but the model loaded as {self.model.dtype}; "
                             "pass dtype=auto or convert the checkpoint")
@@ -99,5 +102,7 @@ class SparseHFLM(HFLM):
             self.AUTO_MODEL_CLASS = auto_class
 
     def get_model_info(self) -> dict:
-        """HFLM's model info plus `sparsity`: what was pruned and the zeros measured in the weights."""
-        return {**super().get_model_info(), "sparsity": self.sparsity_report.to_dict()}
+        """HFLM's model info plus `sparsity` (what was pruned, the zeros measured in the weights) and, for a
+        fine-tuned checkpoint, `finetune` (its record: mode, data, steps, precision, zeros before/after)."""
+        finetuned = {"finetune": self.finetune_record} if self.finetune_record else {}
+        return {**super().get_model_info(), "sparsity": self.sparsity_report.to_dict(), **finetuned}
