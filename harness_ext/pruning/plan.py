@@ -204,13 +204,13 @@ def parse_integer(name: str, value: float | str) -> int:
     """A whole-number argument given as an int or as lm-eval model_args text ("128"; lm-eval casts "128.0" to
     a float): anything else, 1.5 included, is an error rather than silently truncated."""
     if isinstance(value, bool):
-        raise UserError(f"{name} must be a whole number, got {value!r}")
+        raise UserError(f"{name} must be a whole number, got {value!r}; write it without a fraction, e.g. {name}=128")
     try:
         number = float(value) if not isinstance(value, int) else value
     except (TypeError, ValueError):
         number = None
     if number is None or isinstance(number, float) and not number.is_integer():
-        raise UserError(f"{name} must be a whole number, got {value!r}")
+        raise UserError(f"{name} must be a whole number, got {value!r}; write it without a fraction, e.g. {name}=128")
     return int(number)
 
 
