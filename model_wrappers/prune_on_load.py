@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..harness_ext.pruning.engine import prune
-from ..harness_ext.pruning.plan import CalibrationConfig, PruningPlan, parse_flag, plan_from_arguments
+from ..harness_ext.pruning.plan import CalibrationConfig, PruningPlan, parse_flag, parse_integer, plan_from_arguments
 from ..harness_ext.pruning.report import PruneReport, measure_sparsity
 
 LOGGER = logging.getLogger("lm_eval.models.sparse_hf")  # under lm-eval's handler and format
@@ -32,8 +32,9 @@ class PruneOnLoad:
                         true_sequential: bool | str = False) -> "PruneOnLoad":
         """Parse the pruning model_args (text from lm-eval or typed values); UserError on any bad value."""
         return cls(plan=plan_from_arguments(method, sparsity, structure, scope, recipe),
-                   calibration=CalibrationConfig(data=str(calibration), nsamples=int(nsamples),
-                                                 seqlen=int(seqlen), seed=int(seed),
+                   calibration=CalibrationConfig(data=str(calibration), nsamples=parse_integer("nsamples", nsamples),
+                                                 seqlen=parse_integer("seqlen", seqlen),
+                                                 seed=parse_integer("seed", seed),
                                                  true_sequential=parse_flag("true_sequential", true_sequential)))
 
     def apply(self, model: Any, tokenizer: Any, wrapper: str) -> PruneReport:

@@ -10,15 +10,19 @@ measured all the same. The measurement lands in the results JSON under `config.s
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM  # importing lm_eval.models first registers the built-ins
 
-from ..harness_ext.checkpoints import load_checkpoint
+from ..harness_ext.checkpoints import load_checkpoint, read_record
 from ..harness_ext.errors import UserError
 from ..harness_ext.models import model_family, parse_dtype, resolve_model_path
 from .prune_on_load import PruneOnLoad
+
+UNKNOWN_ARGUMENT = re.compile(r"got an unexpected keyword argument '(\w+)'")
 
 
 class _CheckedAutoClass:
@@ -50,7 +54,7 @@ def check_backend(config: Any, backend: str) -> None:
 class SparseHFLM(HFLM):
     """HFLM + pruning on load + measured sparsity in the results."""
 
-    def __init__(self, pretrained: Any, method: str | None = None, sparsity: float | None = None,
+    def __init__(self, pretrained: Any = None, method: str | None = None, sparsity: float | None = None,
                  structure: str | None = None, scope: str = "layer", recipe: str | None = None,
                  calibration: str = "c4", nsamples: int = 128, seqlen: int = 2048, seed: int = 0,
                  true_sequential: bool | str = False, **kwargs: Any) -> None:
@@ -61,12 +65,24 @@ class SparseHFLM(HFLM):
         `true_sequential`: one forward per block, each layer pruned from the already pruned layers' outputs
         (faster, holds the calibration activations; see docs/pruning.md).
         """
+        if pretrained is None:
+            raise UserError("model_args has no pretrained=MODEL (a checkpoint folder, hub id or short name such as "
+                            "smollm2-135m); check its spelling")
         pruning = PruneOnLoad.from_model_args(method, sparsity, structure, scope, recipe, calibration, nsamples,
                                               seqlen, seed, true_sequential)
         requested_dtype = parse_dtype(kwargs.get("dtype", "auto"))
         if isinstance(pretrained, str):
             pretrained = resolve_model_path(pretrained)
-        super().__init__(pretrained=pretrained, **kwargs)
+        try:
+            super().__init__(pretrained=pretrained, **kwargs)
+        except TypeError as error:  # an unknown model_args key reaches the model class's constructor
+            unknown = UNKNOWN_ARGUMENT.search(str(error))
+            if unknown is None:
+                raise
+            raise UserError(f"model_args: {unknown.group(1)!r} is an option of neither sparse-hf, lm-eval's hf "
+                            "model nor the model's from_pretrained; check its spelling") from error
+        record = read_record(Path(pretrained)) if isinstance(pretrained, str) and Path(pretrained).is_dir() else None
+        self.finetune_record = (record or {}).get("finetune_record")  # a `sparse-bench finetune` output
         if requested_dtype != "auto" and self.model.dtype != requested_dtype:
             raise UserError(f"dtype={kwargs['dtype']} was asked but the model loaded as {self.model.dtype}; "
                             "pass dtype=auto or convert the checkpoint")
@@ -86,5 +102,7 @@ class SparseHFLM(HFLM):
             self.AUTO_MODEL_CLASS = auto_class
 
     def get_model_info(self) -> dict:
-        """HFLM's model info plus `sparsity`: what was pruned and the zeros measured in the weights."""
-        return {**super().get_model_info(), "sparsity": self.sparsity_report.to_dict()}
+        """HFLM's model info plus `sparsity` (what was pruned, the zeros measured in the weights) and, for a
+        fine-tuned checkpoint, `finetune` (its record: mode, data, steps, precision, zeros before/after)."""
+        finetuned = {"finetune": self.finetune_record} if self.finetune_record else {}
+        return {**super().get_model_info(), "sparsity": self.sparsity_report.to_dict(), **finetuned}
