@@ -10,7 +10,6 @@ measured all the same. The measurement lands in the results JSON under `config.s
 
 from __future__ import annotations
 
-import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -20,12 +19,9 @@ from lm_eval.models.huggingface import HFLM  # importing lm_eval.models first re
 
 from ..harness_ext.checkpoints import load_checkpoint, read_record
 from ..harness_ext.errors import UserError
-from ..harness_ext.models import parse_dtype, resolve_model_path
-from ..harness_ext.pruning.engine import prune
-from ..harness_ext.pruning.plan import CalibrationConfig, parse_flag, parse_integer, plan_from_arguments
-from ..harness_ext.pruning.report import measure_sparsity
+from ..harness_ext.models import model_family, parse_dtype, resolve_model_path
+from .prune_on_load import PruneOnLoad
 
-LOGGER = logging.getLogger("lm_eval.models.sparse_hf")  # under lm-eval's handler and format
 UNKNOWN_ARGUMENT = re.compile(r"got an unexpected keyword argument '(\w+)'")
 
 
@@ -38,6 +34,20 @@ class _CheckedAutoClass:
 
     def from_pretrained(self, path: str, **kwargs: Any):
         return load_checkpoint(self.auto_class, path, **kwargs)
+
+
+def check_backend(config: Any, backend: str) -> None:
+    """UserError when HFLM's `backend` (default | causal | seq2seq) cannot evaluate a model of this family."""
+    family, name = model_family(config), getattr(config, "model_type", "this model")
+    if family == "encoder-only":
+        raise UserError(f"{name} is an encoder-only model, which sparse-hf (causal or seq2seq language models) "
+                        "cannot evaluate; use --model sparse-encoder")
+    if family == "encoder-decoder" and backend == "causal":
+        raise UserError(f"{name} is an encoder-decoder model and backend=causal would load its decoder alone; "
+                        "use backend=seq2seq or leave backend out")
+    if family == "decoder-only" and backend == "seq2seq":
+        raise UserError(f"{name} is a decoder-only model and has no seq2seq form; use backend=causal or leave "
+                        "backend out")
 
 
 @register_model("sparse-hf")
@@ -58,11 +68,8 @@ class SparseHFLM(HFLM):
         if pretrained is None:
             raise UserError("model_args has no pretrained=MODEL (a checkpoint folder, hub id or short name such as "
                             "smollm2-135m); check its spelling")
-        plan = plan_from_arguments(method, sparsity, structure, scope, recipe)
-        calibration_config = CalibrationConfig(
-            data=str(calibration), nsamples=parse_integer("nsamples", nsamples),
-            seqlen=parse_integer("seqlen", seqlen), seed=parse_integer("seed", seed),
-            true_sequential=parse_flag("true_sequential", true_sequential))
+        pruning = PruneOnLoad.from_model_args(method, sparsity, structure, scope, recipe, calibration, nsamples,
+                                              seqlen, seed, true_sequential)
         requested_dtype = parse_dtype(kwargs.get("dtype", "auto"))
         if isinstance(pretrained, str):
             pretrained = resolve_model_path(pretrained)
@@ -79,19 +86,12 @@ class SparseHFLM(HFLM):
         if requested_dtype != "auto" and self.model.dtype != requested_dtype:
             raise UserError(f"dtype={kwargs['dtype']} was asked but the model loaded as {self.model.dtype}; "
                             "pass dtype=auto or convert the checkpoint")
-        if plan is not None and plan.steps:
-            self.sparsity_report = prune(self.model, plan, calibration_config, tokenizer=self.tokenizer)
-        else:  # nothing to prune (no arguments, or a recipe that only holds masks): measure as loaded
-            self.sparsity_report = measure_sparsity(self.model)
-            if plan is not None:
-                self.sparsity_report.plan = plan.describe()
-                self.sparsity_report.warnings.extend(plan.notes)
-        report = self.sparsity_report
-        LOGGER.info("sparse-hf: measured sparsity %.4f (%d of %d weights are zero in %d prunable layers); "
-                       "%d non-zero parameters in the model", report.overall_sparsity, report.zeros, report.numel,
-                       len(report.layers), report.nonzero_params)
-        for message in report.warnings:
-            LOGGER.warning("sparse-hf: %s", message)
+        self.sparsity_report = pruning.apply(self.model, self.tokenizer, "sparse-hf")
+
+    def _get_backend(self, config: Any, backend: str = "default", trust_remote_code: bool | None = False) -> None:
+        """HFLM's backend choice, refused (before any weights load) where it cannot fit the model's family."""
+        check_backend(config, backend)
+        super()._get_backend(config, backend=backend, trust_remote_code=trust_remote_code)
 
     def _create_model(self, pretrained: str, **kwargs: Any) -> None:
         auto_class = self.AUTO_MODEL_CLASS
