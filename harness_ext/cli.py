@@ -32,6 +32,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
              "Dense, compressed and lower-bound bytes of a checkpoint."),
     "compare-samples": ("sparse_bench.harness_ext.compare_samples:compare_samples_command",
                         "Put two runs' per-sample outputs side by side with their ROUGE."),
+    "finetune": ("sparse_bench.harness_ext.finetune.cli:finetune_command",
+                 "Fine-tune a pruned model (full, LoRA, QLoRA; fp32 or AMP) with every zero kept."),
     "leaderboard": ("sparse_bench.leaderboards.cli:leaderboard_group",
                     "Run a model x method x sparsity x dtype grid and render leaderboards."),
 }

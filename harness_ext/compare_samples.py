@@ -8,7 +8,6 @@ and a pruned run of `sparsebench_billsum`. Samples are paired by `doc_id`; the p
 from __future__ import annotations
 
 import json
-import math
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -16,59 +15,18 @@ from typing import Any
 import click
 
 from .errors import UserError
-from .io import read_jsonl_records
+from .io import write_text_atomic
+from .samples import output_text, read_samples, same_task, scalar_metrics, shared_doc_ids
+from .samples_report import annotate_categories, category_table, flips_if_scored, render_report
 
-LOWER_IS_BETTER = {"bits_per_byte", "empty", "gold_nll"}  # the sparsebench per-sample metrics where less is better
-
-
-def read_samples(path: Path, filter_name: str | None = None) -> dict[int, dict[str, Any]]:
-    """{doc_id: sample} from an lm-eval samples file, for one filter (the file's first one by default)."""
-    if not path.is_file():
-        raise UserError(f"{path} does not exist; pass the samples_<task>_<date>.jsonl files that lm-eval writes "
-                        "with --log_samples")
-    samples: dict[int, dict[str, Any]] = {}
-    for line_number, sample in read_jsonl_records(path, hint="is this an lm-eval samples file?"):
-        if "doc_id" not in sample:
-            raise UserError(f"{path}, line {line_number}: no doc_id; is this an lm-eval samples file?")
-        filter_name = filter_name or sample.get("filter")
-        if sample.get("filter") == filter_name:
-            samples[int(sample["doc_id"])] = sample
-    if not samples:
-        raise UserError(f"{path} holds no samples" + (f" for filter {filter_name!r}" if filter_name else "")
-                        + "; give a samples_TASK.jsonl written by lm-eval --log_samples")
-    return samples
-
-
-def output_text(sample: dict[str, Any]) -> str | None:
-    """The generated text of a generation sample (stripped), None for likelihood tasks."""
-    responses = sample.get("filtered_resps") or []
-    first = responses[0] if responses else None
-    return first.strip() if isinstance(first, str) else None
-
-
-def scalar_metrics(sample: dict[str, Any]) -> dict[str, float]:
-    """The sample's per-sample metrics that are numbers: plain ones, and `bits_per_byte` from lm-eval's
-    (log-likelihood in nats, bytes) pair; other aggregation inputs (pairs for F1, AUC) are left out."""
-    metrics = {}
-    for name in sample.get("metrics", []):
-        value = sample.get(name)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            metrics[name] = float(value)
-        elif name == "bits_per_byte" and isinstance(value, list) and len(value) == 2 and value[1]:
-            metrics[name] = -value[0] / value[1] / math.log(2)
-    return metrics
+# the sparsebench per-sample metrics where less is better
+LOWER_IS_BETTER = {"bits_per_byte", "empty", "gold_nll", "repeated_4gram"}
 
 
 def pair_samples(samples_a: dict[int, dict], samples_b: dict[int, dict], metric: str | None,
                  sort: str) -> tuple[list[dict[str, Any]], str | None]:
     """Rows {doc_id, reference, a, b} for the documents both runs scored, and the metric used to sort them."""
-    shared = sorted(set(samples_a) & set(samples_b))
-    if not shared:
-        raise UserError("the two files share no doc_id; compare two runs of the same task")
-    for doc_id in shared:
-        if samples_a[doc_id].get("doc_hash") != samples_b[doc_id].get("doc_hash"):
-            raise UserError(f"doc_id {doc_id} is a different document in the two files (another task, data "
-                            "or limit?); compare two runs of the same task on the same data")
+    shared = shared_doc_ids(samples_a, samples_b)
     rows = [{"doc_id": doc_id, "reference": str(samples_a[doc_id].get("target", "")),
              "a": {"output": output_text(samples_a[doc_id]), "metrics": scalar_metrics(samples_a[doc_id])},
              "b": {"output": output_text(samples_b[doc_id]), "metrics": scalar_metrics(samples_b[doc_id])}}
@@ -125,6 +83,53 @@ def summary_table(all_rows: list[dict[str, Any]], names: tuple[str, str]) -> str
             + tabulate(table, headers=["metric", "A", "B", "B - A", "docs B worse"], floatfmt=".4f"))
 
 
+def token_counter(name: str | None):
+    """A function text -> number of tokens for the tokenizer `name` (a path, hub id or short name), or None."""
+    if name is None:
+        return None
+    from transformers import AutoTokenizer
+
+    from .models import resolve_model_path
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name))
+    except (OSError, ValueError) as error:
+        raise UserError(f"cannot load the tokenizer {name!r} ({str(error).splitlines()[0]}); pass the evaluated "
+                        "model's directory or hub id to --tokenizer") from None
+    return lambda text: len(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+
+
+def compare(file_a: Path, file_b: Path, metric: str | None = None, sort: str = "drop",
+            filter_name: str | None = None, tokenizer: str | None = None) -> dict[str, Any]:
+    """Everything compare-samples shows: {"metric", "pairs" (rows with error categories), "mean", "categories"
+    (counts per side, None for likelihood tasks), "flips" (None unless samples are scored by acc)}."""
+    same_task(file_a, file_b)
+    samples = (read_samples(file_a, filter_name), read_samples(file_b, filter_name))
+    rows, metric = pair_samples(*samples, metric, sort)
+    paired = tuple({row["doc_id"]: side[row["doc_id"]] for row in rows} for side in samples)
+    return {"a": str(file_a), "b": str(file_b), "metric": metric,
+            "mean": {"a": mean_metrics(rows, "a"), "b": mean_metrics(rows, "b")},
+            "categories": annotate_categories(rows, paired, token_counter(tokenizer)),
+            "flips": flips_if_scored(paired, (str(file_a), str(file_b))), "pairs": rows}
+
+
+def render_analysis(result: dict[str, Any], names: tuple[str, str]) -> str:
+    """Text tables of the error categories and the answer flips (empty for neither)."""
+    from tabulate import tabulate
+
+    parts = []
+    if result["categories"] is not None:
+        table = category_table(result["categories"], names, len(result["pairs"]))
+        parts.append("error categories (samples in each; '-': not checked):\n"
+                     + tabulate(table, headers=["category", "A", "B", "meaning"]))
+    flips = result["flips"]
+    if flips is not None:
+        parts.append(f"answer flips A -> B by {flips['metric']} over {flips['documents']} documents: "
+                     f"{flips['right_to_wrong']} right -> wrong, {flips['wrong_to_right']} wrong -> right "
+                     f"(flip rate {flips['flip_rate']:.3f})")
+    return "\n\n".join(parts)
+
+
 @click.command("compare-samples")
 @click.argument("file_a", type=click.Path(path_type=Path))
 @click.argument("file_b", type=click.Path(path_type=Path))
@@ -138,10 +143,17 @@ def summary_table(all_rows: list[dict[str, Any]], names: tuple[str, str]) -> str
 @click.option("--width", type=click.IntRange(min=40), default=100, show_default=True, help="Text width.")
 @click.option("--max-chars", type=click.IntRange(min=20), default=600, show_default=True,
               help="Characters of each text to print.")
-@click.option("--json", "as_json", is_flag=True, help="Print every pair and the means as JSON.")
+@click.option("--tokenizer", help="The evaluated models' tokenizer (path, hub id or smollm2-135m): enables the "
+                                  "max_tokens error category.")
+@click.option("--report", "report_path", type=click.Path(path_type=Path),
+              help="Also write a markdown error-analysis report (categories, flips, the --limit largest "
+                   "regressions side by side) to this file.")
+@click.option("--json", "as_json", is_flag=True, help="Print every pair, the means, categories and flips as JSON.")
 def compare_samples_command(file_a: Path, file_b: Path, metric: str | None, sort: str, limit: int,
-                            filter_name: str | None, width: int, max_chars: int, as_json: bool) -> None:
-    """Put two runs' per-sample outputs (lm-eval --log_samples files) side by side with their scores.
+                            filter_name: str | None, width: int, max_chars: int, tokenizer: str | None,
+                            report_path: Path | None, as_json: bool) -> None:
+    """Put two runs' per-sample outputs (lm-eval --log_samples files) side by side with their scores, error
+    categories (generation tasks) and answer flips (tasks scored by acc).
 
     \b
     Example:
@@ -149,14 +161,19 @@ def compare_samples_command(file_a: Path, file_b: Path, metric: str | None, sort
         --output_path dense/ --log_samples
       (same with --model sparse-hf ... method=magnitude,sparsity=0.5 --output_path pruned/)
       sparse-bench compare-samples dense/*/samples_sparsebench_billsum_*.jsonl \\
-        pruned/*/samples_sparsebench_billsum_*.jsonl --limit 5
+        pruned/*/samples_sparsebench_billsum_*.jsonl --limit 5 --report report.md
     """
-    rows, metric = pair_samples(read_samples(file_a, filter_name), read_samples(file_b, filter_name), metric, sort)
-    names = (file_a.name, file_b.name)
+    result = compare(file_a, file_b, metric, sort, filter_name, tokenizer)
+    rows, metric, names = result["pairs"], result["metric"], (file_a.name, file_b.name)
+    if report_path is not None:
+        write_text_atomic(report_path, render_report(rows, metric, names, result["categories"], result["flips"],
+                                                     (result["mean"]["a"], result["mean"]["b"]), limit, max_chars,
+                                                     title=f"{file_a.name} vs {file_b.name}"))
     if as_json:
-        click.echo(json.dumps({"a": str(file_a), "b": str(file_b), "metric": metric,
-                               "mean": {"a": mean_metrics(rows, "a"), "b": mean_metrics(rows, "b")},
-                               "pairs": rows}, indent=2, ensure_ascii=False))
+        click.echo(json.dumps(result, indent=2, ensure_ascii=False))
         return
     click.echo(render_text(rows[:limit], metric, names, width, max_chars))
     click.echo(summary_table(rows, names))
+    analysis = render_analysis(result, names)
+    if analysis:
+        click.echo("\n" + analysis)

@@ -12,6 +12,7 @@ numbers are not comparable.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -36,13 +37,19 @@ def read_text(path: str | Path) -> str:
         raise UserError(f"{path} is not UTF-8 text; give a raw text file such as WikiText-2's wiki.test.raw") from None
 
 
+# Called with (windows' token ids [batch, seqlen], their logits [batch, seqlen, vocab]) after each forward, in
+# window order: another measure over the same windows (harness_ext.agreement) then costs no second forward.
+LogitsObserver = Callable[[torch.Tensor, torch.Tensor], None]
+
+
 @torch.no_grad()
-def token_perplexity(model: nn.Module, tokenizer, text: str, seqlen: int,
-                     max_tokens: int | None = None) -> dict:
+def token_perplexity(model: nn.Module, tokenizer, text: str, seqlen: int, max_tokens: int | None = None,
+                     on_logits: LogitsObserver | None = None) -> dict:
     """Perplexity of `model` on `text` with windows of `seqlen` tokens (first `max_tokens` tokens only).
 
     Returns {"perplexity", "nll_per_token", "tokens" (tokens in the windows), "predicted_tokens", "windows",
     "seqlen", "max_tokens", "protocol"}. The model may be any dtype; the loss is computed in float32.
+    `on_logits`, if given, sees every batch of windows and its logits (see `LogitsObserver`).
     """
     if seqlen < 2:
         raise UserError(f"seqlen must be >= 2 tokens, got {seqlen}; use e.g. --seqlen 256")
@@ -69,6 +76,8 @@ def token_perplexity(model: nn.Module, tokenizer, text: str, seqlen: int,
             logits = model(input_ids=chunk, use_cache=False).logits
             total_nll += float(F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]),
                                                chunk[:, 1:].reshape(-1), reduction="sum"))
+            if on_logits is not None:
+                on_logits(chunk, logits)
             del logits
     finally:
         model.train(was_training)
@@ -79,4 +88,4 @@ def token_perplexity(model: nn.Module, tokenizer, text: str, seqlen: int,
             "protocol": PROTOCOL}
 
 
-__all__ = ["PROTOCOL", "read_text", "token_perplexity"]
+__all__ = ["PROTOCOL", "LogitsObserver", "read_text", "token_perplexity"]

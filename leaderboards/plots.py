@@ -76,7 +76,8 @@ def _save(figure, path: Path) -> Path:
 
 
 def make_plots(grid: Grid, out_dir: Path | None = None) -> dict[str, Path]:
-    """Write OUT/plots/TASK.png per task and OUT/plots/cost.png; returns {task or "cost": path}."""
+    """Write OUT/plots/TASK.png per task, OUT/plots/cost.png (perplexity, size, latency) and OUT/plots/measures.png
+    (KL and top-1 agreement with dense, BERTScore F1, repetition); returns {task, "cost" or "measures": path}."""
     out_dir = Path(out_dir or grid.folder / "plots")
     written: dict[str, Path] = {}
     for task in task_names(grid):
@@ -98,16 +99,32 @@ def make_plots(grid: Grid, out_dir: Path | None = None) -> dict[str, Path]:
         (lambda r: _mib((r.get("size") or {}).get("compressed_bytes")), "compressed checkpoint (MiB)", False),
         (lambda r: (r.get("latency") or {}).get("forward_ms"), "ms per forward", False),
     ]
-    figure, axes_list = plt.subplots(1, len(panels), figsize=(15, 4))
-    drawn = [_draw(axes, grid, getter, label, log) for axes, (getter, label, log) in zip(axes_list, panels)]
-    if any(drawn):
-        for axes, ok in zip(axes_list, drawn):
-            if not ok:
-                axes.text(0.5, 0.5, "not measured", ha="center", va="center", transform=axes.transAxes)
-        written["cost"] = _save(figure, out_dir / "cost.png")
-    else:
-        plt.close(figure)
+    _panel_figure(grid, panels, out_dir / "cost.png", written, "cost")
+    measures = [
+        (lambda r: (r.get("agreement") or {}).get("kl"), "KL(dense || cell), nats/token", False),
+        (lambda r: (r.get("agreement") or {}).get("top1_agreement"), "top-1 agreement with dense", False),
+    ]
+    for task in task_names(grid):
+        for metric, label in (("bertscore_f1", "BERTScore F1"), ("repeated_4gram", "repeated 4-gram share")):
+            if any(metric in r["metrics"].get(task, {}) for r in grid.ok()):
+                measures.append((lambda r, t=task, m=metric: r["metrics"].get(t, {}).get(m), f"{task}\n{label}",
+                                 False))
+    _panel_figure(grid, measures, out_dir / "measures.png", written, "measures")
     return written
+
+
+def _panel_figure(grid: Grid, panels: list[tuple[Getter, str, bool]], path: Path, written: dict[str, Path],
+                  key: str) -> None:
+    """One row of panels (getter, y label, log scale) vs sparsity, saved as written[key] if any is measured."""
+    figure, axes_list = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    drawn = [_draw(axes, grid, getter, label, log) for axes, (getter, label, log) in zip(axes_list[0], panels)]
+    if not any(drawn):
+        plt.close(figure)
+        return
+    for axes, ok in zip(axes_list[0], drawn):
+        if not ok:
+            axes.text(0.5, 0.5, "not measured", ha="center", va="center", transform=axes.transAxes)
+    written[key] = _save(figure, path)
 
 
 def _mib(value: Any) -> float | None:

@@ -47,7 +47,12 @@ METRIC_NOTES = {
     "rougeL": "ROUGE-L F-measure (stemmed)", "rougeLsum": "ROUGE-Lsum F-measure (stemmed)",
     "ppl": "token-level perplexity over a WikiText-2 test slice in windows of `seqlen` tokens (the pruning "
            "papers' protocol; lm-eval's `wikitext` task reports word-level perplexity, not comparable)",
+    "bertscore_f1": "BERTScore F1 against the reference (scorer in the header)",
+    "bertscore_precision": "BERTScore precision", "bertscore_recall": "BERTScore recall",
+    "repeated_4gram": "share of the output's word 4-grams that repeat an earlier one (1 = a loop)",
+    "distinct_1": "distinct words / words", "distinct_2": "distinct word bigrams / bigrams",
 }
+SUMMARY_EXTRAS = ("bertscore_f1", "repeated_4gram")  # shown in the summary next to their task's primary metric
 
 
 @dataclass
@@ -58,6 +63,7 @@ class Grid:
     spec: dict[str, Any]
     cells: list[dict[str, Any]]
     results: dict[str, dict[str, Any] | None]
+    comparisons: dict[tuple[str, str], dict[str, Any]] | None = None  # comparisons.compare_cells, when computed
 
     @cached_property
     def states(self) -> list[CellState]:
@@ -68,6 +74,14 @@ class Grid:
         """Records of the cells with results: every phase ok, or partial (a failed phase is marked where its
         numbers would be)."""
         return [r for c in self.cells if (r := self.results[c["cell_id"]]) and r["status"] in ("ok", "partial")]
+
+    def with_comparisons(self) -> "Grid":
+        """Compare each pruned cell's logged samples with its dense cell's (answer flips; error-analysis reports
+        written to OUT/reports/), for the flips and errors columns; returns self."""
+        from .comparisons import compare_cells
+
+        self.comparisons = compare_cells(self.folder, self.ok(), task_names(self))
+        return self
 
 
 def load_grid(folder: Path) -> Grid:
@@ -163,6 +177,8 @@ def cell_columns(result: dict[str, Any]) -> dict[str, Any]:
         "nonzero (M)": fmt(sparsity.get("nonzero_params", 0) / 1e6) if sparsity else "-",
         "dtype": cell["dtype"],
         "ppl (token)": fmt((result.get("perplexity") or {}).get("perplexity")),
+        "KL vs dense": fmt((result.get("agreement") or {}).get("kl"), 3),
+        "top-1 agree": fmt((result.get("agreement") or {}).get("top1_agreement"), 3),
         "dense MiB": mebibytes(size.get("dense_bytes")) if size.get("status") == "measured" else "not measured",
         "compressed MiB": (mebibytes(size.get("compressed_bytes")) if size.get("status") == "measured"
                            else "not measured"),
@@ -176,14 +192,30 @@ def cell_columns(result: dict[str, Any]) -> dict[str, Any]:
     return columns
 
 
-PHASE_COLUMNS = {"perplexity": ("ppl (token)",), "size": ("dense MiB", "compressed MiB"),
-                 "latency": ("ms/forward", "tokens/s", "peak MiB")}
+PHASE_COLUMNS = {"perplexity": ("ppl (token)", "KL vs dense", "top-1 agree"),
+                 "size": ("dense MiB", "compressed MiB"), "latency": ("ms/forward", "tokens/s", "peak MiB")}
 
 
 def _ranks(values: list[Any], higher_is_better: bool) -> list[str]:
     finite = sorted({v for v in values if isinstance(v, (int, float)) and math.isfinite(v)},
                     reverse=higher_is_better)
     return [str(finite.index(v) + 1) if v in finite else "-" for v in values]
+
+
+def comparison_columns(grid: Grid, result: dict[str, Any], task: str) -> dict[str, str]:
+    """`flips r→w / w→r` (tasks scored by acc) and `errors` (a link to the error-analysis report of generation
+    tasks) against the dense cell, when the cells logged samples; empty otherwise."""
+    found = (grid.comparisons or {}).get((result["cell_id"], task))
+    has = {kind for (_, name), value in (grid.comparisons or {}).items() if name == task
+           for kind in ("flips", "report") if value[kind] is not None}
+    columns = {}
+    if "flips" in has:
+        flips = (found or {}).get("flips")
+        columns["flips r→w / w→r"] = "-" if not flips else f"{flips['right_to_wrong']} / {flips['wrong_to_right']}"
+    if "report" in has:
+        report = (found or {}).get("report")
+        columns["errors"] = "-" if not report else f"[report]({Path(report).relative_to(grid.folder).as_posix()})"
+    return columns
 
 
 def task_rows(grid: Grid, task: str) -> tuple[list[dict[str, Any]], str | None]:
@@ -197,6 +229,7 @@ def task_rows(grid: Grid, task: str) -> tuple[list[dict[str, Any]], str | None]:
         row = {"rank": "", **{k: v for k, v in cell_columns(result).items() if k in CELL_HEAD}}
         for metric in metrics:
             row[metric] = with_stderr(values.get(metric), values.get(f"{metric}_stderr"))
+        row.update(comparison_columns(grid, result, task))
         if primary:
             dense = _dense_value(grid, result, task, primary)
             value = values.get(primary)
@@ -263,6 +296,8 @@ def header(grid: Grid) -> dict[str, Any]:
         "Perplexity": "not measured" if not ppl else (
             f"`ppl (token)` = {METRIC_NOTES['ppl']}: `{ppl['data']}`, first {ppl['max_tokens']} tokens, "
             f"windows of {ppl['seqlen']}"),
+        "Agreement": agreement_note(grid),
+        "Scorers": scorer_note(grid),
         "Latency": "not measured" if not lat else (
             f"{latency.get('device_name', '?')} (`{latency.get('device', '?')}`, {latency.get('torch_threads', '?')}"
             f" torch threads, {latency.get('cpu_count', '?')} logical CPUs): `ms/forward` = median of "
@@ -274,6 +309,29 @@ def header(grid: Grid) -> dict[str, Any]:
         "Software": ", ".join(f"{k} {env[k]}" for k in ("sparse_bench", "lm_eval", "torch", "transformers")
                               if k in env),
     }
+
+
+def agreement_note(grid: Grid) -> str:
+    agreement = _first(grid, lambda r: r["agreement"])
+    if not agreement:
+        return "not measured"
+    reference = agreement["reference"]
+    return (f"`KL vs dense` = KL(dense || cell) of next-token distributions in nats per token and `top-1 agree` = "
+            f"share of positions where the cell's most likely token is the dense model's, on the perplexity "
+            f"windows ({agreement['positions']} positions), against the dense model in {reference['dtype']} on "
+            f"`{reference['device']}`; the KL uses the dense top {agreement['top_k']} tokens plus the rest mass (a "
+            "lower bound on the full KL, docs/measures.md)")
+
+
+def scorer_note(grid: Grid) -> str:
+    """Which BERTScore scorer the generation tasks used (from lm-eval's task config), or '-'."""
+    def scorers(result: dict[str, Any]) -> str:
+        found = {f"`{task}`: {config['metadata']['bertscore_model']}"
+                 for evaluation in result["evaluations"]
+                 for task, config in evaluation["results"].get("configs", {}).items()
+                 if (config.get("metadata") or {}).get("bertscore_model")}
+        return "; ".join(sorted(found))
+    return _first(grid, scorers) or "-"
 
 
 def _cell_counts(grid: Grid) -> str:
@@ -335,7 +393,10 @@ def summary_rows(grid: Grid) -> list[dict[str, Any]]:
             if primary:
                 row[f"{task} {primary}"] = (FAILED if failed_phase(result, "evaluate") else
                                             with_stderr(values.get(primary), values.get(f"{primary}_stderr")))
-        row.update({key: columns[key] for key in ("ppl (token)", "compressed MiB", "ms/forward", "prune s")})
+            row.update({f"{task} {name}": fmt(values.get(name), 3) for name in SUMMARY_EXTRAS
+                        if name != primary and name in values})
+        row.update({key: columns[key] for key in ("ppl (token)", "KL vs dense", "top-1 agree", "compressed MiB",
+                                                  "ms/forward", "prune s")})
         rows.append(row)
     return rows
 
@@ -363,6 +424,9 @@ def render_markdown(grid: Grid, plots: dict[str, Path] | None = None) -> str:
     if plots and "cost" in plots:
         lines += ["", "## Perplexity, size and latency vs sparsity", "",
                   f"![cost]({plots['cost'].relative_to(grid.folder).as_posix()})"]
+    if plots and "measures" in plots:
+        lines += ["", "## Agreement with the dense model, BERTScore and repetition vs sparsity", "",
+                  f"![measures]({plots['measures'].relative_to(grid.folder).as_posix()})"]
     failed = failed_rows(grid)
     if failed:
         lines += ["", "## Failed cells and phases", "", tabulate(failed, headers="keys", tablefmt="github")]
@@ -391,7 +455,7 @@ def render(folder: Path, fmt_name: str = "md", plots: dict[str, Path] | None = N
     """Render `folder` in `fmt_name`; writes OUT/leaderboard.EXT and returns (text, path)."""
     if fmt_name not in FORMATS:
         raise UserError(f"unknown format {fmt_name!r}; use one of: {', '.join(FORMATS)}")
-    grid = load_grid(folder)
+    grid = load_grid(folder).with_comparisons()
     text = {"md": lambda: render_markdown(grid, plots), "csv": lambda: render_csv(grid),
             "json": lambda: render_json(grid)}[fmt_name]()
     return text, write_text_atomic(Path(folder) / f"leaderboard.{fmt_name}", text)

@@ -10,7 +10,8 @@ failure reason in `phases`, and a failed phase discards no other phase's result.
 phase ok), partial (some measure ok, some phase failed) or failed (nothing measured). An ok cell is never
 recomputed; a partial or failed one is retried on the next run unless `retry_failed=False`, and only its
 phases that did not end ok run again (prune and load too, from the pruned-model cache, to have the model).
-Killing the process at any moment loses at most the cell in flight.
+The cell's file is rewritten after every phase, so killing the process at any moment loses at most the
+phase in flight.
 
 Pruned models are cached (see cache.py): a dtype sweep or a re-run prunes each model once.
 """
@@ -34,11 +35,11 @@ from ..harness_ext.errors import UserError
 from ..harness_ext.io import write_json_atomic
 from .cache import PrunedModelCache, model_fingerprint, pruned_checkpoint
 from .evaluation import GridTasks, evaluate_cell, flatten_metrics, needs_builtin_tasks, write_samples
+from .perplexity import cell_perplexity
 from .spec import Cell, GridSpec, expand_cells, shard_cells
 
 RESULT_FORMAT = "sparse-bench-leaderboard-cell/1"
 GRID_FORMAT = "sparse-bench-leaderboard-grid/1"
-CHARS_PER_TOKEN_CAP = 16  # see cell_perplexity
 RESULT_NEUTRAL_KEYS = ("source", "name", "log_samples")  # spec keys that change no number in a cell
 
 
@@ -99,45 +100,6 @@ def samples_path(out_dir: Path, cell: Cell) -> Path:
     return Path(out_dir) / "samples" / cell.cell_id
 
 
-def wikitext2_test_text() -> str:
-    """WikiText-2 raw test: $SPARSE_BENCH_DATA_DIR/wikitext2/wiki.test.raw, else the hub's
-    `Salesforce/wikitext` (wikitext-2-raw-v1, test) rows joined with "\\n\\n" as the pruning papers do."""
-    from ..harness_ext.perplexity import read_text
-
-    root = os.environ.get("SPARSE_BENCH_DATA_DIR")
-    if root:
-        return read_text(Path(root) / "wikitext2" / "wiki.test.raw")
-    try:
-        import datasets
-
-        rows = datasets.load_dataset("Salesforce/wikitext", "wikitext-2-raw-v1", split="test")["text"]
-    except Exception as error:  # noqa: BLE001 - offline, no such dataset: one line for the user
-        raise UserError(f"cannot load WikiText-2 test from the hub ({type(error).__name__}); set "
-                        "SPARSE_BENCH_DATA_DIR to a folder with wikitext2/wiki.test.raw, or set perplexity.data "
-                        "to a text file, or perplexity: null") from None
-    return "\n\n".join(rows)
-
-
-def cell_perplexity(lm: Any, spec: GridSpec) -> dict[str, Any] | None:
-    """Token-level perplexity (harness_ext.perplexity) on the first `max_tokens` tokens of the text.
-
-    Tokenizing all of WikiText-2 test takes ~5 s on 2 cores, so the text is first cut to `CHARS_PER_TOKEN_CAP`
-    characters per wanted token (BPE splits words locally, so the first `max_tokens` tokens are unchanged);
-    if the cut yields fewer tokens than asked, the whole text is used.
-    """
-    if spec.perplexity is None:
-        return None
-    from ..harness_ext.perplexity import read_text, token_perplexity
-
-    settings = spec.perplexity
-    text = wikitext2_test_text() if settings.data == "wikitext2" else read_text(settings.data)
-    head = text[:settings.max_tokens * CHARS_PER_TOKEN_CAP]
-    result = token_perplexity(lm.model, lm.tokenizer, head, settings.seqlen, settings.max_tokens)
-    if len(head) < len(text) and result["tokens"] < settings.max_tokens - settings.seqlen + 1:
-        result = token_perplexity(lm.model, lm.tokenizer, text, settings.seqlen, settings.max_tokens)
-    return {**result, "data": settings.data}
-
-
 def cell_size(model: Any) -> dict[str, Any]:
     """Dense and compressed checkpoint bytes of the model as evaluated (its dtype), from the checkpoints module."""
     from ..harness_ext.checkpoints import checkpoint_sizes
@@ -196,7 +158,13 @@ def evaluate_phase(run: CellRun) -> dict[str, Any]:
 
 
 def perplexity_phase(run: CellRun) -> dict[str, Any]:
-    return {"perplexity": cell_perplexity(run.lm, run.spec)}
+    """Perplexity and, in the same forward, KL / top-1 agreement with the dense model (agreement.py; building
+    the dense reference first when no cell has yet)."""
+    from .agreement import cell_agreement
+
+    agreement = cell_agreement(run.cell, run.spec, *run.resolve(run.cell.model), run.cache.root)
+    return {"perplexity": cell_perplexity(run.lm, run.spec, agreement),
+            "agreement": None if agreement is None else agreement.finish()}
 
 
 def latency_phase(run: CellRun) -> dict[str, Any]:
@@ -215,10 +183,11 @@ PREREQUISITES: dict[str, Callable[[CellRun], dict[str, Any]]] = {"prune": prune_
 MEASURES: dict[str, Callable[[CellRun], dict[str, Any]]] = {  # each needs only the loaded model
     "evaluate": evaluate_phase, "perplexity": perplexity_phase, "latency": latency_phase, "size": size_phase}
 PHASES = (*PREREQUISITES, *MEASURES)
+NOT_RUN_YET = "not run yet (in flight, or the run stopped before it)"
 PHASE_KEYS = {  # the record keys each phase fills
     "prune": ("model_path", "model_fingerprint", "prune", "pruned_checkpoint", "prune_cached"),
     "load": ("sparsity",), "evaluate": ("evaluations", "metrics", "higher_is_better"),
-    "perplexity": ("perplexity",), "latency": ("latency",), "size": ("size",)}
+    "perplexity": ("perplexity", "agreement"), "latency": ("latency",), "size": ("size",)}
 
 
 def finished_phases(previous: dict[str, Any] | None) -> dict[str, Any]:
@@ -251,42 +220,51 @@ def run_phase(record: dict[str, Any], name: str, work: Callable[[], dict[str, An
 
 
 def cell_status(phases: dict[str, dict[str, Any]]) -> tuple[str, str | None]:
-    """(status, reason): ok when every phase is ok; partial when some measure is ok and some phase failed;
-    failed when nothing was measured. The reason names each failed phase (`perplexity: ...; latency: ...`)."""
-    failed = [f"{name}: {phases[name]['reason']}" for name in PHASES
-              if name in phases and phases[name]["status"] != "ok"]
+    """(status, reason): ok when every phase is ok; partial when some measure is ok and some phase failed or
+    has not run; failed when nothing was measured. The reason names each of those phases
+    (`perplexity: ...; latency: not run yet ...`)."""
+    failed = [f"{name}: {phases[name]['reason'] if name in phases else NOT_RUN_YET}" for name in PHASES
+              if phases.get(name, {}).get("status") != "ok"]
     if not failed:
         return "ok", None
     measured = any(phases.get(name, {}).get("status") == "ok" for name in MEASURES)
     return ("partial" if measured else "failed"), "; ".join(failed)
 
 
-def run_cell(run: CellRun, previous: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run the phases of one cell that `previous` (its earlier record, if any) did not finish; returns the
-    record's measured part: `status`, `reason`, `phases` ({name: {status, reason, seconds}}), `timings`,
-    each phase's keys (PHASE_KEYS) and `flags`.
-
-    prune (model resolution, fingerprint, pruning or the cache lookup) and load run whenever a measure is to
-    run (a re-run keeps their earlier result when they ended ok), then each measure not finished before. A
-    failed measure never discards another's result; a failed prune or load marks the measures it kept from
-    running as failed ("not run: ..."), to be retried."""
-    record = finished_phases(previous)
-    todo = [name for name in MEASURES if name not in record["phases"]]
-    for name, work in PREREQUISITES.items():
-        kept = name in record["phases"]  # ran ok before: run again for the model, keep the recorded result
-        target = {"phases": {}, "timings": {}} if kept else record
-        if not run_phase(target, name, lambda work=work: work(run)):
-            record["phases"][name] = target["phases"][name]
-            for later in todo:
-                record["phases"][later] = {"status": "failed", "reason": f"not run: the {name} phase failed",
-                                           "seconds": 0.0}
-            todo = []
-            break
-    for name in todo:
-        run_phase(record, name, lambda name=name: MEASURES[name](run))
+def with_status(record: dict[str, Any]) -> dict[str, Any]:
+    """`record` with `status`, `reason` and `flags` set from what it holds."""
     record["status"], record["reason"] = cell_status(record["phases"])
     ppl = (record.get("perplexity") or {}).get("perplexity")
     record["flags"] = nonfinite_flags(record.get("metrics", {}), ("perplexity", ppl))
+    return record
+
+
+def run_cell(run: CellRun, previous: dict[str, Any] | None = None,
+             save: Callable[[dict[str, Any]], None] = lambda record: None) -> dict[str, Any]:
+    """Run the phases of one cell that `previous` (its earlier record, if any) did not finish; returns the
+    record's measured part: `status`, `reason`, `phases` ({name: {status, reason, seconds}}), `timings`,
+    each phase's keys (PHASE_KEYS) and `flags`. `save(record)` is called after every phase, so a run killed
+    mid-cell keeps the phases that finished.
+
+    prune (model resolution, fingerprint, pruning or the cache lookup) and load run whenever a measure is to
+    run (a re-run keeps their earlier result when they ended ok), then each measure not finished before. A
+    failed measure never discards another's result; a failed prune or load marks the phases it kept from
+    running as failed ("not run: ..."), to be retried."""
+    record = finished_phases(previous)
+    steps = [(name, work, name in record["phases"]) for name, work in PREREQUISITES.items()]
+    steps += [(name, work, False) for name, work in MEASURES.items() if name not in record["phases"]]
+    for index, (name, work, kept) in enumerate(steps):
+        target = {"phases": {}, "timings": {}} if kept else record  # kept: run for the model, keep the result
+        done = run_phase(target, name, lambda work=work: work(run))
+        if not done:
+            record["phases"][name] = target["phases"][name]
+            if name in PREREQUISITES:
+                for later, _, _ in steps[index + 1:]:
+                    record["phases"][later] = {"status": "failed", "reason": f"not run: the {name} phase failed",
+                                               "seconds": 0.0}
+        save(with_status(record))
+        if not done and name in PREREQUISITES:
+            break
     return record
 
 
@@ -347,7 +325,8 @@ def run_grid(spec: GridSpec, out_dir: Path, shard: tuple[int, int] = (0, 1), cac
     summary, todo = GridSummary(), []
     for cell in cells:
         existing = read_result(result_path(out_dir, cell))
-        if existing and (existing["status"] == "ok" or not retry_failed):
+        stopped = existing and "phases" in existing and not set(PHASES) <= set(existing["phases"])
+        if existing and (existing["status"] == "ok" or not (retry_failed or stopped)):
             summary.done.append(cell.cell_id)
         else:
             todo.append((cell, existing))
@@ -371,12 +350,15 @@ def run_grid(spec: GridSpec, out_dir: Path, shard: tuple[int, int] = (0, 1), cac
                 "running it again")
         write_json_atomic(marker, {"pid": os.getpid(), "host": socket.gethostname(), "started": _now()})
         start = time.perf_counter()
-        record: dict[str, Any] = {"format": RESULT_FORMAT, "cell_id": cell.cell_id, "cell": cell.describe(),
-                                  "started": _now(), "environment": env}
-        record.update(run_cell(CellRun(cell, spec, resolve, cache, tasks, samples_path(out_dir, cell)),
-                               previous))
-        record["seconds"] = time.perf_counter() - start
-        write_json_atomic(result_path(out_dir, cell), record)
+        head: dict[str, Any] = {"format": RESULT_FORMAT, "cell_id": cell.cell_id, "cell": cell.describe(),
+                                "started": _now(), "environment": env}
+
+        def save(measured: dict[str, Any], head: dict[str, Any] = head, start: float = start, cell: Cell = cell):
+            write_json_atomic(result_path(out_dir, cell), {**head, **measured,
+                                                           "seconds": time.perf_counter() - start})
+
+        measured = run_cell(CellRun(cell, spec, resolve, cache, tasks, samples_path(out_dir, cell)), previous, save)
+        record = {**head, **measured, "seconds": time.perf_counter() - start}
         marker.unlink(missing_ok=True)
         getattr(summary, record["status"]).append(cell.cell_id)
         say(f"{cell_label(cell)}: {record['status']} in {record['seconds']:.0f} s"

@@ -71,11 +71,14 @@ class TaskSpec:
 
 @dataclass(frozen=True)
 class PerplexitySpec:
-    """Token-level perplexity (the pruning papers' protocol): `data` is "wikitext2" or a text file."""
+    """Token-level perplexity (the pruning papers' protocol): `data` is "wikitext2" or a text file.
+    `agreement_top_k`: KL and top-1 agreement with the dense model on the same windows and forward, against the
+    dense model's top-k cached once (leaderboards/agreement.py); 0 switches them off."""
 
     data: str = "wikitext2"
     seqlen: int = 256
     max_tokens: int = 16384
+    agreement_top_k: int = 64
 
 
 @dataclass(frozen=True)
@@ -207,8 +210,8 @@ class _Fields:
             self.fail(key, f"must be true or false, got {value!r}")
         return value
 
-    def items(self, key: str, required: bool = True) -> list[Any]:
-        value = self.get(key, [] if not required else None, required=required)
+    def items(self, key: str, required: bool = True, default: tuple[Any, ...] = ()) -> list[Any]:
+        value = self.get(key, list(default) if not required else None, required=required)
         if not isinstance(value, list) or (required and not value):
             self.fail(key, f"must be a non-empty list, got {value!r}")
         return value
@@ -238,10 +241,12 @@ def parse_spec(data: Any, source: str = "<dict>", base_dir: Path | None = None) 
     models = [_model_name(fields, i, m) for i, m in enumerate(fields.items("models"))]
     methods = [_method(fields, i, entry, base_dir) for i, entry in enumerate(fields.items("methods", False))]
     sparsities = [_sparsity(fields, i, s) for i, s in enumerate(fields.items("sparsities", False))]
-    structures = [_structure(fields, i, s) for i, s in enumerate(fields.get("structures", [UNSTRUCTURED]))]
+    structures = [_structure(fields, i, s)
+                  for i, s in enumerate(fields.items("structures", False, (UNSTRUCTURED,)))]
     if any(m.recipe is None for m in methods) and UNSTRUCTURED in structures and not sparsities:
         fields.fail("sparsities", "is required for unstructured pruning (e.g. [0.5]); or list only N:M structures")
-    dtypes = [_choice(fields, f"dtypes[{i}]", d, DTYPES) for i, d in enumerate(fields.get("dtypes", ["float32"]))]
+    dtypes = [_choice(fields, f"dtypes[{i}]", d, DTYPES)
+              for i, d in enumerate(fields.items("dtypes", False, ("float32",)))]
     tasks = [_task(fields, i, entry) for i, entry in enumerate(fields.items("tasks"))]
     include_path = fields.get("include_path")
     if include_path is not None:
@@ -380,11 +385,13 @@ def _calibration(fields: _Fields, base_dir: Path) -> CalibrationConfig:
 def _perplexity(fields: _Fields, base_dir: Path) -> PerplexitySpec | None:
     if "perplexity" in fields.data and fields.data["perplexity"] is None:
         return None
-    entry = _Fields(fields.get("perplexity", {}), "perplexity", fields.source, ("data", "seqlen", "max_tokens"))
+    entry = _Fields(fields.get("perplexity", {}), "perplexity", fields.source,
+                    ("data", "seqlen", "max_tokens", "agreement_top_k"))
     defaults = PerplexitySpec()
     return PerplexitySpec(
         data=_data_path(entry, "data", entry.get("data", defaults.data), base_dir, ("wikitext2",)),
-        seqlen=entry.integer("seqlen", defaults.seqlen, 2), max_tokens=entry.integer("max_tokens", defaults.max_tokens))
+        seqlen=entry.integer("seqlen", defaults.seqlen, 2), max_tokens=entry.integer("max_tokens", defaults.max_tokens),
+        agreement_top_k=entry.integer("agreement_top_k", defaults.agreement_top_k, 0))
 
 
 def _latency(fields: _Fields) -> LatencySpec | None:

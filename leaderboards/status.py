@@ -66,6 +66,8 @@ def _state(out_dir: Path, cell_id: str, job: dict[str, Any] | None, queue: dict[
     if job and job_id in queue:
         return CellState(cell_id, queue[job_id], None, job_id)
     if result and not (job and result.get("started", "") < job.get("submitted", "")):
+        if not job and (local := _local_state(out_dir, cell_id)).state == RUNNING:
+            return local  # a local run rewrites the cell's file after each phase: not finished yet
         return CellState(cell_id, PARTIAL if result["status"] == "partial" else FAILED, result["reason"], job_id)
     if job:  # no result, or one older than the last submission: the task ended without writing one
         return CellState(cell_id, FAILED, task_end_reason(out_dir, job), job_id)

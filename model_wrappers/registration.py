@@ -1,4 +1,4 @@
-"""Register `sparse-hf` and our task folder with lm-eval, without patching lm-eval's files.
+"""Register `sparse-hf`, `sparse-encoder` and our task folder with lm-eval, without patching lm-eval's files.
 
 lm-eval 0.4.13 fills its model registry with the built-in models only when the registry is still empty at
 the first `get_model` call; registering a plugin before that hides `--model hf`. So we always import
@@ -16,7 +16,8 @@ from importlib.metadata import entry_points
 from ..tasks import TASKS_DIR
 
 MODEL_NAME = "sparse-hf"
-MODEL_TARGET = "sparse_bench.model_wrappers.sparse_hf:SparseHFLM"
+MODEL_TARGETS = {MODEL_NAME: "sparse_bench.model_wrappers.sparse_hf:SparseHFLM",
+                 "sparse-encoder": "sparse_bench.model_wrappers.sparse_encoder:SparseEncoderLM"}
 
 
 def register_models() -> None:
@@ -24,8 +25,8 @@ def register_models() -> None:
     import lm_eval.models  # noqa: F401  - registers the built-ins first (see module docstring)
     from lm_eval.api.registry import model_registry
 
-    targets = {ep.name: ep.value for ep in entry_points(group="lm_eval.models")}
-    targets.setdefault(MODEL_NAME, MODEL_TARGET)  # a source checkout run without installing
+    targets = {**MODEL_TARGETS, **{ep.name: ep.value for ep in entry_points(group="lm_eval.models")}}
+    # (ours listed too: a source checkout run without installing has no entry points)
     for name, target in targets.items():
         if name not in model_registry:  # already there: lm-eval's own discovery or an earlier call
             model_registry.register(name, target=target)

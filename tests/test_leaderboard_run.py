@@ -16,7 +16,7 @@ import yaml
 from tiny_tasks import TASK_NAME, write_tiny_choice_task
 
 from sparse_bench.leaderboards.render import load_grid, render, task_rows
-from sparse_bench.leaderboards.runner import read_result, result_path, run_grid
+from sparse_bench.leaderboards.runner import MEASURES, NOT_RUN_YET, read_result, result_path, run_grid
 from sparse_bench.leaderboards.spec import expand_cells, load_spec
 
 SECOND_TASK = f"{TASK_NAME}_b"
@@ -91,6 +91,24 @@ def test_two_by_two_grid_end_to_end(finished_grid, tiny_spec):
     assert [row[2] for row in quality_table(out_dir)] == ["dense", "magnitude", "magnitude", "wanda", "wanda"]
 
 
+def test_agreement_with_dense_and_answer_flips(finished_grid):
+    out_dir, cache = finished_grid
+    text, _ = render(out_dir, "md")
+    grid = load_grid(out_dir).with_comparisons()
+    dense = next(r for r in grid.ok() if r["cell"]["method"] == "dense")
+    assert dense["agreement"]["kl"] == pytest.approx(0.0, abs=1e-9) and dense["agreement"]["top1_agreement"] == 1.0
+    assert dense["agreement"]["positions"] == 4 * 63 and dense["agreement"]["reference"]["dtype"] == "float32"
+    pruned = [r for r in grid.ok() if r["cell"]["method"] != "dense"]
+    assert all(r["agreement"]["kl"] > 0 and 0 <= r["agreement"]["top1_agreement"] <= 1 for r in pruned)
+    assert len(list((cache / "dense-references").glob("*.safetensors"))) == 1  # built once, by the dense cell
+    for result in pruned:  # accuracy moves by exactly the net flips
+        flips = grid.comparisons[(result["cell_id"], TASK_NAME)]["flips"]
+        net = (flips["wrong_to_right"] - flips["right_to_wrong"]) / 8
+        assert result["metrics"][TASK_NAME]["acc"] - dense["metrics"][TASK_NAME]["acc"] == pytest.approx(net)
+    assert "KL vs dense" in text and "top-1 agree" in text
+    assert "flips r→w / w→r" in text and "Agreement**: `KL vs dense` = KL(dense || cell)" in text
+
+
 def test_rerun_skips_and_cache_avoids_pruning_again(finished_grid, tiny_spec, tmp_path):
     out_dir, cache = finished_grid
     before = {p.name: p.read_bytes() for p in (out_dir / "cells").glob("*.json")}
@@ -126,45 +144,58 @@ def test_failed_cell_is_recorded_and_grid_goes_on(tiny_spec, tiny_llama, tmp_pat
 
 
 def test_killed_run_resumes_to_the_same_table(finished_grid, tiny_spec, tmp_path):
-    """SIGKILL while a cell is in flight: no corrupt file, finished cells kept, same table after resuming."""
+    """SIGKILL while a cell is in flight: no corrupt file, finished cells kept, the killed cell's finished phases
+    kept (its file is rewritten after every phase), same table after resuming."""
     out_dir, cache = tmp_path / "out", tmp_path / "cache"
     command = [sys.executable, "-m", "sparse_bench.harness_ext.cli", "leaderboard", "run", str(tiny_spec),
                "--out", str(out_dir), "--cache", str(cache), "--no-render"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
-    while len(list((out_dir / "cells").glob("*.json"))) < 2:
-        assert process.poll() is None, "the grid ended before it could be killed"
+
+    def in_second_cell_or_later() -> bool:
+        statuses = [json.loads(p.read_bytes())["status"] for p in (out_dir / "cells").glob("*.json")]
+        return 2 <= statuses.count("ok") < len(statuses)
+
+    while not in_second_cell_or_later():
+        assert process.poll() is None, "the grid ended before it could be killed inside a cell"
         assert time.monotonic() < deadline, "no cell finished in time"
         time.sleep(0.05)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     files = {p.name: p.read_bytes() for p in (out_dir / "cells").glob("*.json")}
-    assert 2 <= len(files) < 5
-    for content in files.values():
-        assert json.loads(content)["status"] == "ok"  # complete files only: nothing half written
-    summary = run_grid(load_spec(tiny_spec), out_dir, cache_root=cache, progress=False)
-    assert sorted(f"{cell_id}.json" for cell_id in summary.done) == sorted(files)
-    assert len(summary.ok) == 5 - len(files) and summary.failed == []
-    assert all((out_dir / "cells" / name).read_bytes() == content for name, content in files.items())
+    before = {name: json.loads(content) for name, content in files.items()}  # complete files only
+    done = sorted(name for name, record in before.items() if record["status"] == "ok")
+    stopped = {name: record for name, record in before.items() if record["status"] != "ok"}
+    assert 2 <= len(done) < 5 and stopped
+    assert all(NOT_RUN_YET in record["reason"] for record in stopped.values())
+    summary = run_grid(load_spec(tiny_spec), out_dir, cache_root=cache, progress=False, retry_failed=False)
+    assert sorted(f"{cell_id}.json" for cell_id in summary.done) == done  # a stopped cell runs even so
+    assert len(summary.ok) == 5 - len(done) and summary.failed == summary.partial == []
+    assert all((out_dir / "cells" / name).read_bytes() == files[name] for name in done)
+    for name, record in stopped.items():
+        after = json.loads((out_dir / "cells" / name).read_bytes())
+        for phase, state in record["phases"].items():
+            if phase in MEASURES and state["status"] == "ok":
+                assert after["phases"][phase] == state, (name, phase)  # kept, not run again
     assert quality_table(out_dir) == quality_table(finished_grid[0])
 
 
 def test_failed_perplexity_keeps_evaluation_and_a_rerun_fills_only_that_column(tiny_spec, tiny_llama, tmp_path,
                                                                                monkeypatch):
-    """Offline without the perplexity data: every cell keeps its lm-eval results and marks perplexity failed
-    with its reason; a later run with the data runs only the perplexity phase."""
+    """`leaderboard run` offline (empty Hugging Face cache) without SPARSE_BENCH_DATA_DIR: every cell keeps its
+    lm-eval results and marks perplexity failed with its reason; a later run with the data runs only the
+    perplexity phase of each cell."""
     spec_path = write_spec(tmp_path / "grid.yaml", [str(tiny_llama)], Path(load_spec(tiny_spec).include_path),
                            methods=["magnitude"], sparsities=[0.5], tasks=[{"name": TASK_NAME, "limit": 4}],
                            latency=None, log_samples=False)
     out, cache = tmp_path / "out", tmp_path / "cache"
-    data_dir = os.environ.pop("SPARSE_BENCH_DATA_DIR")
-    monkeypatch.setattr("datasets.load_dataset", _offline_hub(__import__("datasets").load_dataset))
-    try:
-        summary = run_grid(load_spec(spec_path), out, cache_root=cache, progress=False)
-    finally:
-        os.environ["SPARSE_BENCH_DATA_DIR"] = data_dir
-    monkeypatch.undo()
-    assert len(summary.partial) == 2 and summary.ok == summary.failed == []
+    offline = {key: value for key, value in os.environ.items() if key != "SPARSE_BENCH_DATA_DIR"}
+    offline.update(HF_HOME=str(tmp_path / "empty_hf_home"), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    command = [sys.executable, "-m", "sparse_bench.harness_ext.cli", "leaderboard", "run", str(spec_path),
+               "--out", str(out), "--cache", str(cache), "--no-render"]
+    result = subprocess.run(command, capture_output=True, text=True, env=offline, timeout=600, check=False)
+    assert result.returncode == 1, result.stderr[-3000:]  # a phase failed
+    assert "2 kept their results but a phase failed, 0 failed" in result.stdout
     first = {p.name: json.loads(p.read_text()) for p in (out / "cells").glob("*.json")}
     for record in first.values():
         assert record["status"] == "partial" and 0 <= record["metrics"][TASK_NAME]["acc"] <= 1
@@ -187,16 +218,6 @@ def test_failed_perplexity_keeps_evaluation_and_a_rerun_fills_only_that_column(t
             assert record[key] == first[name][key], key
     text, _ = render(out, "md")
     assert "2 of 2 finished" in text and "failed (!)" not in text
-
-
-def _offline_hub(load_dataset):
-    """datasets.load_dataset as it behaves offline with an empty cache: local files load, hub ids fail."""
-    def offline(path, *args, **kwargs):
-        if "/" in str(path) and not Path(path).exists():
-            raise ConnectionError(f"Couldn't reach '{path}' on the Hub (LocalEntryNotFoundError)")
-        return load_dataset(path, *args, **kwargs)
-
-    return offline
 
 
 def _recording(names: list[str]):

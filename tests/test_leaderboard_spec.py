@@ -31,6 +31,8 @@ def spec_with(**changes):
     ({"sparsities": [50]}, "grid.yaml: sparsities[0]:"),
     ({"sparsities": []}, "grid.yaml: sparsities:"),
     ({"structures": [124]}, "grid.yaml: structures[0]: got the number 124"),
+    ({"structures": True}, "grid.yaml: structures: must be a non-empty list, got True"),  # found by fuzzing
+    ({"dtypes": "float16"}, "grid.yaml: dtypes: must be a non-empty list"),
     ({"structures": ["4:2"]}, "grid.yaml: structures[0]:"),
     ({"dtypes": ["fp16"]}, "grid.yaml: dtypes[0]:"),
     ({"tasks": [{"limit": 8}]}, "grid.yaml: tasks[0].name: is required"),

@@ -257,16 +257,6 @@ def test_bad_arguments_are_user_errors(tiny_model_dirs, tmp_path):
     assert int((model.model.layers[0].mlp.up_proj.weight == 0).sum()) == 0  # errors came before any change
 
 
-def test_encoder_decoder_calibration_is_refused(tiny_model_dirs):
-    from transformers import AutoModelForSeq2SeqLM
-    model = AutoModelForSeq2SeqLM.from_pretrained(tiny_model_dirs["bart"])
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dirs["bart"])
-    with pytest.raises(UserError, match="decoder-only"):
-        prune(model, shortcut_plan("wanda", 0.5), CALIBRATION, tokenizer, progress=False)
-    report = prune(model, shortcut_plan("magnitude", 0.5), progress=False)  # magnitude needs no walk
-    assert report.overall_sparsity == 0.5
-
-
 def test_prune_lowest_equals_a_stable_sort_with_many_ties():
     from sparse_bench.harness_ext.pruning.masks import prune_lowest
     generator = torch.Generator().manual_seed(0)

@@ -45,8 +45,10 @@ def test_json_output(tmp_path):
     data = json.loads(result.output)
     assert data["metric"] == "rouge1" and data["mean"]["b"] == {"rouge1": 0.25, "empty": 0.0}
     assert data["pairs"] == [{"doc_id": 0, "reference": "reference 0",
-                              "a": {"output": "x", "metrics": {"rouge1": 0.5, "empty": 0.0}},
-                              "b": {"output": "y", "metrics": {"rouge1": 0.25, "empty": 0.0}}}]
+                              "a": {"output": "x", "metrics": {"rouge1": 0.5, "empty": 0.0}, "categories": []},
+                              "b": {"output": "y", "metrics": {"rouge1": 0.25, "empty": 0.0}, "categories": []}}]
+    assert data["categories"]["b"]["ok"] == 1 and data["categories"]["b"]["max_tokens"] is None  # no --tokenizer
+    assert data["flips"] is None  # not scored by acc
 
 
 def test_mismatched_or_missing_files_are_user_errors(tmp_path):

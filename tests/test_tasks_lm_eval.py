@@ -24,7 +24,9 @@ mrpc = load_task_utils("sparsebench_mrpc")
 OUR_TASKS = ("sparsebench_mrpc", "sparsebench_mrpc_fewshot", "sparsebench_billsum", "sparsebench_billsum_loglik")
 MRPC_METRICS = {"acc", "f1", "yes_rate", "majority_acc", "majority_f1", "auc", "auc_low", "auc_high", "gold_nll",
                 "one_class", "auc_at_chance"}
-BILLSUM_METRICS = {*billsum.ROUGE_TYPES, *(f"lead_{name}" for name in billsum.ROUGE_TYPES), "empty"}
+BILLSUM_METRICS = {*billsum.ROUGE_TYPES, *(f"lead_{name}" for name in billsum.ROUGE_TYPES), "empty",
+                   "bertscore_precision", "bertscore_recall", "bertscore_f1", "repeated_4gram", "distinct_1",
+                   "distinct_2"}
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -31,22 +31,63 @@ def test_rouge_lsum_splits_sentences_at_newlines_and_stems():
     assert billsum.rouge("dogs running", "dog runs")["rouge1"] == pytest.approx(1.0)  # Porter stemming is on
 
 
-def test_generation_results_strip_whitespace_and_score_the_lead_baseline():
-    doc = {"summary": " the cat sat on the mat \n", "lead": "the cat"}
+@pytest.fixture(scope="module")
+def tiny_scorer(tiny_model_dirs) -> dict:
+    """The BERTScore fields load_billsum puts in each doc, for the tiny bert encoder."""
+    return {"bertscore_model": str(tiny_model_dirs["bert"]), "bertscore_layers": None}
+
+
+def test_generation_results_strip_whitespace_and_score_the_lead_baseline(tiny_scorer):
+    doc = {"summary": " the cat sat on the mat \n", "lead": "the cat", **tiny_scorer}
     result = billsum.process_generation(doc, ["\n\n the cat lay on the mat  "])
     assert result["rouge1"] == pytest.approx(5 / 6)
     assert result["lead_rouge1"] == pytest.approx(0.5)  # precision 1, recall 2/6
     assert result["empty"] == 0.0
     empty = billsum.process_generation(doc, [" \n\n "])
-    assert empty["empty"] == 1.0 and empty["rouge1"] == 0.0
-    assert set(result) == {*billsum.ROUGE_TYPES, *(f"lead_{name}" for name in billsum.ROUGE_TYPES), "empty"}
+    assert empty["empty"] == 1.0 and empty["rouge1"] == 0.0 and empty["bertscore_f1"] == 0.0
+    assert set(result) == {*billsum.ROUGE_TYPES, *(f"lead_{name}" for name in billsum.ROUGE_TYPES), "empty",
+                           "bertscore_precision", "bertscore_recall", "bertscore_f1", "repeated_4gram",
+                           "distinct_1", "distinct_2"}
+
+
+def test_bertscore_on_a_tiny_encoder(tiny_scorer):
+    doc = {"summary": "The bill extends the program through 2030.", **tiny_scorer}
+    same = billsum.bertscore(doc, "The bill extends the program through 2030.")
+    assert same == pytest.approx({"bertscore_precision": 1.0, "bertscore_recall": 1.0, "bertscore_f1": 1.0})
+    other = billsum.bertscore(doc, "Weather records from the northern coast")
+    assert other["bertscore_f1"] < same["bertscore_f1"] - 1e-4  # a random encoder: close, not equal
+    scorer = billsum.bert_scorer(tiny_scorer["bertscore_model"], None)
+    assert scorer.num_layers == 2  # the tiny encoder's last layer
+    assert billsum.scorer_description("tiny", scorer).startswith("tiny (layer 2, bert-score ")
+
+
+def test_bertscore_without_a_scorer_names_the_option(monkeypatch, tmp_path):
+    utils = load_task_utils("sparsebench_billsum")
+    real_find_spec = utils.importlib.util.find_spec
+    monkeypatch.setattr(utils.importlib.util, "find_spec",
+                        lambda name, *a: None if name == utils.SCORER_PACKAGE else real_find_spec(name, *a))
+    monkeypatch.setenv("SPARSE_BENCH_HOME", str(tmp_path))
+    with pytest.raises(utils.DataError, match="all-minilm-l6-v2 is not installed.*bertscore_model") as error:
+        utils.bert_scorer("all-minilm-l6-v2", None)
+    assert "\n" not in str(error.value)
+    with pytest.raises(utils.DataError, match="cannot load BERTScore scorer .*no-such-scorer.*bertscore_model"):
+        utils.bert_scorer(str(tmp_path / "no-such-scorer"), None)
+
+
+def test_repetition_share_and_distinct_n():
+    assert billsum.repetition("a b c d e f") == {"repeated_4gram": 0.0, "distinct_1": 1.0, "distinct_2": 1.0}
+    loop = billsum.repetition("the bill the bill the bill the bill")  # 5 4-grams, 2 distinct
+    assert loop["repeated_4gram"] == pytest.approx(3 / 5)
+    assert loop["distinct_1"] == pytest.approx(2 / 8) and loop["distinct_2"] == pytest.approx(2 / 7)
+    assert billsum.repetition("The BILL the bill")["distinct_1"] == pytest.approx(2 / 4)  # lowercased
+    assert billsum.repetition("") == {"repeated_4gram": 0.0, "distinct_1": 0.0, "distinct_2": 0.0}
 
 
 def test_missing_rouge_package_is_a_loud_error(monkeypatch):
     utils = load_task_utils("sparsebench_billsum")
     monkeypatch.setitem(__import__("sys").modules, "rouge_score.rouge_scorer", None)
     with pytest.raises(utils.DataError, match="pip install rouge-score"):
-        utils.process_generation({"summary": "a", "lead": "a"}, ["a"])
+        utils.process_generation({"summary": "a", "lead": "a", "bertscore_model": "unused"}, ["a"])
 
 
 def test_bits_per_byte_counts_the_bytes_of_the_scored_continuation():

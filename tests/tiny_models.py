@@ -2,7 +2,8 @@
 
 `build_tiny_model(kind, out_dir)` writes a normal checkpoint directory (config, safetensors, tokenizer) that
 `from_pretrained`, `lm_eval --model hf` and `--model sparse-hf` load. Kinds: llama, gpt2, opt (decoders),
-bert (encoder), bart (encoder-decoder). Widths are multiples of 8 so 2:4 and 4:8 apply.
+bert, roberta, deberta-v2 (encoders, masked-LM head), bart, t5, m2m100 (encoder-decoders). Widths are multiples
+of 8 so 2:4 and 4:8 apply.
 """
 
 from __future__ import annotations
@@ -18,10 +19,14 @@ from transformers import (
     AutoModelForSeq2SeqLM,
     BartConfig,
     BertConfig,
+    DebertaV2Config,
     GPT2Config,
     LlamaConfig,
+    M2M100Config,
     OPTConfig,
     PreTrainedTokenizerFast,
+    RobertaConfig,
+    T5Config,
 )
 
 VOCAB_SIZE = 512
@@ -71,16 +76,36 @@ def _config(kind: str, tokenizer: PreTrainedTokenizerFast):
         return BertConfig(vocab_size=vocab, hidden_size=HIDDEN, intermediate_size=FFN, num_hidden_layers=LAYERS,
                           num_attention_heads=HEADS, max_position_embeddings=CONTEXT,
                           pad_token_id=tokenizer.pad_token_id)
+    if kind == "roberta":  # positions start after the padding index: CONTEXT usable tokens
+        return RobertaConfig(vocab_size=vocab, hidden_size=HIDDEN, intermediate_size=FFN, num_hidden_layers=LAYERS,
+                             num_attention_heads=HEADS, max_position_embeddings=CONTEXT + tokenizer.pad_token_id + 1,
+                             type_vocab_size=1, **ids)
+    if kind == "deberta-v2":
+        return DebertaV2Config(vocab_size=vocab, hidden_size=HIDDEN, intermediate_size=FFN,
+                               num_hidden_layers=LAYERS, num_attention_heads=HEADS, max_position_embeddings=CONTEXT,
+                               relative_attention=True, position_buckets=32, pos_att_type=["p2c", "c2p"],
+                               position_biased_input=False, type_vocab_size=0, pad_token_id=tokenizer.pad_token_id)
     if kind == "bart":
         return BartConfig(vocab_size=vocab, d_model=HIDDEN, encoder_layers=LAYERS, decoder_layers=LAYERS,
                           encoder_attention_heads=HEADS, decoder_attention_heads=HEADS, encoder_ffn_dim=FFN,
                           decoder_ffn_dim=FFN, max_position_embeddings=CONTEXT,
                           decoder_start_token_id=tokenizer.eos_token_id, forced_eos_token_id=None, **ids)
+    if kind == "m2m100":
+        return M2M100Config(vocab_size=vocab, d_model=HIDDEN, encoder_layers=LAYERS, decoder_layers=LAYERS,
+                            encoder_attention_heads=HEADS, decoder_attention_heads=HEADS, encoder_ffn_dim=FFN,
+                            decoder_ffn_dim=FFN, max_position_embeddings=CONTEXT,
+                            decoder_start_token_id=tokenizer.eos_token_id, **ids)
+    if kind == "t5":
+        return T5Config(vocab_size=vocab, d_model=HIDDEN, d_kv=HIDDEN // HEADS, d_ff=FFN, num_layers=LAYERS,
+                        num_decoder_layers=LAYERS, num_heads=HEADS, relative_attention_num_buckets=8,
+                        decoder_start_token_id=tokenizer.pad_token_id, pad_token_id=tokenizer.pad_token_id,
+                        eos_token_id=tokenizer.eos_token_id)
     raise ValueError(f"unknown tiny model kind {kind!r}")
 
 
 AUTO_CLASSES = {"llama": AutoModelForCausalLM, "gpt2": AutoModelForCausalLM, "opt": AutoModelForCausalLM,
-                "bert": AutoModelForMaskedLM, "bart": AutoModelForSeq2SeqLM}
+                "bert": AutoModelForMaskedLM, "roberta": AutoModelForMaskedLM, "deberta-v2": AutoModelForMaskedLM,
+                "bart": AutoModelForSeq2SeqLM, "t5": AutoModelForSeq2SeqLM, "m2m100": AutoModelForSeq2SeqLM}
 KINDS = tuple(AUTO_CLASSES)
 
 

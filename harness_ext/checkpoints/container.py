@@ -18,7 +18,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ..errors import UserError
-from .encoding import Encoding, decode, encode
+from .encoding import NM_GROUP_SIZES, Encoding, decode, encode
 
 WEIGHTS_NAME = "model.sparse.safetensors"
 FORMAT_TAG = "compressed-v1"
@@ -27,6 +27,9 @@ _SAFETENSORS_DTYPES = {torch.float64: "F64", torch.int64: "I64", torch.uint64: "
                        torch.int16: "I16", torch.uint16: "U16", torch.float8_e4m3fn: "F8_E4M3",
                        torch.float8_e5m2: "F8_E5M2", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL"}
 # safetensors lays arrays out by dtype (this order, from its Rust `Dtype` enum, descending), then by name.
+# The parameters each encoding's header entry holds, with their exact types (bool is not an int here).
+_PARAM_TYPES = {"dense": {}, "bitmask": {"nnz": int}, "rice": {"nnz": int, "k": int, "zeros": bool},
+                "nm": {"n": int, "m": int, "axis": int}}
 _LAYOUT_RANK = ["BOOL", "U8", "I8", "F8_E5M2", "F8_E4M3", "I16", "U16", "F16", "BF16", "I32", "U32", "F32",
                 "F64", "I64", "U64"]
 
@@ -95,6 +98,29 @@ def _part_shapes(tensor: torch.Tensor, encoding: Encoding) -> dict[str, tuple[to
             "rest": (torch.uint8, [rest], rest)}
 
 
+def _layout_problem(layout: object, aliases: object) -> str | None:
+    """What is wrong with the header's tensor table and alias map (as `_metadata` writes them), or None."""
+    if not isinstance(layout, dict) or not isinstance(aliases, dict):
+        return "the tensor table or the alias map is not a mapping"
+    if not all(isinstance(target, str) and target in layout for target in aliases.values()):
+        return "an alias names no stored tensor"
+    dtypes = {dtype_name(dtype) for dtype in _SAFETENSORS_DTYPES}
+    for name, spec in layout.items():
+        if not isinstance(spec, dict) or spec.get("encoding") not in _PARAM_TYPES or spec.get("dtype") not in dtypes:
+            return f"tensor {name!r}: unknown encoding or dtype"
+        shape, params = spec.get("shape"), spec.get("params")
+        if not isinstance(shape, list) or not all(type(size) is int and size >= 0 for size in shape):
+            return f"tensor {name!r}: shape {shape!r}"
+        if not isinstance(params, dict) or {k: type(v) for k, v in params.items()} != _PARAM_TYPES[spec["encoding"]]:
+            return f"tensor {name!r}: parameters {params!r}"
+        if spec["encoding"] == "nm" and not (params["m"] in NM_GROUP_SIZES and 0 < params["n"] < params["m"]
+                                             and params["axis"] in (-1, 0)):
+            return f"tensor {name!r}: N:M parameters {params!r}"
+        if params.get("nnz", 0) < 0 or not 0 <= params.get("k", 0) < 64:
+            return f"tensor {name!r}: parameters {params!r}"
+    return None
+
+
 def read_safetensors(files: list[Path]) -> dict[str, torch.Tensor]:
     """Every tensor of the given .safetensors files, by name; UserError naming a truncated or damaged file."""
     tensors: dict[str, torch.Tensor] = {}
@@ -126,6 +152,9 @@ def read_compressed(path: Path) -> dict[str, torch.Tensor]:
     except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as error:
         raise UserError(f"cannot read compressed weights {path}: {str(error).splitlines()[0] if str(error) else type(error).__name__}; "
                         "the file is truncated or damaged, save the checkpoint again") from error
+    problem = _layout_problem(layout, aliases)
+    if problem:
+        raise UserError(f"compressed weights {path} have a damaged header ({problem}); save the checkpoint again")
     if set(parts) != set(layout):
         raise UserError(f"compressed weights {path} list {len(layout)} tensors but hold arrays for {len(parts)}; "
                         "the file is damaged, save the checkpoint again")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from huggingface_hub.errors import StrictDataclassError
 from safetensors import SafetensorError
 
 from ..errors import UserError
@@ -24,6 +25,10 @@ from .encoding import int_view
 from .record import RECORD_NAME, read_record, verify_files
 
 _SHOWN = 4  # tensor names quoted per kind in an error message
+# What transformers raises for a config.json with values of the wrong type, name or range (a damaged "dtype":
+# AttributeError from torch; "initializer_range": 1.02: huggingface_hub's StrictDataclassError), when reading
+# it or building a model from it.
+_CONFIG_ERRORS = (OSError, ValueError, TypeError, AttributeError, KeyError, RuntimeError, StrictDataclassError)
 
 
 def load_checkpoint(auto_class, path: str | os.PathLike, *, verify: bool = True, **from_pretrained_kwargs):
@@ -164,14 +169,15 @@ def _load_state(auto_class, directory: Path, state: dict[str, torch.Tensor], kwa
             if stored else None
     try:
         config = AutoConfig.from_pretrained(directory, trust_remote_code=kwargs.get("trust_remote_code", False))
-    except (OSError, ValueError) as error:
+    except _CONFIG_ERRORS as error:
         raise UserError(f"cannot read the config of {directory}: {_first_line(error)}; "
                         "a checkpoint directory needs a valid config.json") from error
     for entry in ("quantization_config", "compression_config"):
         if hasattr(config, entry):
             delattr(config, entry)
-    model, info = _from_pretrained(_model_class(auto_class, config, directory), None,
-                                   {**load_kwargs, "config": config, "state_dict": dict(state)})
+    model_class = _model_class(auto_class, config, directory)
+    _check_shapes(model_class, config, state, directory)
+    model, info = _from_pretrained(model_class, None, {**load_kwargs, "config": config, "state_dict": dict(state)})
     _refuse_incomplete(str(directory), info)
     _check_bits(model, state, directory)
     return model
@@ -194,6 +200,23 @@ def _model_class(auto_class, config, directory: Path):
     except (KeyError, ValueError) as error:
         raise UserError(f"{auto_class.__name__} has no model for the {type(config).__name__} in {directory}; "
                         "use the auto class that saved it") from error
+
+
+def _check_shapes(model_class, config, state: dict[str, torch.Tensor], directory: Path) -> None:
+    """UserError if the config does not build a model, or builds one whose tensors differ in shape from the
+    decoded ones (an edited config.json): transformers' state_dict path fails on those with internal errors.
+    The model is built on the meta device (no memory, no weights)."""
+    try:
+        with torch.device("meta"):
+            expected = model_class(config).state_dict()
+    except _CONFIG_ERRORS as error:
+        raise UserError(f"the config.json of {directory} does not describe a {model_class.__name__} "
+                        f"({_first_line(error)}); restore it or save the checkpoint again") from error
+    wrong = sorted(name for name, tensor in state.items()
+                   if name in expected and tuple(expected[name].shape) != tuple(tensor.shape))
+    if wrong:
+        raise UserError(f"refusing to load {directory}: {len(wrong)} tensors have another shape than its "
+                        f"config.json gives: {_names(wrong)}; restore config.json or save the checkpoint again")
 
 
 def _check_bits(model: torch.nn.Module, state: dict[str, torch.Tensor], directory: Path) -> None:

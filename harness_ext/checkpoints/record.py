@@ -27,20 +27,32 @@ def file_digest(path: Path) -> dict[str, Any]:
 
 
 def read_record(directory: Path) -> dict | None:
-    """The record in `directory`, None if there is none; UserError if it is unreadable or of a newer version."""
+    """The record in `directory`, None if there is none; UserError if it is unreadable, malformed or of a
+    newer version."""
     path = Path(directory) / RECORD_NAME
     if not path.is_file():
         return None
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
+    except (OSError, ValueError) as error:  # ValueError: not UTF-8, or not JSON
         raise UserError(f"{path} is not valid JSON ({error}); restore it or save the checkpoint again") from error
-    if record.get("format") != "sparse-bench" or record.get("save_format") not in SAVE_FORMATS:
+    if not isinstance(record, dict) or record.get("format") != "sparse-bench" \
+            or record.get("save_format") not in SAVE_FORMATS or not _valid_files(record.get("files", {})):
         raise UserError(f"{path} is not a sparse-bench checkpoint record; remove it or save the checkpoint again")
-    if int(record.get("record_version", 0)) > RECORD_VERSION:
-        raise UserError(f"{path} was written by a newer sparse-bench (record version {record['record_version']}); "
+    version = record.get("record_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise UserError(f"{path} has a malformed record_version {version!r}; save the checkpoint again")
+    if version > RECORD_VERSION:
+        raise UserError(f"{path} was written by a newer sparse-bench (record version {version}); "
                         "upgrade sparse-bench to load it")
     return record
+
+
+def _valid_files(files: Any) -> bool:
+    """True if `files` is {relative file name: {"bytes": int, "sha256": str}}, as `file_digest` writes it."""
+    return isinstance(files, dict) and all(
+        isinstance(name, str) and isinstance(entry, dict) and isinstance(entry.get("bytes"), int)
+        and isinstance(entry.get("sha256"), str) for name, entry in files.items())
 
 
 def verify_files(directory: Path, record: dict) -> None:

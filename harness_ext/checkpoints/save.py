@@ -66,11 +66,12 @@ def _is_gguf_quantizer(quantizer) -> bool:
 
 
 def save_checkpoint(model: torch.nn.Module, tokenizer, out_dir: str | os.PathLike, prune_record: dict | None = None,
-                    save_format: str = "dense", verify: bool = True) -> Path:
+                    save_format: str = "dense", verify: bool = True, finetune_record: dict | None = None) -> Path:
     """Save `model` (+ `tokenizer`, may be None) to `out_dir` in `save_format`; returns the directory.
 
     `prune_record` (e.g. `PruneReport.to_dict()`) is stored verbatim in `sparse_bench_checkpoint.json`, with
-    the size figures and each weights file's SHA-256. `verify` reads a compressed file back and compares every
+    the size figures and each weights file's SHA-256; `finetune_record` (`finetune.run.finetune`'s) likewise.
+    `verify` reads a compressed file back and compares every
     tensor bit for bit before the directory is moved into place.
     """
     if save_format not in SAVE_FORMATS:
@@ -99,7 +100,8 @@ def save_checkpoint(model: torch.nn.Module, tokenizer, out_dir: str | os.PathLik
             "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "versions": {"sparse_bench": __version__, "torch": torch.__version__, "transformers": _transformers()},
             "files": {p.name: file_digest(p) for p in weights},
-            "sizes": sizes, "prune_record": prune_record})
+            "sizes": sizes, "prune_record": prune_record,
+            **({"finetune_record": finetune_record} if finetune_record is not None else {})})
         _move_into_place(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -1,28 +1,36 @@
 """The one layer-sequential calibration loop shared by every data-aware method (Wanda, SparseGPT, OWL).
 
-The model runs up to its first transformer block once to capture that block's inputs (hidden states and
-the extra arguments such as rotary position embeddings) for all calibration samples. Then the blocks run
-one at a time: block i sees the outputs of blocks < i *after* they were pruned, as in the SparseGPT and
-Wanda reference code. For each block the caller may collect input statistics (one forward with hooks),
-change the block's weights, and the loop then runs the block again to produce the next block's inputs.
+It walks every transformer block stack of the model in order: the one stack of a decoder-only or an
+encoder-only model, or the encoder stack and then the decoder stack of an encoder-decoder model. For each
+stack the whole model runs once up to the stack's first block to capture that block's inputs (hidden states
+and the extra arguments such as attention masks, rotary embeddings, T5's position bias, and for a decoder
+the encoder's hidden states for cross-attention) for all calibration samples. Because that forward runs
+through the stacks already walked, the decoder's cross-attention sees the *pruned* encoder's outputs. Then
+the blocks run one at a time: block i sees the outputs of blocks < i *after* they were pruned, as in the
+SparseGPT and Wanda reference code. For each block the caller may collect input statistics (one forward with
+hooks), change the block's weights, and the loop then runs the block again to produce the next block's inputs.
+
+Block discovery, the forward arguments of each family and input capture live in block_inputs.py, with
+the assumptions the loop checks about the stacks it walks.
 
 Input statistics are per distinct input, not per layer: layers that receive the same tensor in a forward
-(q/k/v after the attention norm, gate/up after the MLP norm) share one `InputStatistics`. Statistics are
-accumulated sample by sample in a fixed order, so they do not depend on the forward batch size.
+(q/k/v after the attention norm, gate/up after the MLP norm, cross-attention k/v on the encoder's states)
+share one `InputStatistics`. Statistics are accumulated sample by sample in a fixed order, so they do not
+depend on the forward batch size.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Iterator
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import UserError
-from .targets import transformer_blocks
+from .block_inputs import BlockInputs, StopForward, block_stacks, capture_block_inputs, model_inputs, run_block
 
 DEFAULT_BATCH_TOKENS = 2048
 
@@ -67,85 +75,17 @@ class InputStatistics:
         return squares.clamp_min(0).sqrt().float()
 
 
-class _StopForward(Exception):
-    """Raised by a hook to end a forward early: the inputs it needed are captured."""
+def per_sample(inputs: torch.Tensor, samples: int) -> torch.Tensor:
+    """A layer input of one forward over `samples` samples as (samples, tokens, in) for InputStatistics.add.
 
-
-@dataclass
-class BlockInputs:
-    """Inputs of the current block for all samples: hidden (samples, tokens, hidden) and per-batch extras."""
-
-    hidden: torch.Tensor
-    extras: list[tuple[tuple, dict[str, Any]]]
-    batch_size: int
-
-    def batches(self) -> Iterator[tuple[slice, tuple, dict[str, Any]]]:
-        for index, (args, kwargs) in enumerate(self.extras):
-            yield slice(index * self.batch_size, (index + 1) * self.batch_size), args, kwargs
-
-
-def decoder_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The single block stack of a decoder-only model; UserError for anything the loop cannot walk."""
-    blocks = transformer_blocks(model)
-    stacks = sorted({name.rsplit(".", 1)[0] for name, _ in blocks})
-    if len(stacks) != 1:
-        raise UserError(f"layer-sequential calibration needs a decoder-only model with one block stack; "
-                        f"{type(model).__name__} has {len(stacks)} ({', '.join(stacks) or 'none'}); "
-                        "use method=magnitude, which needs no calibration")
-    return blocks
-
-
-@torch.no_grad()
-def capture_block_inputs(model: nn.Module, first_block: nn.Module, tokens: torch.Tensor,
-                         batch_size: int) -> BlockInputs:
-    """Run the model on `tokens` (samples, seqlen) up to `first_block` and keep what it receives."""
-    device = model.get_input_embeddings().weight.device
-    captured: list[tuple[tuple, dict[str, Any]]] = []
-
-    def hook(_module, args, kwargs):
-        captured.append((args, kwargs))
-        raise _StopForward
-
-    handle = first_block.register_forward_pre_hook(hook, with_kwargs=True)
-    hidden = None
-    extras = []
-    try:
-        for start in range(0, tokens.shape[0], batch_size):
-            try:
-                model(input_ids=tokens[start:start + batch_size].to(device), use_cache=False)
-            except _StopForward:
-                pass
-            args, kwargs = captured.pop()
-            kwargs = dict(kwargs)
-            if "hidden_states" in kwargs:
-                states = kwargs.pop("hidden_states")
-            else:
-                states, args = args[0], args[1:]
-            if hidden is None:
-                hidden = torch.empty((tokens.shape[0], *states.shape[1:]), dtype=states.dtype, device=device)
-            hidden[start:start + batch_size] = states
-            extras.append((tuple(args), kwargs))
-    finally:
-        handle.remove()
-    return BlockInputs(hidden=hidden, extras=extras, batch_size=batch_size)
-
-
-@torch.no_grad()
-def run_block(block: nn.Module, inputs: BlockInputs, outputs: torch.Tensor | None,
-              on_batch=None) -> None:
-    """Forward every batch through `block`, writing into `outputs` (same shape as inputs) when given.
-
-    A hook may end a batch early by raising _StopForward; that batch then writes no output.
+    Inputs are batch-major: (samples, tokens, in), or flattened to (samples * tokens, in) as OPT's MLP does.
+    An input shared by the whole batch, (1, tokens, in) while the batch holds more samples (DeBERTa's relative
+    position embeddings going through pos_key_proj), counts once per sample, so the sums, added sample by
+    sample, do not depend on how the samples are grouped into batches.
     """
-    for rows, args, kwargs in inputs.batches():
-        if on_batch is not None:
-            on_batch(min(rows.stop, inputs.hidden.shape[0]) - rows.start)
-        try:
-            result = block(inputs.hidden[rows], *args, **kwargs)
-        except _StopForward:
-            continue
-        if outputs is not None:
-            outputs[rows] = result[0] if isinstance(result, (tuple, list)) else result
+    if inputs.dim() >= 3 and inputs.shape[0] == 1 and samples > 1:
+        return inputs.reshape(1, -1, inputs.shape[-1]).expand(samples, -1, -1)
+    return inputs.reshape(samples, -1, inputs.shape[-1])
 
 
 class _StatisticsHooks:
@@ -177,11 +117,11 @@ class _StatisticsHooks:
                 if stats is None:
                     stats = InputStatistics(inputs.shape[-1], self.with_hessian, inputs.device)
                     self.stats[name] = stats
-                stats.add(inputs.reshape(self.samples, -1, inputs.shape[-1]))
+                stats.add(per_sample(inputs, self.samples))
                 self._seen[id(inputs)] = (inputs, stats)
             self._reached.add(name)
             if self.stop_when_complete and len(self._reached) == len(self.layers):
-                raise _StopForward  # the rest of the block only makes outputs, which will be recomputed
+                raise StopForward  # the rest of the block only makes outputs, which will be recomputed
         return hook
 
     def remove(self) -> None:
@@ -212,6 +152,7 @@ class BlockStep:
     stopwatch: Stopwatch
     outputs_ready: bool = False
     modified: bool = False
+    stack: str = ""  # the block stack it belongs to, e.g. "model.encoder.layers"
 
     def collect(self, layers: dict[str, nn.Module], with_hessian: bool,
                 keep_outputs: bool = True) -> dict[str, InputStatistics]:
@@ -242,26 +183,37 @@ class BlockStep:
 
 def layer_sequential(model: nn.Module, tokens: torch.Tensor, batch_size: int, stopwatch: Stopwatch,
                      progress: bool = True, description: str = "calibrating") -> Iterator[BlockStep]:
-    """Yield one BlockStep per transformer block, in order; after each, produce the next block's inputs.
+    """Yield one BlockStep per transformer block, stack by stack in order; after each, make the next inputs.
 
-    Inputs of block i are outputs of blocks < i as they are after the caller's changes. Two buffers of
-    (samples, tokens, hidden) in the model's dtype are reused for all blocks. `stopwatch` accumulates the
-    time of the forwards (capture, statistics and block forwards).
+    `tokens` (samples, seqlen) feed every side (see `model_inputs`). Inputs of block i are outputs of blocks
+    < i of its stack as they are after the caller's changes; a later stack's inputs come from a forward through
+    the already changed earlier stacks. Two buffers of (samples, tokens, hidden) in the model's dtype are
+    reused for all blocks of a stack. `stopwatch` accumulates the time of the forwards (capture, statistics
+    and block forwards).
     """
-    blocks = decoder_blocks(model)
-    started = time.perf_counter()
-    inputs = capture_block_inputs(model, blocks[0][1], tokens, batch_size)
-    stopwatch.add_since(started)
-    outputs = torch.empty_like(inputs.hidden)
-    for index, (name, block) in enumerate(tqdm(blocks, desc=description, unit="block", disable=not progress)):
-        step = BlockStep(index=index, name=name, block=block, inputs=inputs, outputs=outputs, stopwatch=stopwatch)
-        yield step
-        if not step.outputs_ready:
+    stacks = block_stacks(model)
+    inputs_by_name = model_inputs(model, tokens)
+    position = 0
+    with tqdm(total=sum(len(blocks) for _, blocks in stacks), desc=description, unit="block",
+              disable=not progress) as bar:
+        for stack, blocks in stacks:
             started = time.perf_counter()
-            run_block(block, inputs, outputs)
+            inputs = capture_block_inputs(model, blocks, inputs_by_name, batch_size)
             stopwatch.add_since(started)
-        inputs.hidden, outputs = outputs, inputs.hidden
+            outputs = torch.empty_like(inputs.hidden)
+            for name, block in blocks:
+                step = BlockStep(index=position, name=name, stack=stack, block=block, inputs=inputs,
+                                 outputs=outputs, stopwatch=stopwatch)
+                yield step
+                if not step.outputs_ready:
+                    started = time.perf_counter()
+                    run_block(block, inputs, outputs)
+                    stopwatch.add_since(started)
+                inputs.hidden, outputs = outputs, inputs.hidden
+                inputs.use_later_extras()
+                position += 1
+                bar.update()
 
 
-__all__ = ["DEFAULT_BATCH_TOKENS", "default_batch_size", "InputStatistics", "BlockInputs", "Stopwatch", "BlockStep",
-           "decoder_blocks", "capture_block_inputs", "run_block", "layer_sequential"]
+__all__ = ["DEFAULT_BATCH_TOKENS", "default_batch_size", "InputStatistics", "per_sample", "BlockInputs", "Stopwatch", "BlockStep",
+           "capture_block_inputs", "run_block", "layer_sequential"]

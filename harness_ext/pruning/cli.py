@@ -131,30 +131,39 @@ def ppl_command(model, data_file, seqlen, max_tokens, dtype, device, as_json):
     """Token-level perplexity of MODEL on a raw text file, the protocol of the Wanda/SparseGPT papers.
 
     The file is tokenized as one stream and cut into non-overlapping windows of --seqlen tokens; this is
-    not lm-eval's word-level `wikitext` perplexity.
+    not lm-eval's word-level `wikitext` perplexity. An encoder-only model with a masked-LM head gets its
+    pseudo-perplexity instead (each token masked in turn; JSON key `pseudo_perplexity`).
 
     \b
     Example:
       sparse-bench ppl out/wanda50 --data wiki.test.raw --seqlen 256 --max-tokens 65536 --json
     """
-    from ..models import load_model
+    from ..models import load_model, model_family
     from ..perplexity import read_text, token_perplexity
+    from ..pseudo_likelihood import pseudo_perplexity, special_token_count
     from .engine import model_context
 
     text = read_text(data_file)
     loaded, tokenizer = load_model(model, dtype, device)
+    encoder = model_family(loaded.config) == "encoder-only"
     context = model_context(loaded)
+    context = context - special_token_count(tokenizer) if encoder and context is not None else context
     notes = []
     if context is not None and seqlen > context:
         notes.append(f"seqlen {seqlen} capped at the model's context of {context} tokens")
         seqlen = context
-    result = {"model": model, "data": str(data_file), **token_perplexity(loaded, tokenizer, text, seqlen, max_tokens),
+    measure = pseudo_perplexity if encoder else token_perplexity
+    result = {"model": model, "data": str(data_file), **measure(loaded, tokenizer, text, seqlen, max_tokens),
               "dtype": str(next(loaded.parameters()).dtype).removeprefix("torch."), "notes": notes}
     if as_json:
         _emit_json(result)
         return
     for note in notes:
         click.echo(f"note: {note}")
+    if encoder:
+        click.echo(f"masked-LM pseudo-perplexity {result['pseudo_perplexity']:.3f} on {result['tokens']:,} tokens "
+                   f"of {data_file} ({result['windows']} windows of {seqlen}; not comparable with causal perplexity)")
+        return
     click.echo(f"token-level perplexity {result['perplexity']:.3f} on {result['tokens']:,} tokens of {data_file} "
                f"({result['windows']} windows of {seqlen}; not lm-eval's word perplexity)")
 

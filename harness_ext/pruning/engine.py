@@ -187,8 +187,13 @@ def _prune_in_one_forward(block: BlockStep, in_block: list[LayerJob], with_hessi
 
 def _calibrated_pass(model: nn.Module, jobs: list[LayerJob], tokens: torch.Tensor, batch_size: int,
                      stopwatch: Stopwatch, progress: bool, warnings: list[str], true_sequential: bool) -> None:
+<<<<<<< HEAD
     data_jobs = [job for job in jobs if job.statistic != NONE]
     relative_groups = None
+=======
+    data_jobs = [job for job in jobs if job.step.method in DATA_METHODS]
+    relative_groups: dict[str, list[tuple[str, ...]]] = {}  # per block stack (encoder and decoder differ)
+>>>>>>> main
     for block in layer_sequential(model, tokens, batch_size, stopwatch, progress, "pruning"):
         in_block = _block_jobs(data_jobs, block.name)
         if not in_block:
@@ -196,9 +201,9 @@ def _calibrated_pass(model: nn.Module, jobs: list[LayerJob], tokens: torch.Tenso
         with_hessian = any(job.statistic == HESSIAN for job in in_block)
         layers = {job.name: job.module for job in in_block}
         if true_sequential:
-            if relative_groups is None:
-                relative_groups = shared_input_groups(block, layers)
-            _prune_in_one_forward(block, in_block, with_hessian, relative_groups, warnings)
+            if block.stack not in relative_groups:
+                relative_groups[block.stack] = shared_input_groups(block, layers)
+            _prune_in_one_forward(block, in_block, with_hessian, relative_groups[block.stack], warnings)
             continue
         stats = block.collect(layers, with_hessian, keep_outputs=False)
         _prune_block(in_block, stats, warnings)
@@ -244,12 +249,18 @@ def _tied_weight_warnings(model: nn.Module, jobs: list[LayerJob]) -> list[str]:
 
 
 def model_context(model: nn.Module) -> int | None:
-    """The model's maximum sequence length from its config (None when it does not say)."""
+    """The model's maximum sequence length from its config (None when it does not say).
+
+    RoBERTa-style position embeddings start after their padding index, which costs padding_idx + 1 rows.
+    """
     config = getattr(model, "config", None)
     for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
         value = getattr(config, key, None)
         if isinstance(value, int) and value > 0:
-            return value
+            positions = next((module for name, module in model.named_modules()
+                              if name.endswith("embeddings.position_embeddings")), None)
+            padding = getattr(positions, "padding_idx", None)
+            return value - (padding + 1) if padding is not None else value
     return None
 
 

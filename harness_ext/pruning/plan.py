@@ -216,6 +216,20 @@ def parse_flag(name: str, value: bool | str) -> bool:
     raise UserError(f"{name} must be true or false, got {value!r}; write {name}=true or {name}=false")
 
 
+def parse_integer(name: str, value: float | str) -> int:
+    """A whole-number argument given as an int or as lm-eval model_args text ("128"; lm-eval casts "128.0" to
+    a float): anything else, 1.5 included, is an error rather than silently truncated."""
+    if isinstance(value, bool):
+        raise UserError(f"{name} must be a whole number, got {value!r}; write it without a fraction, e.g. {name}=128")
+    try:
+        number = float(value) if not isinstance(value, int) else value
+    except (TypeError, ValueError):
+        number = None
+    if number is None or isinstance(number, float) and not number.is_integer():
+        raise UserError(f"{name} must be a whole number, got {value!r}; write it without a fraction, e.g. {name}=128")
+    return int(number)
+
+
 def compile_pattern(pattern: str) -> re.Pattern[str]:
     """A target/ignore entry as a regex: `re:EXPR` is EXPR, anything else an exact module name."""
     if pattern.startswith("re:"):
@@ -266,7 +280,7 @@ def plan_from_arguments(method: str | None = None, sparsity: float | None = None
                             "or method/sparsity/structure/update/options, not both")
         from ..recipes import load_recipe
 
-        return load_recipe(recipe)
+        return load_recipe(str(recipe))  # lm-eval casts model_args values: recipe=0.5 arrives as a float
     if method is None and sparsity is None and structure is None:
         if update or options:
             raise UserError(f"{'update' if update else 'method options'} given without method; add method=NAME")
@@ -278,5 +292,5 @@ def plan_from_arguments(method: str | None = None, sparsity: float | None = None
 __all__ = [
     "SCOPES", "UNSTRUCTURED", "DEFAULT_IGNORE", "NMStructure", "OwlConfig", "PruneStep",
     "PruningPlan", "CalibrationConfig", "validate_method", "validate_sparsity", "parse_structure",
-    "parse_flag", "compile_pattern", "matches_any", "shortcut_plan", "plan_from_arguments",
+    "parse_flag", "parse_integer", "compile_pattern", "matches_any", "shortcut_plan", "plan_from_arguments",
 ]

@@ -31,7 +31,7 @@ from greenlet import greenlet
 from torch import nn
 
 from ..errors import UserError
-from .calibration import BlockStep, InputStatistics
+from .calibration import BlockStep, InputStatistics, per_sample
 
 PruneGroup = Callable[[list[str], InputStatistics], None]
 
@@ -102,7 +102,7 @@ class _OneForward:
         stats = InputStatistics(first.shape[-1], self.with_hessian, first.device)
         total = self.step.inputs.hidden.shape[0]
         for (rows, _, _), inputs in zip(self.batches, self.waiting):
-            stats.add(inputs.reshape(min(rows.stop, total) - rows.start, -1, inputs.shape[-1]))
+            stats.add(per_sample(inputs, min(rows.stop, total) - rows.start))
         self.waiting = [None] * len(self.batches)
         return stats
 

@@ -148,7 +148,7 @@ def all_expressions(value: Any) -> Iterable[str]:
     stack = [value]
     while stack:
         item = stack.pop()
-        if hasattr(item, "args") and isinstance(getattr(item, "args"), dict):
+        if hasattr(item, "args") and isinstance(item.args, dict):  # a !Modifier node
             item = item.args
         if isinstance(item, (dict, list)):
             if id(item) not in seen:

@@ -276,8 +276,9 @@ def load_yaml(path: str | Path, kind: str = "recipe") -> tuple[Any, bytes]:
     path = Path(path)
     try:
         raw = path.read_bytes()
-    except OSError as error:
-        raise UserError(f"cannot read {kind} {path}: {error.strerror or error}; check the path") from None
+    except (OSError, ValueError) as error:  # ValueError: a NUL byte in the path
+        raise UserError(f"cannot read {kind} {path}: {getattr(error, 'strerror', None) or error}; check the path") \
+            from None
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as error:

