@@ -187,13 +187,8 @@ def _prune_in_one_forward(block: BlockStep, in_block: list[LayerJob], with_hessi
 
 def _calibrated_pass(model: nn.Module, jobs: list[LayerJob], tokens: torch.Tensor, batch_size: int,
                      stopwatch: Stopwatch, progress: bool, warnings: list[str], true_sequential: bool) -> None:
-<<<<<<< HEAD
     data_jobs = [job for job in jobs if job.statistic != NONE]
-    relative_groups = None
-=======
-    data_jobs = [job for job in jobs if job.step.method in DATA_METHODS]
     relative_groups: dict[str, list[tuple[str, ...]]] = {}  # per block stack (encoder and decoder differ)
->>>>>>> main
     for block in layer_sequential(model, tokens, batch_size, stopwatch, progress, "pruning"):
         in_block = _block_jobs(data_jobs, block.name)
         if not in_block:
