@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from ..harness_ext.errors import UserError
+from ..harness_ext.pruning.methods import split_grid_name
 from ..harness_ext.pruning.plan import (
-    METHODS,
     UNSTRUCTURED,
     CalibrationConfig,
     PruningPlan,
@@ -36,18 +36,23 @@ SPEC_HINT = "fix that key in the grid spec (docs/leaderboard.md lists the keys a
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """One entry of `methods`: a built-in method (with its scope) or a recipe file (with its sha256)."""
+    """One entry of `methods`: a registered method (with its scope, weight update and options, e.g.
+    `wanda+admm`) or a recipe file (with its sha256)."""
 
     method: str | None = None
     scope: str = "layer"
     recipe: str | None = None
     recipe_sha256: str | None = None
+    update: str | None = None
+    options: tuple[tuple[str, Any], ...] = ()
 
     @property
     def label(self) -> str:
         if self.recipe:
             return f"recipe:{Path(self.recipe).stem}"
-        return self.method if self.scope == "layer" else f"{self.method}-{self.scope}"
+        name = self.method + (f"+{self.update}" if self.update else "")
+        name += "".join(f",{key}={value}" for key, value in self.options)
+        return name if self.scope == "layer" else f"{name}-{self.scope}"
 
 
 @dataclass(frozen=True)
@@ -141,7 +146,7 @@ class Cell:
             return plan_from_arguments(recipe=self.method.recipe)
         structure = None if self.structure == UNSTRUCTURED else self.structure
         return plan_from_arguments(self.method.method, self.sparsity, structure, scope=self.method.scope,
-                                   source="leaderboard")
+                                   source="leaderboard", update=self.method.update, options=dict(self.method.options))
 
     def describe(self) -> dict[str, Any]:
         return {"model": self.model, "dtype": self.dtype, "method": self.method_label,
@@ -306,7 +311,7 @@ def _method(fields: _Fields, index: int, value: Any, base_dir: Path) -> MethodSp
     where = f"methods[{index}]"
     if isinstance(value, str):
         value = {"method": value}
-    entry = _Fields(value, where, fields.source, ("method", "scope", "recipe"))
+    entry = _Fields(value, where, fields.source, ("method", "scope", "recipe", "update", "options"))
     recipe = entry.get("recipe")
     if recipe is not None:
         if entry.get("method") is not None:
@@ -320,8 +325,20 @@ def _method(fields: _Fields, index: int, value: Any, base_dir: Path) -> MethodSp
             entry.fail("recipe", str(error))
         digest = hashlib.sha256(recipe_path.read_bytes()).hexdigest()
         return MethodSpec(recipe=str(recipe_path), recipe_sha256=digest)
-    method = _choice(entry, "method", entry.get("method", required=True), METHODS)
-    return MethodSpec(method=method, scope=str(entry.get("scope", "layer")))
+    name = str(entry.get("method", required=True))
+    if entry.get("update") is not None:
+        if "+" in name:
+            entry.fail("update", "given twice; write method: wanda+admm or update: admm, not both")
+        name = f"{name}+{entry.get('update')}"
+    try:
+        method, update = split_grid_name(name)
+    except UserError as error:
+        entry.fail("method", str(error))
+    options = entry.get("options", {})
+    if not isinstance(options, dict):
+        entry.fail("options", f"must be a mapping of method options such as {{ria_exponent: 0.5}}, got {options!r}")
+    return MethodSpec(method=method, scope=str(entry.get("scope", "layer")), update=update,
+                      options=tuple(sorted(options.items())))
 
 
 def _task(fields: _Fields, index: int, value: Any) -> TaskSpec:

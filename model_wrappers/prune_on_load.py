@@ -29,9 +29,12 @@ class PruneOnLoad:
     def from_model_args(cls, method: str | None = None, sparsity: float | None = None, structure: str | None = None,
                         scope: str = "layer", recipe: str | None = None, calibration: str = "c4",
                         nsamples: int = 128, seqlen: int = 2048, seed: int = 0,
-                        true_sequential: bool | str = False) -> "PruneOnLoad":
-        """Parse the pruning model_args (text from lm-eval or typed values); UserError on any bad value."""
-        return cls(plan=plan_from_arguments(method, sparsity, structure, scope, recipe),
+                        true_sequential: bool | str = False, update: str | None = None,
+                        options: dict[str, Any] | None = None) -> "PruneOnLoad":
+        """Parse the pruning model_args (text from lm-eval or typed values); UserError on any bad value.
+        `update` and `options` (method options by name) are as in `plan_from_arguments`."""
+        return cls(plan=plan_from_arguments(method, sparsity, structure, scope, recipe, update=update,
+                                            options=options),
                    calibration=CalibrationConfig(data=str(calibration), nsamples=parse_integer("nsamples", nsamples),
                                                  seqlen=parse_integer("seqlen", seqlen),
                                                  seed=parse_integer("seed", seed),

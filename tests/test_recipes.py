@@ -15,8 +15,8 @@ WANDA = "s_stage:\n  g_modifiers:\n    WandaPruningModifier:\n"
 
 EXPECTED_STEPS = {
     "llmc_sparsegpt_2of4_quant.yaml": (
-        PruneStep("sparsegpt", 0.5, NMStructure(2, 4), ignore=("lm_head", "re:.*lm_head"), block_size=64,
-                  dampening=0.001),),
+        PruneStep("sparsegpt", 0.5, NMStructure(2, 4), ignore=("lm_head", "re:.*lm_head"),
+                  options={"block_size": 64, "dampening": 0.001}),),
     "llmc_wanda_2of4.yaml": (PruneStep("wanda", 0.5, NMStructure(2, 4)),),
     "llmc_wanda_owl.yaml": (
         PruneStep("wanda", 0.7, targets=(r"re:model.layers.\d+",), ignore=("lm_head", "re:.*lm_head"),
@@ -27,7 +27,7 @@ EXPECTED_STEPS = {
                                   (r"re:(?:model\.layers\.1)(?:\..+)?", 0.6))),),
     "llmc_magnitude.yaml": (PruneStep("magnitude", 0.6),),
     "sparseml_stage_alternating.yaml": (
-        PruneStep("sparsegpt", 0.7, targets=(r"re:model.layers.\d+",), dampening=0.02),),
+        PruneStep("sparsegpt", 0.7, targets=(r"re:model.layers.\d+",), options={"dampening": 0.02}),),
     "sparseml_stage_obcq_quant.yaml": (PruneStep("sparsegpt", 0.5, targets=("model.layers.0", "model.layers.1")),),
     "sparseml_stage_constant_only.yaml": (),
     "sparseml_v1_gmp_card.md": (PruneStep("magnitude", 0.8),),
@@ -146,7 +146,7 @@ def test_mask_structure_spellings(tmp_path, text, structure):
 
 def test_scientific_notation_without_dot_is_a_number(tmp_path):
     assert _plan_of(tmp_path, "s_stage:\n  g_modifiers:\n    SparseGPTModifier:\n      sparsity: 0.5\n"
-                    "      dampening_frac: 1e-3\n").steps[0].dampening == 0.001
+                    "      dampening_frac: 1e-3\n").steps[0].method_options.dampening == 0.001
 
 
 def test_eval_arithmetic_and_functions(tmp_path):

@@ -8,23 +8,34 @@ from pathlib import Path
 import click
 
 from ..errors import UserError
-from .plan import DEFAULT_IGNORE, METHODS, SCOPES, CalibrationConfig, OwlConfig, plan_from_arguments
+from .methods import method_names, option_fields, update_names
+from .plan import DEFAULT_IGNORE, SCOPES, CalibrationConfig, OwlConfig, plan_from_arguments
 
 DEFAULTS = CalibrationConfig()
+CLICK_TYPES = {"int": int, "float": float, "bool": click.BOOL}
 
 
 def _emit_json(data: dict) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
-def _build_plan(method, sparsity, structure, scope, recipe, targets, ignore, block_size, dampening, owl,
-                owl_m, owl_lambda):
-    options = {"targets": tuple(targets), "ignore": tuple(ignore) or DEFAULT_IGNORE, "block_size": block_size,
-               "dampening": dampening}
+def method_option_flags(command):
+    """One flag per option of the registry's methods and updates (`ria_exponent` -> `--ria-exponent`)."""
+    for name, (field, owners) in reversed(list(option_fields().items())):
+        kind = field.type if isinstance(field.type, str) else field.type.__name__
+        command = click.option(f"--{name.replace('_', '-')}", name, type=CLICK_TYPES.get(kind, str), default=None,
+                               help=f"{owners} option (default {field.default}).")(command)
+    return command
+
+
+def _build_plan(method, sparsity, structure, scope, recipe, update, targets, ignore, owl, owl_m, owl_lambda,
+                method_options):
+    options = {"targets": tuple(targets), "ignore": tuple(ignore) or DEFAULT_IGNORE}
     if owl:
         options["owl"] = OwlConfig(m=owl_m, lmbda=owl_lambda)
-    plan = plan_from_arguments(method, sparsity, structure, scope=scope, recipe=recipe, source="cli",
-                               **({} if recipe else options))
+    given = {name: value for name, value in method_options.items() if value is not None}
+    plan = plan_from_arguments(method, sparsity, structure, scope=scope, recipe=recipe, source="cli", update=update,
+                               options=given, **({} if recipe else options))
     if plan is None:
         raise UserError("nothing to prune; give --method (with --sparsity or --structure) or --recipe")
     return plan
@@ -43,7 +54,9 @@ def _summary(report) -> str:
 
 @click.command("prune", context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("model")
-@click.option("--method", type=click.Choice(METHODS), help="Pruning method (or give --recipe).")
+@click.option("--method", type=click.Choice(method_names()), help="Pruning method (or give --recipe).")
+@click.option("--update", type=click.Choice(update_names()),
+              help="Weight update run on the method's mask (e.g. admm).")
 @click.option("--sparsity", type=float, help="Fraction of weights to zero per layer, in [0, 1).")
 @click.option("--structure", default=None, help="unstructured (default) or N:M such as 2:4.")
 @click.option("--scope", type=click.Choice(SCOPES), default="layer", show_default=True,
@@ -60,9 +73,6 @@ def _summary(report) -> str:
 @click.option("--batch-size", type=int, default=None, help="Calibration samples per forward (speed/memory only).")
 @click.option("--true-sequential", is_flag=True,
               help="One forward per block; each layer pruned from the pruned layers' outputs (faster, more memory).")
-@click.option("--block-size", type=int, default=128, show_default=True, help="SparseGPT columns per block.")
-@click.option("--dampening", type=float, default=0.01, show_default=True,
-              help="SparseGPT dampening (fraction of the mean Hessian diagonal).")
 @click.option("--owl", is_flag=True, help="OWL outlier-weighted per-block sparsity.")
 @click.option("--owl-m", type=float, default=OwlConfig.m, show_default=True, help="OWL outlier threshold M.")
 @click.option("--owl-lambda", type=float, default=OwlConfig.lmbda, show_default=True, help="OWL spread lambda.")
@@ -73,20 +83,22 @@ def _summary(report) -> str:
 @click.option("--save-format", type=click.Choice(["dense", "compressed"]), default="dense", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the measured report as JSON.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def prune_command(model, method, sparsity, structure, scope, recipe, targets, ignore, calibration, nsamples,
-                  seqlen, seed, batch_size, true_sequential, block_size, dampening, owl, owl_m, owl_lambda, dtype,
-                  device, out_dir, save_format, as_json, progress):
+@method_option_flags
+def prune_command(model, method, update, sparsity, structure, scope, recipe, targets, ignore, calibration, nsamples,
+                  seqlen, seed, batch_size, true_sequential, owl, owl_m, owl_lambda, dtype, device, out_dir,
+                  save_format, as_json, progress, **method_options):
     """Prune MODEL (a directory, hub id or short name) and save it; prints the measured sparsity.
 
     \b
     Examples:
       sparse-bench prune smollm2-135m --method wanda --sparsity 0.5 --nsamples 64 --seqlen 256 --out out/wanda50
       sparse-bench prune smollm2-135m --method sparsegpt --structure 2:4 --calibration notes.txt --out out/sgpt24
+      sparse-bench prune smollm2-135m --method wanda --update admm --structure 2:4 --out out/wanda-admm24
       sparse-bench prune smollm2-135m --method magnitude --scope global --sparsity 0.9 --out out/mag90
       sparse-bench prune smollm2-135m --recipe recipe.yaml --out out/recipe --save-format compressed
     """
-    plan = _build_plan(method, sparsity, structure, scope, recipe, targets, ignore, block_size, dampening, owl,
-                       owl_m, owl_lambda)
+    plan = _build_plan(method, sparsity, structure, scope, recipe, update, targets, ignore, owl, owl_m, owl_lambda,
+                       method_options)
     calibration_config = CalibrationConfig(data=calibration, nsamples=nsamples, seqlen=seqlen, seed=seed,
                                            true_sequential=true_sequential)
     if batch_size is not None and batch_size < 1:

@@ -1,13 +1,15 @@
 """`prune(model, plan, ...)`: apply a PruningPlan to a model in place and return the measured PruneReport.
 
 Order of work: every target layer is assigned to exactly one plan step and gets its target sparsity
-(explicit `layer_sparsity` first, then OWL's per-block value, then the step's sparsity). Magnitude layers
-are pruned first (global steps with one threshold across their layers); then, when any layer needs data,
-one layer-sequential pass over the calibration set prunes Wanda and SparseGPT layers block by block.
-OWL needs one extra dense pass before that to measure each block's outliers.
+(explicit `layer_sparsity` first, then OWL's per-block value, then the step's sparsity). Layers whose method
+needs no statistics (methods.py registry: magnitude) are pruned first (global steps with one threshold across
+their layers); then, when any layer needs data, one layer-sequential pass over the calibration set collects
+each block's input statistics (norms, or the Hessian where a method or update needs it) and runs each
+layer's method, then its update, from the registry. OWL needs one extra dense pass before that to measure
+each block's outliers. Layers that read one input and share a step run stacked as one matrix.
 
-The model keeps its dtype and device; statistics and SparseGPT's updates are computed in float32 and
-written back in the model's dtype. Pruned weights are exact zeros (the weight is multiplied by its mask).
+The model keeps its dtype and device; methods work on a float64 copy of the weight, and the result is written
+back in the model's dtype. Pruned weights are exact zeros (the weight is multiplied by its mask).
 """
 
 from __future__ import annotations
@@ -22,17 +24,15 @@ from ..errors import UserError
 from ..memory import peak_rss_bytes
 from .calibration import BlockStep, InputStatistics, Stopwatch, default_batch_size, layer_sequential
 from .calibration_data import calibration_tokens
-from .magnitude import magnitude_mask, prune_global_magnitude
+from .magnitude import prune_global_magnitude
 from .masks import check_nm_shape, prune_count
+from .methods import HESSIAN, NONE, Target, get_method, get_update, method_names, statistic_needed
 from .owl import outlier_ratio, owl_sparsities
 from .plan import CalibrationConfig, PruneStep, PruningPlan, matches_any
 from .report import LayerSparsity, PruneReport, count_parameters, layer_sparsity
-from .sparsegpt import sparsegpt_prune
 from .targets import find_target_layers, weight_matrix
 from .true_sequential import prune_in_one_forward, shared_input_groups
-from .wanda import wanda_mask, wanda_scores
-
-DATA_METHODS = ("wanda", "sparsegpt")
+from .wanda import wanda_scores
 
 
 @dataclass
@@ -44,6 +44,11 @@ class LayerJob:
     step: PruneStep
     sparsity: float | None
     explicit: bool = False
+
+    @property
+    def statistic(self) -> str:
+        """The calibration statistic the step's method and update need (methods.NONE: no data)."""
+        return statistic_needed(self.step.method, self.step.update)
 
 
 def _check_step(step: PruneStep) -> None:
@@ -88,20 +93,39 @@ def plan_layers(model: nn.Module, plan: PruningPlan) -> list[LayerJob]:
     return jobs
 
 
-def _apply_mask(module: nn.Module, keep: torch.Tensor) -> None:
-    weight = weight_matrix(module)
-    weight.masked_fill_(~keep, 0)
+def _prune_group(group: list[LayerJob], stats: InputStatistics | None, warnings: list[str]) -> None:
+    """Run the step's method (and update) on layers that share one input and one step, stacked by rows.
+
+    The method sees a float64 copy; the result (its new weight, or the old one) is written back with exact
+    zeros outside the keep-mask, in the model's dtype.
+    """
+    step = group[0].step
+    weights = [weight_matrix(job.module) for job in group]
+    dense = torch.cat([weight.double() for weight in weights])
+    target = Target(tuple((weight.shape[0], job.sparsity) for weight, job in zip(weights, group)), step.structure)
+    result = get_method(step.method).function(dense, stats, target, step.method_options)
+    new_weight = result.weight
+    if step.update is not None:
+        new_weight = get_update(step.update).refit(dense, stats.hessian, result.keep, step.update_options)
+    warnings.extend(f"{', '.join(job.name for job in group)}: {note}" for note in result.notes)
+    rows = [weight.shape[0] for weight in weights]
+    parts = new_weight.split(rows) if new_weight is not None else [None] * len(weights)
+    for weight, keep, part in zip(weights, result.keep.split(rows), parts):
+        if part is not None:
+            weight.copy_(part)
+        weight.masked_fill_(~keep, 0)
 
 
-def _prune_magnitude(jobs: list[LayerJob]) -> None:
+def _prune_without_data(jobs: list[LayerJob], warnings: list[str]) -> None:
+    """Layers whose method needs no calibration statistics (magnitude); global steps with one threshold."""
     global_steps: dict[int, list[LayerJob]] = {}
     for job in jobs:
-        if job.step.method != "magnitude":
+        if job.statistic != NONE:
             continue
         if job.step.scope == "global":
             global_steps.setdefault(id(job.step), []).append(job)
         else:
-            _apply_mask(job.module, magnitude_mask(weight_matrix(job.module), job.sparsity, job.step.structure))
+            _prune_group([job], None, warnings)
     for group in global_steps.values():
         prune_global_magnitude([weight_matrix(job.module) for job in group], group[0].step.sparsity)
 
@@ -133,31 +157,13 @@ def _owl_pass(model: nn.Module, jobs: list[LayerJob], tokens: torch.Tensor, batc
                 job.sparsity = next(value for block, value in per_block.items() if job.name.startswith(block + "."))
 
 
-def _prune_sparsegpt_group(group: list[LayerJob], stats: InputStatistics, warnings: list[str]) -> None:
-    """SparseGPT on layers sharing one input and one step, stacked into one matrix."""
-    step = group[0].step
-    weights = [weight_matrix(job.module) for job in group]
-    stacked = torch.cat([weight.float() for weight in weights]) if len(weights) > 1 else weights[0].float()
-    pruned, damp_used = sparsegpt_prune(stacked, stats.hessian, [(w.shape[0], job.sparsity) for w, job in
-                                                                  zip(weights, group)],
-                                        step.structure, step.block_size, step.dampening)
-    if damp_used != step.dampening:
-        warnings.append(f"{', '.join(job.name for job in group)}: Hessian Cholesky failed with dampening "
-                        f"{step.dampening:g}; used {damp_used:g}")
-    for weight, part in zip(weights, torch.split(pruned, [w.shape[0] for w in weights])):
-        weight.copy_(part)
-
-
 def _prune_block(jobs: list[LayerJob], stats: dict[str, InputStatistics], warnings: list[str]) -> None:
-    sparsegpt_groups: dict[tuple[int, int], list[LayerJob]] = {}
+    """Prune a block's layers, those sharing one input and one step together."""
+    groups: dict[tuple[int, int], list[LayerJob]] = {}
     for job in jobs:
-        if job.step.method == "wanda":
-            norms = stats[job.name].column_norms()
-            _apply_mask(job.module, wanda_mask(weight_matrix(job.module), norms, job.sparsity, job.step.structure))
-        else:
-            sparsegpt_groups.setdefault((id(stats[job.name]), id(job.step)), []).append(job)
-    for group in sparsegpt_groups.values():
-        _prune_sparsegpt_group(group, stats[group[0].name], warnings)
+        groups.setdefault((id(stats[job.name]), id(job.step)), []).append(job)
+    for group in groups.values():
+        _prune_group(group, stats[group[0].name], warnings)
 
 
 def _prune_in_one_forward(block: BlockStep, in_block: list[LayerJob], with_hessian: bool,
@@ -181,13 +187,13 @@ def _prune_in_one_forward(block: BlockStep, in_block: list[LayerJob], with_hessi
 
 def _calibrated_pass(model: nn.Module, jobs: list[LayerJob], tokens: torch.Tensor, batch_size: int,
                      stopwatch: Stopwatch, progress: bool, warnings: list[str], true_sequential: bool) -> None:
-    data_jobs = [job for job in jobs if job.step.method in DATA_METHODS]
+    data_jobs = [job for job in jobs if job.statistic != NONE]
     relative_groups: dict[str, list[tuple[str, ...]]] = {}  # per block stack (encoder and decoder differ)
     for block in layer_sequential(model, tokens, batch_size, stopwatch, progress, "pruning"):
         in_block = _block_jobs(data_jobs, block.name)
         if not in_block:
             continue
-        with_hessian = any(job.step.method == "sparsegpt" for job in in_block)
+        with_hessian = any(job.statistic == HESSIAN for job in in_block)
         layers = {job.name: job.module for job in in_block}
         if true_sequential:
             if block.stack not in relative_groups:
@@ -204,7 +210,7 @@ def _minimum_zeros(job: LayerJob) -> int:
     rows, columns = weight_matrix(job.module).shape
     if job.step.structure is not None:
         return rows * columns // job.step.structure.m * (job.step.structure.m - job.step.structure.n)
-    if job.step.method == "wanda":
+    if get_method(job.step.method).comparison == "row":
         return rows * prune_count(columns, job.sparsity)
     return prune_count(rows * columns, job.sparsity)
 
@@ -257,18 +263,20 @@ def prune(model: nn.Module, plan: PruningPlan, calibration: CalibrationConfig | 
           progress: bool = True, *, batch_size: int | None = None) -> PruneReport:
     """Prune `model` in place as `plan` says and return what was measured afterwards.
 
-    Magnitude needs no data; Wanda, SparseGPT and OWL need `calibration` and `tokenizer`. `batch_size` is
+    Methods that need statistics (methods.py), updates and OWL need `calibration` and `tokenizer`. `batch_size` is
     the number of calibration samples per forward (default: about 2048 tokens); it changes speed and
     memory, not the masks.
     """
     started = time.perf_counter()
     jobs = plan_layers(model, plan)
-    needs_data = sorted({job.step.method for job in jobs if job.step.method in DATA_METHODS}
+    needs_data = sorted({job.step.method + (f"+{job.step.update}" if job.step.update else "")
+                         for job in jobs if job.statistic != NONE}
                         | ({"owl"} if any(job.step.owl for job in jobs) else set()))
     if needs_data and (calibration is None or tokenizer is None):
+        no_data = "|".join(name for name in method_names() if get_method(name).statistic == NONE)
         raise UserError(f"{' and '.join(needs_data)} need calibration data and a tokenizer; pass a "
-                        "CalibrationConfig (e.g. c4, 128 x 2048 tokens) or use method=magnitude")
-    warnings = _tied_weight_warnings(model, jobs)
+                        f"CalibrationConfig (e.g. c4, 128 x 2048 tokens) or use method={no_data}")
+    warnings = _tied_weight_warnings(model, jobs) + [note for step in plan.steps for note in step.notes()]
     stopwatch = Stopwatch()
     calibration_record = None
     was_training = model.training
@@ -284,8 +292,8 @@ def prune(model: nn.Module, plan: PruningPlan, calibration: CalibrationConfig | 
                 batch = batch_size or default_batch_size(tokens.shape[1])
                 if any(job.step.owl for job in jobs):
                     _owl_pass(model, jobs, tokens, batch, stopwatch, progress)
-            _prune_magnitude(jobs)
-            if any(job.step.method in DATA_METHODS for job in jobs):
+            _prune_without_data(jobs, warnings)
+            if any(job.statistic != NONE for job in jobs):
                 _calibrated_pass(model, jobs, tokens, batch, stopwatch, progress, warnings,
                                  calibration.true_sequential)
     finally:
@@ -299,4 +307,4 @@ def prune(model: nn.Module, plan: PruningPlan, calibration: CalibrationConfig | 
                        warnings=warnings)
 
 
-__all__ = ["DATA_METHODS", "LayerJob", "plan_layers", "model_context", "prune"]
+__all__ = ["LayerJob", "plan_layers", "model_context", "prune"]

@@ -12,7 +12,8 @@ from typing import Sequence
 
 import torch
 
-from .masks import prune_count, scores_mask
+from .masks import prune_count, scores_mask, target_mask
+from .methods import NoOptions, PruneResult, Target
 from .plan import NMStructure
 
 _HIGH_SHIFT = 15          # float32 bits of |w| fit in 31 bits: 16 high bits, then 15 low bits
@@ -22,6 +23,11 @@ _LOW_BINS = 1 << _HIGH_SHIFT
 def magnitude_mask(weight: torch.Tensor, sparsity: float, structure: NMStructure | None = None) -> torch.Tensor:
     """Keep-mask of an (out, in) weight: lowest |W| of the layer (or of each N:M group) pruned."""
     return scores_mask(weight.abs().float(), sparsity, structure, per_row=False)
+
+
+def magnitude_prune(weight: torch.Tensor, statistics: None, target: Target, options: NoOptions) -> PruneResult:
+    """Registry function: the lowest |W| of each layer (or N:M group) pruned."""
+    return PruneResult(target_mask(weight, target, torch.abs, per_row=False))
 
 
 def _magnitude_bits(weight: torch.Tensor) -> torch.Tensor:
@@ -69,4 +75,4 @@ def prune_global_magnitude(weights: Sequence[torch.Tensor], sparsity: float) -> 
         weight.masked_fill_(prune, 0)
 
 
-__all__ = ["magnitude_mask", "prune_global_magnitude"]
+__all__ = ["magnitude_mask", "magnitude_prune", "prune_global_magnitude"]

@@ -7,9 +7,12 @@ Counts: a group of `n` weights at sparsity `s` loses `prune_count(n, s)` = round
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from ..errors import UserError
+from .methods import Target, segments_of
 from .plan import NMStructure
 
 
@@ -69,4 +72,15 @@ def scores_mask(scores: torch.Tensor, sparsity: float, structure: NMStructure | 
     return row_mask(scores, sparsity) if per_row else layer_mask(scores, sparsity)
 
 
-__all__ = ["prune_count", "prune_lowest", "layer_mask", "row_mask", "check_nm_shape", "nm_mask", "scores_mask"]
+def target_mask(weight: torch.Tensor, target: Target, score: Callable[[torch.Tensor], torch.Tensor],
+                per_row: bool) -> torch.Tensor:
+    """Keep-mask of a (possibly stacked) weight: `score(rows of one layer)` ranked within each stacked layer
+    (per row, per layer, or per N:M group), each layer at its own sparsity."""
+    keep = torch.empty(weight.shape, dtype=torch.bool, device=weight.device)
+    for first, end, sparsity in segments_of(target):
+        keep[first:end] = scores_mask(score(weight[first:end]), sparsity, target.structure, per_row)
+    return keep
+
+
+__all__ = ["prune_count", "prune_lowest", "layer_mask", "row_mask", "check_nm_shape", "nm_mask", "scores_mask",
+           "target_mask"]

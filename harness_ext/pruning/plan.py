@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from ..errors import UserError
 
-METHODS = ("magnitude", "wanda", "sparsegpt")
 SCOPES = ("layer", "global")
 UNSTRUCTURED = "unstructured"
 DEFAULT_IGNORE = ("lm_head",)
@@ -55,7 +54,10 @@ class PruneStep:
 
     `sparsity` is the target zero fraction per layer (unstructured); for N:M it equals `structure.sparsity`.
     `layer_sparsity` overrides it per layer: (name or `re:` pattern, sparsity) pairs, first match wins.
-    `block_size` and `dampening` are SparseGPT's (columns per OBS block; fraction of mean Hessian diagonal).
+    `update`: a weight update run on the method's mask (`admm`), or None. `options`: the method's and the
+    update's options by name (methods.py: each row's options dataclass), given as a mapping or pairs; they are
+    validated and stored complete and sorted (defaults filled in), so equal settings give equal steps.
+    `method_options` / `update_options` hold the validated dataclasses.
     """
 
     method: str = "magnitude"
@@ -66,17 +68,30 @@ class PruneStep:
     ignore: tuple[str, ...] = DEFAULT_IGNORE
     layer_sparsity: tuple[tuple[str, float], ...] = ()
     owl: OwlConfig | None = None
-    block_size: int = 128
-    dampening: float = 0.01
+    update: str | None = None
+    options: Any = ()
 
     def __post_init__(self) -> None:
-        validate_method(self.method)
+        from .methods import described_options, get_method, method_names, resolve_options
+
+        row = get_method(self.method)
         validate_sparsity(self.sparsity)
         if self.scope not in SCOPES:
             raise UserError(f"unknown scope {self.scope!r}; use one of: {', '.join(SCOPES)}")
-        if self.scope == "global" and self.method != "magnitude":
-            raise UserError(f"scope=global is defined for method=magnitude only, not {self.method}; "
+        if self.scope not in row.scopes:
+            able = [name for name in method_names() if self.scope in get_method(name).scopes]
+            raise UserError(f"scope={self.scope} is defined for method={'|'.join(able)} only, not {self.method}; "
                             "use scope=layer")
+        if self.update is not None and (self.scope != "layer" or not row.takes_update):
+            raise UserError(f"update={self.update} cannot follow method={self.method}"
+                            f"{'' if row.takes_update else ' (it already sets its weights)'} with scope={self.scope}; "
+                            "drop update or use another method with scope=layer")
+        method_options, update_options = resolve_options(self.method, self.update, dict(self.options),
+                                                         self.structure)
+        object.__setattr__(self, "method_options", method_options)
+        object.__setattr__(self, "update_options", update_options)
+        object.__setattr__(self, "options", tuple(sorted({**described_options(method_options),
+                                                          **described_options(update_options)}.items())))
         if self.structure is not None and abs(self.sparsity - self.structure.sparsity) > 1e-9:
             raise UserError(f"structure {self.structure} fixes sparsity at {self.structure.sparsity:g}, "
                             f"but sparsity={self.sparsity:g} was asked; leave sparsity out for N:M")
@@ -84,11 +99,11 @@ class PruneStep:
             compile_pattern(pattern)
         for _, value in self.layer_sparsity:
             validate_sparsity(value)
-        if self.block_size < 1:
-            raise UserError(f"block_size must be a positive number of columns, got {self.block_size}; the default is 128")
-        if not 0.0 < self.dampening < 1.0:
-            raise UserError(f"dampening must be in (0, 1) (fraction of the mean Hessian diagonal), "
-                            f"got {self.dampening}; the default is 0.01")
+
+    def notes(self) -> list[str]:
+        """What the method's and the update's options say the user must know about the result."""
+        found = [options.note(self.structure) for options in (self.method_options, self.update_options) if options]
+        return [note for note in found if note]
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready summary (method, sparsity, structure, scope, targets, ...)."""
@@ -101,8 +116,8 @@ class PruneStep:
             "ignore": list(self.ignore),
             "layer_sparsity": [list(pair) for pair in self.layer_sparsity],
             "owl": None if self.owl is None else {"m": self.owl.m, "lmbda": self.owl.lmbda},
-            "block_size": self.block_size,
-            "dampening": self.dampening,
+            "update": self.update,
+            "options": dict(self.options),
         }
 
 
@@ -157,9 +172,10 @@ class CalibrationConfig:
 
 
 def validate_method(method: str) -> str:
-    if method not in METHODS:
-        raise UserError(f"unknown pruning method {method!r}; use one of: {', '.join(METHODS)}")
-    return method
+    """`method` if the registry has it; UserError listing the registered names otherwise."""
+    from .methods import get_method
+
+    return get_method(method).name
 
 
 def validate_sparsity(sparsity: float) -> float:
@@ -233,11 +249,14 @@ def shortcut_plan(method: str | None, sparsity: float | None, structure: str | N
                   scope: str = "layer", source: str = "model_args", **step_options: Any) -> PruningPlan:
     """Build the one-step plan that `method=...,sparsity=...,structure=...` shortcuts describe.
 
-    For N:M, `sparsity` may be omitted (it is fixed by the structure) or must equal it.
+    For N:M, `sparsity` may be omitted (it is fixed by the structure) or must equal it. `step_options` are
+    PruneStep fields (`update`, `options`, `targets`, `owl`, ...).
     Raises UserError on anything invalid, before any model is loaded.
     """
     if method is None:
-        raise UserError("sparsity/structure given without method; add method=magnitude|wanda|sparsegpt")
+        from .methods import method_names
+
+        raise UserError(f"sparsity/structure given without method; add method={'|'.join(method_names())}")
     nm = parse_structure(structure)
     if sparsity is None:
         if nm is None:
@@ -250,23 +269,28 @@ def shortcut_plan(method: str | None, sparsity: float | None, structure: str | N
 
 def plan_from_arguments(method: str | None = None, sparsity: float | None = None, structure: str | None = None,
                         scope: str = "layer", recipe: str | None = None, source: str = "model_args",
+                        update: str | None = None, options: Mapping[str, Any] | None = None,
                         **step_options: Any) -> PruningPlan | None:
     """The plan user arguments describe: a recipe file, the method/sparsity/structure shortcut, or None when
-    nothing asks for pruning. One function for model_args, the CLI and grid cells."""
+    nothing asks for pruning. One function for model_args, the CLI and grid cells. `update` is a weight update
+    (`admm`); `options` the method's / update's options by name (methods.py)."""
     if recipe is not None:
-        if method is not None or sparsity is not None or structure is not None:
-            raise UserError("a recipe already defines method, sparsity and structure; give the recipe or "
-                            "method/sparsity/structure, not both")
+        if method is not None or sparsity is not None or structure is not None or update or options:
+            raise UserError("a recipe already defines method, sparsity, structure and options; give the recipe "
+                            "or method/sparsity/structure/update/options, not both")
         from ..recipes import load_recipe
 
         return load_recipe(str(recipe))  # lm-eval casts model_args values: recipe=0.5 arrives as a float
     if method is None and sparsity is None and structure is None:
+        if update or options:
+            raise UserError(f"{'update' if update else 'method options'} given without method; add method=NAME")
         return None
-    return shortcut_plan(method, sparsity, structure, scope=scope, source=source, **step_options)
+    return shortcut_plan(method, sparsity, structure, scope=scope, source=source, update=update,
+                         options=dict(options or {}), **step_options)
 
 
 __all__ = [
-    "METHODS", "SCOPES", "UNSTRUCTURED", "DEFAULT_IGNORE", "NMStructure", "OwlConfig", "PruneStep",
+    "SCOPES", "UNSTRUCTURED", "DEFAULT_IGNORE", "NMStructure", "OwlConfig", "PruneStep",
     "PruningPlan", "CalibrationConfig", "validate_method", "validate_sparsity", "parse_structure",
     "parse_flag", "parse_integer", "compile_pattern", "matches_any", "shortcut_plan", "plan_from_arguments",
 ]

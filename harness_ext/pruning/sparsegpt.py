@@ -18,15 +18,35 @@ OBS, and each layer keeps its own exact sparsity through its own row segment.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 
 from ..errors import UserError
+from .calibration import InputStatistics
 from .masks import prune_count, prune_lowest
+from .methods import Options, PruneResult, Target
 from .plan import NMStructure
 
 MAX_DAMPENING = 1.0  # after 0.01 -> 0.1 -> 1.0 the Hessian is dominated by the identity; stop there
+
+
+@dataclass(frozen=True)
+class SparseGPTOptions(Options):
+    """`block_size`: columns per OBS block (lazy batch updates); `dampening`: fraction of the mean Hessian
+    diagonal added to it (the reference code's `percdamp`)."""
+
+    block_size: int = 128
+    dampening: float = 0.01
+
+    def check(self, target_structure) -> None:
+        if self.block_size < 1:
+            raise UserError(f"block_size must be a positive number of columns, got {self.block_size}; "
+                            "the default is 128")
+        if not 0.0 < self.dampening < 1.0:
+            raise UserError(f"dampening must be in (0, 1) (fraction of the mean Hessian diagonal), "
+                            f"got {self.dampening}; the default is 0.01")
 
 
 def inverse_hessian_factor(hessian: torch.Tensor, dampening: float) -> tuple[torch.Tensor, float]:
@@ -113,4 +133,14 @@ def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, sparsities: Seq
     return work.t().to(weight.dtype), damp_used
 
 
-__all__ = ["MAX_DAMPENING", "inverse_hessian_factor", "sparsegpt_prune"]
+def sparsegpt_method(weight: torch.Tensor, statistics: InputStatistics, target: Target,
+                     options: SparseGPTOptions) -> PruneResult:
+    """Registry function: SparseGPT on a (possibly stacked) weight; the keep-mask is its non-zeros."""
+    pruned, damp_used = sparsegpt_prune(weight, statistics.hessian, target.segments, target.structure,
+                                        options.block_size, options.dampening)
+    notes = () if damp_used == options.dampening else (
+        f"Hessian Cholesky failed with dampening {options.dampening:g}; used {damp_used:g}",)
+    return PruneResult(pruned != 0, pruned, notes)
+
+
+__all__ = ["MAX_DAMPENING", "SparseGPTOptions", "inverse_hessian_factor", "sparsegpt_prune", "sparsegpt_method"]

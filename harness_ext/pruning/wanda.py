@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import torch
 
-from .masks import scores_mask
+from .calibration import InputStatistics
+from .masks import scores_mask, target_mask
+from .methods import NoOptions, PruneResult, Target
 from .plan import NMStructure
 
 
@@ -23,4 +25,10 @@ def wanda_mask(weight: torch.Tensor, column_norms: torch.Tensor, sparsity: float
     return scores_mask(wanda_scores(weight, column_norms), sparsity, structure, per_row=True)
 
 
-__all__ = ["wanda_scores", "wanda_mask"]
+def wanda_prune(weight: torch.Tensor, statistics: InputStatistics, target: Target, options: NoOptions) -> PruneResult:
+    """Registry function: per output row the lowest |W_ij| * ||X_j|| pruned (or per N:M group)."""
+    norms = statistics.column_norms().to(weight.dtype)
+    return PruneResult(target_mask(weight, target, lambda rows: wanda_scores(rows, norms), per_row=True))
+
+
+__all__ = ["wanda_scores", "wanda_mask", "wanda_prune"]

@@ -8,12 +8,11 @@ from pathlib import Path
 from string import Template
 
 from ..errors import UserError
+from ..pruning.methods import get_method
 from ..pruning.plan import PruningPlan, shortcut_plan
 from .loader import load_recipe
 
 FORMATS = ("llmcompressor", "sparseml-stage", "sparseml")
-MODIFIER_NAMES = {"magnitude": "MagnitudePruningModifier", "wanda": "WandaPruningModifier",
-                  "sparsegpt": "SparseGPTModifier"}
 
 
 def _template(name: str) -> Template:
@@ -32,6 +31,9 @@ def render_recipe(method: str, sparsity: float | None, structure: str | None, re
     if recipe_format not in FORMATS:
         raise UserError(f"unknown recipe format {recipe_format!r}; use one of: {', '.join(FORMATS)}")
     step = shortcut_plan(method, sparsity, structure).steps[0]
+    if not get_method(step.method).recipe_modifiers:
+        raise UserError(f"no SparseML / llm-compressor modifier runs method={step.method}; prune with "
+                        f"method={step.method} in model_args or the CLI instead of a recipe")
     if recipe_format == "sparseml" and step.method != "magnitude":
         raise UserError(f"SparseML v1 (!Modifier) recipes have no {step.method} modifier; write it with "
                         "--format sparseml-stage or --format llmcompressor")
@@ -39,7 +41,7 @@ def render_recipe(method: str, sparsity: float | None, structure: str | None, re
     values = {
         "sparsity": f"{step.sparsity:g}",
         "mask": f'"{step.structure}"' if step.structure else unstructured,
-        "modifier": MODIFIER_NAMES[step.method],
+        "modifier": get_method(step.method).recipe_modifiers[0],
         "summary": f"{step.method}, sparsity {step.sparsity:g}, "
                    f"{step.structure or 'unstructured'} (sparse-bench shortcut: method={step.method},"
                    f"sparsity={step.sparsity:g}{f',structure={step.structure}' if step.structure else ''})",

@@ -11,6 +11,7 @@ from tabulate import tabulate
 
 from ..errors import UserError
 from ..io import write_text_atomic
+from ..pruning.methods import recipe_method_names
 from ..pruning.plan import PruningPlan, shortcut_plan
 from .authoring import FORMATS, check_round_trip, render_recipe
 from .loader import FORMAT_NAMES, LoadedRecipe, read_recipe
@@ -137,7 +138,7 @@ def explain_command(recipe_file: Path, model: str, recipe_args: tuple[str, ...],
 
 
 @recipe_group.command("new")
-@click.option("--method", type=click.Choice(["magnitude", "wanda", "sparsegpt"]), required=True)
+@click.option("--method", type=click.Choice(recipe_method_names()), required=True)
 @click.option("--sparsity", type=float, default=None, help="Fraction of weights to zero, e.g. 0.5 (N:M fixes it).")
 @click.option("--structure", default=None, help="unstructured (default) or N:M, e.g. 2:4.")
 @click.option("--format", "recipe_format", type=click.Choice(FORMATS), default="llmcompressor", show_default=True)

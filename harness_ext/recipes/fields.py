@@ -1,7 +1,7 @@
 """Every modifier name and field the recipe formats define, and what one-shot pruning does with each.
 
 Modifier kinds:
-- `prune`: mapped onto a PruneStep (`method` says which engine method runs it);
+- `prune`: mapped onto a PruneStep (`method`: the registry row that lists the modifier runs it);
 - `hold`: keeps existing masks during training (ConstantPruningModifier): prunes nothing new;
 - `ignore`: does not prune (training schedule, learning rate, distillation, quantization): reported, skipped;
 - `reject`: prunes in a way one-shot masks cannot reproduce: an error that says what to use instead.
@@ -15,6 +15,8 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 from typing import Iterable
+
+from ..pruning.methods import method_for_modifier
 
 # Fields of SparseML v1 scheduled modifiers (epochs-based training schedule).
 V1_SCHEDULE = ("start_epoch", "end_epoch", "update_frequency", "min_start", "min_end", "min_frequency",
@@ -45,34 +47,35 @@ class ModifierSpec:
         return self.used + self.ignored
 
 
-def _prune(name: str, method: str, used: Iterable[str], ignored: Iterable[str], reason: str = "",
+def _prune(name: str, used: Iterable[str], ignored: Iterable[str], reason: str = "",
            global_by_default: bool = False) -> ModifierSpec:
-    return ModifierSpec(name, "prune", method, tuple(used), tuple(ignored), global_by_default, reason)
+    """A pruning modifier; the method that runs it is the registry row listing it (pruning/methods.py)."""
+    return ModifierSpec(name, "prune", method_for_modifier(name), tuple(used), tuple(ignored), global_by_default,
+                        reason)
 
 
 PRUNING_MODIFIERS = (
-    _prune("GMPruningModifier", "magnitude", GRADUAL_USED + ("score_type",), V1_SCHEDULE + ("phased",),
+    _prune("GMPruningModifier", GRADUAL_USED + ("score_type",), V1_SCHEDULE + ("phased",),
            "gradual magnitude pruning"),
-    _prune("MagnitudePruningModifier", "magnitude",
-           GRADUAL_USED + ("targets", "mask_structure", "apply_globally"),
+    _prune("MagnitudePruningModifier", GRADUAL_USED + ("targets", "mask_structure", "apply_globally"),
            V1_SCHEDULE + STAGE_BASE + ("update_scheduler", "scheduler_args"), "gradual magnitude pruning"),
-    _prune("GlobalMagnitudePruningModifier", "magnitude", GRADUAL_USED[:-1], V1_SCHEDULE,
+    _prune("GlobalMagnitudePruningModifier", GRADUAL_USED[:-1], V1_SCHEDULE,
            "magnitude pruning with one threshold across all layers", global_by_default=True),
-    _prune("ACDCPruningModifier", "magnitude", ("compression_sparsity", "params", "mask_type", "global_sparsity"),
+    _prune("ACDCPruningModifier", ("compression_sparsity", "params", "mask_type", "global_sparsity"),
            V1_SCHEDULE + ("momentum_buffer_reset",),
            "AC/DC alternates dense and magnitude-sparse phases; one-shot keeps the sparse (compressed) phase",
            global_by_default=True),
-    _prune("OBSPruningModifier", "sparsegpt", GRADUAL_USED, V1_SCHEDULE + HESSIAN_SAMPLING + ("num_recomputations",),
+    _prune("OBSPruningModifier", GRADUAL_USED, V1_SCHEDULE + HESSIAN_SAMPLING + ("num_recomputations",),
            "Optimal Brain Surgeon from gradient Fisher blocks (oBERT); one-shot uses SparseGPT, the OBS update "
            "with the layer-wise Hessian of calibration inputs", global_by_default=True),
-    _prune("MFACPruningModifier", "sparsegpt", GRADUAL_USED,
+    _prune("MFACPruningModifier", GRADUAL_USED,
            V1_SCHEDULE + HESSIAN_SAMPLING + ("use_gradient_buffering", "grads_device", "num_pages",
                                              "available_devices"),
            "M-FAC (matrix-free inverse Fisher OBS); one-shot uses SparseGPT, the OBS update with the layer-wise "
            "Hessian of calibration inputs"),
-    _prune("SparseGPTModifier", "sparsegpt", ONESHOT_USED + ("block_size", "dampening_frac", "percdamp"),
+    _prune("SparseGPTModifier", ONESHOT_USED + ("block_size", "dampening_frac", "percdamp"),
            ONESHOT_IGNORED + ("preserve_sparsity_mask", "offload_hessians", "quantize"), "SparseGPT (OBC)"),
-    _prune("WandaPruningModifier", "wanda", ONESHOT_USED, ONESHOT_IGNORED, "Wanda |W|*||X||"),
+    _prune("WandaPruningModifier", ONESHOT_USED, ONESHOT_IGNORED, "Wanda |W|*||X||"),
 )
 
 HOLD_MODIFIERS = (

@@ -13,12 +13,14 @@ Rules (also in docs/recipes.md):
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from ..pruning.methods import get_method
 from ..pruning.plan import (
     DEFAULT_IGNORE,
     NMStructure,
@@ -299,7 +301,7 @@ def _scope(fields: _Fields, spec: ModifierSpec, method: str, structured: bool, n
     name = fields.one_of("global_sparsity", "apply_globally")
     if not (fields.flag(name, spec.global_by_default) if name else spec.global_by_default):
         return "layer"
-    if method == "magnitude" and not structured:
+    if "global" in get_method(method).scopes and not structured:
         notes.append(f"{fields.entry.name}: global sparsity: one magnitude threshold across all targeted layers")
         return "global"
     notes.append(f"{fields.entry.name}: global ranking across layers is not available for {method}"
@@ -307,13 +309,15 @@ def _scope(fields: _Fields, spec: ModifierSpec, method: str, structured: bool, n
     return "layer"
 
 
-def _sparsegpt_options(fields: _Fields) -> dict[str, Any]:
+def _method_options(fields: _Fields, method: str) -> dict[str, Any]:
+    """The method's options from the recipe fields its registry row maps (e.g. SparseGPT's percdamp)."""
+    row = get_method(method)
+    kinds = {field.name: field.type for field in dataclasses.fields(row.options)}
     options: dict[str, Any] = {}
-    if "block_size" in fields.args:
-        options["block_size"] = fields.number("block_size", int)
-    damp_name = fields.one_of("dampening_frac", "percdamp")
-    if damp_name:
-        options["dampening"] = fields.number(damp_name)
+    for option in dict.fromkeys(row.recipe_fields.values()):
+        name = fields.one_of(*(recipe for recipe, target in row.recipe_fields.items() if target == option))
+        if name:
+            options[option] = fields.number(name, int if kinds[option] in ("int", int) else float)
     return options
 
 
@@ -349,12 +353,12 @@ def _prune_step(fields: _Fields, spec: ModifierSpec, mapped: MappedModifier) -> 
     scope = _scope(fields, spec, spec.method, structure is not None, notes)
     if scope == "global" and pairs:
         raise fields.error(None, "global sparsity and per-layer sparsities contradict each other; choose one")
-    options = _sparsegpt_options(fields) if spec.method == "sparsegpt" else {}
+    options = _method_options(fields, spec.method)
     ignore = plan_ignore(fields, notes)
     mapped.ignore_lines = [(pattern, line) for pattern, line in ignore.items() if pattern not in DEFAULT_IGNORE]
     try:
         return PruneStep(method=spec.method, sparsity=sparsity, structure=structure, scope=scope, targets=targets,
-                         ignore=tuple(ignore), layer_sparsity=pairs, owl=owl, **options)
+                         ignore=tuple(ignore), layer_sparsity=pairs, owl=owl, options=options)
     except UserError as error:
         raise fields.error(None, str(error)) from None
 
