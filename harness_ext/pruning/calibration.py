@@ -47,8 +47,8 @@ class InputStatistics:
     Wanda's squared input-feature norms. Only what was asked is accumulated.
 
     Both sums are float64: a product of two fp32/fp16/bf16 inputs is exact in float64, and the sum's rounding
-    (~1e-16 relative) is far below any score gap that selects a mask, so the masks do not depend on the BLAS
-    kernel's summation order (thread count, CPU model). In fp32 the Hessian's rounding (~1e-5 relative over
+    (~1e-16 relative) is far below any score gap that selects a mask, so the order in which tokens are summed
+    does not change a mask (the fp32 inputs themselves may still differ in their last bits between thread counts). In fp32 the Hessian's rounding (~1e-5 relative over
     16k tokens), amplified by the inverse, flipped near-tie SparseGPT choices between machines.
     """
 

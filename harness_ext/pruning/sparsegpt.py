@@ -9,8 +9,10 @@ diagonal; when the Cholesky factorisation fails it is retried with 10x more, and
 
 The whole solve runs in float64 (the Hessian arrives in float64 from the calibration loop): the inverse
 amplifies rounding by the Hessian's condition number, and in fp32 that flipped near-tie choices between
-machines whose BLAS kernels sum in different orders. In float64 the masks are the same on any x86 machine
-and thread count (tested), at the cost of a slower solve (benchmarks/bench_prune.py reports it).
+machines whose BLAS kernels sum in different orders. In float64 the Hessian's summation order no longer
+changes a mask (tested). The fp32 block forwards that feed the statistics can still differ in their last bits
+between thread counts; on SmolLM2 that left 2:4 masks different with 1 and 2 threads while 50 % ones were
+identical (benchmarks/results/determinism.md).
 
 Layers that share one input (q/k/v) share the Hessian and run as one stacked matrix: rows are independent in
 OBS, and each layer keeps its own exact sparsity through its own row segment.
