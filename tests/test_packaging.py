@@ -54,7 +54,9 @@ def test_wheel_declares_console_script_and_lm_eval_entry_point(wheel):
     (name,) = [name for name in wheel.namelist() if name.endswith(".dist-info/entry_points.txt")]
     text = wheel.read(name).decode()
     assert "sparse-bench = sparse_bench.harness_ext.cli:main" in text
-    assert "[lm_eval.models]\nsparse-hf = sparse_bench.model_wrappers.sparse_hf:SparseHFLM" in text
+    models = text.split("[lm_eval.models]\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert sorted(models) == ["sparse-encoder = sparse_bench.model_wrappers.sparse_encoder:SparseEncoderLM",
+                              "sparse-hf = sparse_bench.model_wrappers.sparse_hf:SparseHFLM"]
 
 
 def test_start_up_hook_is_one_import_line(wheel):
