@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench_prune import DEFAULT_DATA, REPO, fmt, run_json
+from bench_prune import DEFAULT_DATA, REPO, fmt, reference_setting_parser, run_json
 
 STRUCTURES = {"24": (None, "2:4"), "50": (0.5, None)}
 METHODS = ("sparsegpt", "wanda+admm", "admm", "wanda", "ria", "sparsegpt+admm")
@@ -103,12 +103,7 @@ def verdict(rows: dict[str, dict]) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--nsamples", type=int, default=64)
-    parser.add_argument("--seqlen", type=int, default=256)
-    parser.add_argument("--eval-text", default=str(DEFAULT_DATA / "wikitext2" / "wiki.test.raw"))
-    parser.add_argument("--eval-tokens", type=int, default=65536)
+    parser = reference_setting_parser(__doc__)
     parser.add_argument("--cases", default=",".join(cases()), help="comma-separated subset of " + ", ".join(cases()))
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "bench_methods"),
                         help="output prefix: PREFIX.md and PREFIX.json")

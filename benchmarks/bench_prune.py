@@ -164,13 +164,20 @@ def run_peer(peer_python: Path, case: str, token_file: Path, args: argparse.Name
                      "--eval-tokens", str(args.eval_tokens), "--seqlen", str(args.seqlen)], env)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def reference_setting_parser(description: str) -> argparse.ArgumentParser:
+    """Arguments of the reference setting (model, calibration size, perplexity text and tokens), shared by the
+    pruning benchmarks."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--nsamples", type=int, default=64)
     parser.add_argument("--seqlen", type=int, default=256)
     parser.add_argument("--eval-text", default=str(DEFAULT_DATA / "wikitext2" / "wiki.test.raw"))
     parser.add_argument("--eval-tokens", type=int, default=65536)
+    return parser
+
+
+def main() -> None:
+    parser = reference_setting_parser(__doc__)
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated subset of " + ", ".join(CASES))
     parser.add_argument("--peer-python", default="/work/venv-llmc/bin/python",
                         help="python of the llm-compressor venv ('none' to skip the peer)")
