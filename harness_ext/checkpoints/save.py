@@ -77,7 +77,7 @@ def save_checkpoint(model: torch.nn.Module, tokenizer, out_dir: str | os.PathLik
     if save_format not in SAVE_FORMATS:
         raise UserError(f"unknown save format {save_format!r}; use one of {', '.join(SAVE_FORMATS)}")
     out_dir = Path(out_dir).expanduser().resolve()
-    _check_replaceable(out_dir)
+    check_replaceable(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     _remove_abandoned(out_dir)
     staging = out_dir.with_name(f".{out_dir.name}.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial")
@@ -95,18 +95,25 @@ def save_checkpoint(model: torch.nn.Module, tokenizer, out_dir: str | os.PathLik
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
         weights = sorted(p for p in staging.iterdir() if p.suffix in (".safetensors", ".bin"))
-        write_json_atomic(staging / RECORD_NAME, {
-            "format": "sparse-bench", "record_version": RECORD_VERSION, "save_format": save_format,
-            "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "versions": {"sparse_bench": __version__, "torch": torch.__version__, "transformers": _transformers()},
-            "files": {p.name: file_digest(p) for p in weights},
-            "sizes": sizes, "prune_record": prune_record,
-            **({"finetune_record": finetune_record} if finetune_record is not None else {})})
-        _move_into_place(staging, out_dir)
+        write_record(staging, save_format, {p.name: file_digest(p) for p in weights}, sizes, prune_record,
+                     finetune_record=finetune_record)
+        move_into_place(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out_dir
+
+
+def write_record(directory: Path, save_format: str, files: dict[str, dict], sizes: dict | None,
+                 prune_record: dict | None, **extra: dict | None) -> None:
+    """Write the checkpoint record: format, versions, `files` ({name: file_digest}), sizes and the records
+    given (`extra` entries that are None are left out)."""
+    write_json_atomic(directory / RECORD_NAME, {
+        "format": "sparse-bench", "record_version": RECORD_VERSION, "save_format": save_format,
+        "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "versions": {"sparse_bench": __version__, "torch": torch.__version__, "transformers": _transformers()},
+        "files": files, "sizes": sizes, "prune_record": prune_record,
+        **{key: value for key, value in extra.items() if value is not None}})
 
 
 def _save_compressed(model: torch.nn.Module, staging: Path, verify: bool) -> dict:
@@ -140,7 +147,7 @@ def _same_bits(decoded: torch.Tensor | None, original: torch.Tensor) -> bool:
         else torch.equal(decoded, original.detach().cpu())
 
 
-def _check_replaceable(out_dir: Path) -> None:
+def check_replaceable(out_dir: Path) -> None:
     """Refuse an output path whose current contents a save would delete: a file, or a folder that is neither
     empty nor a sparse-bench checkpoint."""
     if out_dir.exists() and not out_dir.is_dir():
@@ -168,7 +175,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _move_into_place(staging: Path, out_dir: Path) -> None:
+def move_into_place(staging: Path, out_dir: Path) -> None:
     """Rename the finished folder to `out_dir`, replacing an existing one only after the new one is complete."""
     old = None
     if out_dir.exists():

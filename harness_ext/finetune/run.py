@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from ..checkpoints import read_record, save_checkpoint
-from ..checkpoints.save import _check_replaceable
+from ..checkpoints.save import check_replaceable
 from ..errors import UserError
 from ..models import resolve_model_path
 from ..pruning.targets import find_target_layers
@@ -105,7 +105,7 @@ def finetune(model_name: str, config: FinetuneConfig, out_dir: str | Path, resum
 
     config.validate(torch.cuda.is_available())
     out_dir = Path(out_dir).expanduser().resolve()
-    _check_replaceable(out_dir)
+    check_replaceable(out_dir)
     path = resolve_model_path(model_name)
     causal = is_causal_lm(AutoConfig.from_pretrained(path))
     if config.mode == "qlora" and not causal:

@@ -181,8 +181,10 @@ def _later_blocks_differ(blocks: list[tuple[str, nn.Module]],
 
 @torch.no_grad()
 def capture_block_inputs(model: nn.Module, blocks: list[tuple[str, nn.Module]], inputs: dict[str, Any],
-                         batch_size: int) -> BlockInputs:
+                         batch_size: int, allocate=torch.empty) -> BlockInputs:
     """Run the model on calibration `inputs` (see `model_inputs`) up to `blocks[0]`; keep what it receives.
+
+    `allocate(shape, dtype, device)` makes the hidden-state buffer (all samples).
 
     The first batch runs on to the third block to check the loop's assumptions; when the later blocks receive
     other extras than the first (T5), every batch runs on to the second block to capture them too.
@@ -202,7 +204,7 @@ def capture_block_inputs(model: nn.Module, blocks: list[tuple[str, nn.Module]], 
         received = probe if start == 0 else _run_to_blocks(model, batch(start), watched)
         states, args, kwargs = received[0]
         if hidden is None:
-            hidden = torch.empty((samples, *states.shape[1:]), dtype=states.dtype, device=device)
+            hidden = allocate((samples, *states.shape[1:]), dtype=states.dtype, device=device)
         hidden[start:start + batch_size] = states
         extras.append(_share_equal((args, kwargs), extras[0] if extras else None))
         if later_differ:

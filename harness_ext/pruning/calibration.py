@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from ..errors import UserError
 from .block_inputs import BlockInputs, StopForward, block_stacks, capture_block_inputs, model_inputs, run_block
+from .report import LayerSparsity, count_parameters, layer_sparsity
 
 DEFAULT_BATCH_TOKENS = 2048
 
@@ -140,6 +141,47 @@ class Stopwatch:
         self.seconds += time.perf_counter() - started
 
 
+class BlockWeights:
+    """Where the loop finds each block's weights. This base class: all of them in memory already.
+
+    `streaming.StreamedBlocks` overrides it to prune a model larger than memory: `load` reads a block from the
+    checkpoint on disk into the meta-device skeleton, `finish` writes the finished block out and drops it,
+    `finished` names blocks a killed run already wrote (the loop then only runs them to make the next inputs),
+    and `buffer` may put the calibration activations in a memory-mapped file.
+    """
+
+    streamed = False
+
+    def load(self, name: str, block: nn.Module) -> None:
+        """Make `block`'s weights usable (no-op when they already are)."""
+
+    def unload(self, name: str, block: nn.Module) -> None:
+        """Drop a block loaded only to check the stack's glue during input capture."""
+
+    def finish(self, name: str, block: nn.Module) -> None:
+        """The block is final (pruned, its outputs made)."""
+
+    def finished(self, name: str) -> bool:
+        """True if the block is final already (written by an earlier, interrupted run)."""
+        return False
+
+    def buffer(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """An uninitialised hidden-state buffer of all calibration samples."""
+        return torch.empty(shape, dtype=dtype, device=device)
+
+    def statistics_only(self) -> BlockWeights:
+        """The same weights for a pass that changes none (OWL's outlier pass): nothing is written."""
+        return self
+
+    def measure(self, model: nn.Module, layers: dict[str, nn.Module],
+                targets: dict[str, float | None]) -> tuple[dict[str, LayerSparsity], int, int]:
+        """(zeros of each layer in `layers`, non-zero and total parameters of the model), after pruning."""
+        return layer_sparsity(layers, targets), *count_parameters(model)
+
+
+IN_MEMORY = BlockWeights()
+
+
 @dataclass
 class BlockStep:
     """One block of the layer-sequential loop, handed to the caller between the two forwards."""
@@ -182,14 +224,16 @@ class BlockStep:
 
 
 def layer_sequential(model: nn.Module, tokens: torch.Tensor, batch_size: int, stopwatch: Stopwatch,
-                     progress: bool = True, description: str = "calibrating") -> Iterator[BlockStep]:
+                     progress: bool = True, description: str = "calibrating",
+                     weights: BlockWeights = IN_MEMORY) -> Iterator[BlockStep]:
     """Yield one BlockStep per transformer block, stack by stack in order; after each, make the next inputs.
 
     `tokens` (samples, seqlen) feed every side (see `model_inputs`). Inputs of block i are outputs of blocks
     < i of its stack as they are after the caller's changes; a later stack's inputs come from a forward through
     the already changed earlier stacks. Two buffers of (samples, tokens, hidden) in the model's dtype are
     reused for all blocks of a stack. `stopwatch` accumulates the time of the forwards (capture, statistics
-    and block forwards).
+    and block forwards). `weights` says where the blocks' weights come from and go to (BlockWeights); a block
+    it reports finished is only run, not yielded.
     """
     stacks = block_stacks(model)
     inputs_by_name = model_inputs(model, tokens)
@@ -198,22 +242,30 @@ def layer_sequential(model: nn.Module, tokens: torch.Tensor, batch_size: int, st
               disable=not progress) as bar:
         for stack, blocks in stacks:
             started = time.perf_counter()
-            inputs = capture_block_inputs(model, blocks, inputs_by_name, batch_size)
+            for name, block in blocks[:3]:  # capture runs (up to) the first three to check the stack's glue
+                weights.load(name, block)
+            inputs = capture_block_inputs(model, blocks, inputs_by_name, batch_size, weights.buffer)
+            for name, block in blocks[1:3]:
+                weights.unload(name, block)
             stopwatch.add_since(started)
-            outputs = torch.empty_like(inputs.hidden)
+            outputs = weights.buffer(inputs.hidden.shape, inputs.hidden.dtype, inputs.hidden.device)
             for name, block in blocks:
+                weights.load(name, block)
                 step = BlockStep(index=position, name=name, stack=stack, block=block, inputs=inputs,
                                  outputs=outputs, stopwatch=stopwatch)
-                yield step
+                if not weights.finished(name):
+                    yield step
                 if not step.outputs_ready:
                     started = time.perf_counter()
                     run_block(block, inputs, outputs)
                     stopwatch.add_since(started)
+                weights.finish(name, block)
                 inputs.hidden, outputs = outputs, inputs.hidden
                 inputs.use_later_extras()
                 position += 1
                 bar.update()
 
 
-__all__ = ["DEFAULT_BATCH_TOKENS", "default_batch_size", "InputStatistics", "per_sample", "BlockInputs", "Stopwatch", "BlockStep",
+__all__ = ["DEFAULT_BATCH_TOKENS", "default_batch_size", "InputStatistics", "per_sample", "BlockInputs", "Stopwatch",
+           "BlockWeights", "IN_MEMORY", "BlockStep",
            "capture_block_inputs", "run_block", "layer_sequential"]

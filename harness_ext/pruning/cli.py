@@ -81,12 +81,15 @@ def _summary(report) -> str:
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Directory to write the pruned Hugging Face checkpoint to.")
 @click.option("--save-format", type=click.Choice(["dense", "compressed"]), default="dense", show_default=True)
+@click.option("--stream", is_flag=True,
+              help="Prune block by block from the safetensors files on disk (models larger than memory; resumable). "
+                   "Chosen automatically when the model would not fit the available memory.")
 @click.option("--json", "as_json", is_flag=True, help="Print the measured report as JSON.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @method_option_flags
 def prune_command(model, method, update, sparsity, structure, scope, recipe, targets, ignore, calibration, nsamples,
                   seqlen, seed, batch_size, true_sequential, owl, owl_m, owl_lambda, dtype, device, out_dir,
-                  save_format, as_json, progress, **method_options):
+                  save_format, stream, as_json, progress, **method_options):
     """Prune MODEL (a directory, hub id or short name) and save it; prints the measured sparsity.
 
     \b
@@ -96,6 +99,7 @@ def prune_command(model, method, update, sparsity, structure, scope, recipe, tar
       sparse-bench prune smollm2-135m --method wanda --update admm --structure 2:4 --out out/wanda-admm24
       sparse-bench prune smollm2-135m --method magnitude --scope global --sparsity 0.9 --out out/mag90
       sparse-bench prune smollm2-135m --recipe recipe.yaml --out out/recipe --save-format compressed
+      sparse-bench prune big-model-dir --stream --method wanda --sparsity 0.5 --out out/big-wanda50
     """
     plan = _build_plan(method, sparsity, structure, scope, recipe, update, targets, ignore, owl, owl_m, owl_lambda,
                        method_options)
@@ -106,10 +110,21 @@ def prune_command(model, method, update, sparsity, structure, scope, recipe, tar
     from ..checkpoints import save_checkpoint
     from ..models import load_model
     from .engine import prune
+    from .streaming import prune_streaming, too_big_for_memory
 
-    loaded, tokenizer = load_model(model, dtype, device)
-    report = prune(loaded, plan, calibration_config, tokenizer, progress=progress, batch_size=batch_size)
-    saved = save_checkpoint(loaded, tokenizer, out_dir, prune_record=report.to_dict(), save_format=save_format)
+    if not stream and (note := too_big_for_memory(model, dtype)):
+        click.echo(f"note: {note}", err=True)
+        stream = True
+    if stream:
+        if save_format != "dense":
+            raise UserError("--stream writes dense safetensors shards; use --save-format dense (the compressed "
+                            "format is written from a model in memory)")
+        report, saved = prune_streaming(model, plan, calibration_config, out_dir, dtype=dtype, device=device,
+                                        batch_size=batch_size, progress=progress)
+    else:
+        loaded, tokenizer = load_model(model, dtype, device)
+        report = prune(loaded, plan, calibration_config, tokenizer, progress=progress, batch_size=batch_size)
+        saved = save_checkpoint(loaded, tokenizer, out_dir, prune_record=report.to_dict(), save_format=save_format)
     if as_json:
         _emit_json({**report.to_dict(), "out_dir": str(saved)})
     else:

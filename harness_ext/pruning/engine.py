@@ -22,15 +22,18 @@ from torch import nn
 
 from ..errors import UserError
 from ..memory import peak_rss_bytes
-from .calibration import BlockStep, InputStatistics, Stopwatch, default_batch_size, layer_sequential
+from tqdm.auto import tqdm
+
+from .calibration import IN_MEMORY, BlockStep, BlockWeights, InputStatistics, Stopwatch, default_batch_size, \
+    layer_sequential
 from .calibration_data import calibration_tokens
 from .magnitude import prune_global_magnitude
 from .masks import check_nm_shape, prune_count
 from .methods import HESSIAN, NONE, Target, get_method, get_update, method_names, statistic_needed
 from .owl import outlier_ratio, owl_sparsities
 from .plan import CalibrationConfig, PruneStep, PruningPlan, matches_any
-from .report import LayerSparsity, PruneReport, count_parameters, layer_sparsity
-from .targets import find_target_layers, weight_matrix
+from .report import LayerSparsity, PruneReport
+from .targets import find_target_layers, transformer_blocks, weight_matrix
 from .true_sequential import prune_in_one_forward, shared_input_groups
 from .wanda import wanda_scores
 
@@ -135,11 +138,12 @@ def _block_jobs(jobs: list[LayerJob], block: str) -> list[LayerJob]:
 
 
 def _owl_pass(model: nn.Module, jobs: list[LayerJob], tokens: torch.Tensor, batch_size: int,
-              stopwatch: Stopwatch, progress: bool) -> None:
+              stopwatch: Stopwatch, progress: bool, weights: BlockWeights) -> None:
     """Set each OWL layer's sparsity from its block's outlier ratio, measured on the dense model."""
     owl_jobs = [job for job in jobs if job.step.owl is not None]
     ratios: dict[int, list[tuple[str, float]]] = {}
-    for block in layer_sequential(model, tokens, batch_size, stopwatch, progress, "OWL outliers"):
+    for block in layer_sequential(model, tokens, batch_size, stopwatch, progress, "OWL outliers",
+                                  weights.statistics_only()):
         in_block = _block_jobs(owl_jobs, block.name)
         if not in_block:
             continue
@@ -186,10 +190,13 @@ def _prune_in_one_forward(block: BlockStep, in_block: list[LayerJob], with_hessi
 
 
 def _calibrated_pass(model: nn.Module, jobs: list[LayerJob], tokens: torch.Tensor, batch_size: int,
-                     stopwatch: Stopwatch, progress: bool, warnings: list[str], true_sequential: bool) -> None:
+                     stopwatch: Stopwatch, progress: bool, warnings: list[str], true_sequential: bool,
+                     weights: BlockWeights) -> None:
     data_jobs = [job for job in jobs if job.statistic != NONE]
     relative_groups: dict[str, list[tuple[str, ...]]] = {}  # per block stack (encoder and decoder differ)
-    for block in layer_sequential(model, tokens, batch_size, stopwatch, progress, "pruning"):
+    for block in layer_sequential(model, tokens, batch_size, stopwatch, progress, "pruning", weights):
+        if weights.streamed:  # the block's layers that need no data, now that it is loaded
+            _prune_without_data(_block_jobs(jobs, block.name), warnings)
         in_block = _block_jobs(data_jobs, block.name)
         if not in_block:
             continue
@@ -203,6 +210,16 @@ def _calibrated_pass(model: nn.Module, jobs: list[LayerJob], tokens: torch.Tenso
         stats = block.collect(layers, with_hessian, keep_outputs=False)
         _prune_block(in_block, stats, warnings)
         block.mark_modified()
+
+
+def _streamed_without_data(model: nn.Module, jobs: list[LayerJob], weights: BlockWeights, warnings: list[str],
+                           progress: bool) -> None:
+    """A plan that needs no data, streamed: each block loaded, pruned and finished in turn."""
+    for name, block in tqdm(transformer_blocks(model), desc="pruning", unit="block", disable=not progress):
+        if not weights.finished(name):
+            weights.load(name, block)
+            _prune_without_data(_block_jobs(jobs, name), warnings)
+            weights.finish(name, block)
 
 
 def _minimum_zeros(job: LayerJob) -> int:
@@ -260,12 +277,13 @@ def model_context(model: nn.Module) -> int | None:
 
 
 def prune(model: nn.Module, plan: PruningPlan, calibration: CalibrationConfig | None = None, tokenizer=None,
-          progress: bool = True, *, batch_size: int | None = None) -> PruneReport:
+          progress: bool = True, *, batch_size: int | None = None, weights: BlockWeights = IN_MEMORY) -> PruneReport:
     """Prune `model` in place as `plan` says and return what was measured afterwards.
 
     Methods that need statistics (methods.py), updates and OWL need `calibration` and `tokenizer`. `batch_size` is
     the number of calibration samples per forward (default: about 2048 tokens); it changes speed and
-    memory, not the masks.
+    memory, not the masks. `weights` streams the blocks of a model larger than memory (streaming.py): every
+    block is then pruned when it is loaded, by the same loop and methods.
     """
     started = time.perf_counter()
     jobs = plan_layers(model, plan)
@@ -291,16 +309,19 @@ def prune(model: nn.Module, plan: PruningPlan, calibration: CalibrationConfig | 
                 warnings.extend(data_warnings)
                 batch = batch_size or default_batch_size(tokens.shape[1])
                 if any(job.step.owl for job in jobs):
-                    _owl_pass(model, jobs, tokens, batch, stopwatch, progress)
-            _prune_without_data(jobs, warnings)
+                    _owl_pass(model, jobs, tokens, batch, stopwatch, progress, weights)
+            if not weights.streamed:
+                _prune_without_data(jobs, warnings)
             if any(job.statistic != NONE for job in jobs):
                 _calibrated_pass(model, jobs, tokens, batch, stopwatch, progress, warnings,
-                                 calibration.true_sequential)
+                                 calibration.true_sequential, weights)
+            elif weights.streamed:
+                _streamed_without_data(model, jobs, weights, warnings, progress)
     finally:
         model.train(was_training)
-    measured = layer_sparsity({job.name: job.module for job in jobs}, {job.name: job.sparsity for job in jobs})
+    measured, nonzero, total = weights.measure(model, {job.name: job.module for job in jobs},
+                                               {job.name: job.sparsity for job in jobs})
     _check_result(jobs, measured)
-    nonzero, total = count_parameters(model)
     return PruneReport(layers=measured, nonzero_params=nonzero, total_params=total, plan=plan.describe(),
                        calibration=calibration_record, prune_seconds=time.perf_counter() - started,
                        calibration_seconds=stopwatch.seconds, peak_rss_bytes=peak_rss_bytes(),

@@ -1,0 +1,272 @@
+"""Prune a model larger than memory: one block at a time from the safetensors checkpoint to the output.
+
+`prune_streaming(model_dir, plan, ..., out_dir)` builds the model on the meta device (no weights), loads what
+lies outside the blocks (embeddings mapped copy-on-write, so only the rows calibration reads are resident),
+and hands the engine a `StreamedBlocks`: the engine's one layer-sequential loop (calibration.py) then loads
+each block from disk when it reaches it, the engine prunes it with the same methods as in memory, and
+`finish` writes it to its own shard (checkpoints/stream_writer.py) and drops it before the next block is
+loaded. OWL, which needs every block's outlier ratio before pruning any, gets its own statistics pass over
+the dense blocks, read from disk again (the engine's `_owl_pass`, as in memory). A killed run resumes:
+finished blocks are read back from their verified shards and only run forward to make the next inputs.
+
+The calibration activations (two buffers of samples x tokens x hidden in the model's dtype) live in
+memory-mapped files in the staging folder when they would take more than a quarter of the available memory.
+What streaming cannot honour is refused before anything is written: encoder-decoder models (their decoder's
+inputs need a forward through the whole encoder), `scope=global` (one threshold over every layer), targets
+outside the blocks, the compressed save format, and checkpoints that are not local safetensors directories.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .. import __version__
+from ..checkpoints.stream_writer import StreamWriter
+from ..checkpoints.tensor_files import TensorFiles, checkpoint_files
+from ..errors import UserError
+from .calibration import BlockWeights
+from .engine import plan_layers, prune
+from .plan import CalibrationConfig, PruningPlan
+from .report import LayerSparsity, PruneReport
+from .targets import transformer_blocks
+
+NON_BLOCK = "(outside the blocks)"
+IN_MEMORY_FACTOR = 1.5  # peak memory of in-memory pruning in model bytes (measured 1.26-1.49x, docs/pruning.md)
+
+
+def available_memory() -> int | None:
+    """MemAvailable from /proc/meminfo in bytes; None where the platform does not say."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _assign(module: nn.Module, key: str, tensor: torch.Tensor) -> None:
+    """Put `tensor` at `key` (a dotted parameter or buffer name under `module`)."""
+    owner_name, _, leaf = key.rpartition(".")
+    owner = module.get_submodule(owner_name) if owner_name else module
+    if leaf in owner._parameters:
+        owner._parameters[leaf] = nn.Parameter(tensor, requires_grad=False)
+    else:
+        owner._buffers[leaf] = tensor
+
+
+class StreamedBlocks(BlockWeights):
+    """Blocks read from `source` (or, once written, from their own shard) and written by `writer`."""
+
+    streamed = True
+
+    def __init__(self, source: TensorFiles, dtype: torch.dtype, device: torch.device, writer: StreamWriter | None,
+                 spill_over_bytes: int | None = None) -> None:
+        self.source, self.dtype, self.device, self.writer = source, dtype, torch.device(device), writer
+        memory = available_memory()
+        self.spill_over_bytes = spill_over_bytes if spill_over_bytes is not None else \
+            (memory // 4 if memory else None)
+        self.spilled: list[Path] = []
+
+    def _read(self, reader: TensorFiles, name: str) -> torch.Tensor:
+        tensor = reader.read(name)
+        return (tensor.to(self.dtype) if tensor.is_floating_point() else tensor).to(self.device)
+
+    def load(self, name: str, block: nn.Module) -> None:
+        keys = list(block.state_dict(keep_vars=True))
+        if not any(value.is_meta for value in block.state_dict(keep_vars=True).values()):
+            return
+        reader = self.source
+        if self.finished(name):
+            path = self.writer.path(name)
+            reader = TensorFiles(dict.fromkeys(TensorFiles.header(path), path))
+        for key in keys:
+            _assign(block, key, self._read(reader, f"{name}.{key}"))
+
+    def unload(self, name: str, block: nn.Module) -> None:
+        for key, value in block.state_dict(keep_vars=True).items():
+            _assign(block, key, torch.empty_like(value, device="meta"))
+
+    def finish(self, name: str, block: nn.Module) -> None:
+        if self.writer is not None and not self.writer.finished(name):
+            self.writer.write(name, {f"{name}.{key}": value.detach().cpu()
+                                     for key, value in block.state_dict().items()})
+        self.unload(name, block)
+
+    def finished(self, name: str) -> bool:
+        return self.writer is not None and self.writer.finished(name)
+
+    def buffer(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """In memory, or in a memory-mapped file of the staging folder when the two buffers would take more
+        than a quarter of the available memory."""
+        numel = math.prod(shape)
+        too_big = self.spill_over_bytes is not None and 2 * numel * dtype.itemsize > self.spill_over_bytes
+        if not too_big or torch.device(device).type != "cpu" or self.writer is None:
+            return torch.empty(shape, dtype=dtype, device=device)
+        path = self.writer.staging / f"activations-{len(self.spilled)}.bin"
+        self.spilled.append(path)
+        return torch.from_file(str(path), shared=True, size=numel, dtype=dtype).view(shape)
+
+    def statistics_only(self) -> StreamedBlocks:
+        return StreamedBlocks(self.source, self.dtype, self.device, None, self.spill_over_bytes)
+
+    def measure(self, model: nn.Module, layers: dict[str, nn.Module],
+                targets: dict[str, float | None]) -> tuple[dict[str, LayerSparsity], int, int]:
+        """Zeros counted when each shard was written (the model itself holds no weights any more)."""
+        counts = self.writer.counts()
+        measured = {name: LayerSparsity(*counts[f"{name}.weight"], target_sparsity=targets.get(name))
+                    for name in layers}
+        total = sum(numel for _, numel in counts.values())
+        return measured, total - sum(zeros for zeros, _ in counts.values()), total
+
+    def remove_spilled(self) -> None:
+        for path in self.spilled:
+            path.unlink(missing_ok=True)
+
+
+def local_checkpoint(model: str) -> Path:
+    """The local directory of `model` (a path or a short name); UserError for a hub id or a missing folder."""
+    from ..models import resolve_model_path
+
+    path = Path(resolve_model_path(model)).expanduser()
+    if not (path / "config.json").is_file():
+        raise UserError(f"--stream reads a local checkpoint directory with config.json; {model} is not one: "
+                        "download it first (huggingface-cli download ID --local-dir DIR) and give DIR")
+    return path
+
+
+def _skeleton(directory: Path, dtype, source: TensorFiles) -> tuple[nn.Module, torch.dtype]:
+    """The model on the meta device with its dtype; refuses an encoder-decoder model."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig
+
+    from ..models import auto_model_class, model_family, parse_dtype
+
+    config = AutoConfig.from_pretrained(directory)
+    if model_family(config) == "encoder-decoder":
+        raise UserError("--stream cannot prune an encoder-decoder model (its decoder's calibration inputs need "
+                        "the whole encoder at once); prune it without --stream")
+    torch_dtype = parse_dtype(dtype)
+    if not isinstance(torch_dtype, torch.dtype):
+        torch_dtype = getattr(config, "dtype", None) or next(
+            dtype for name in source.where if (dtype := source.shape_dtype(name)[1]).is_floating_point)
+        torch_dtype = getattr(torch, torch_dtype) if isinstance(torch_dtype, str) else torch_dtype
+    with init_empty_weights():
+        model = auto_model_class(config).from_config(config, dtype=torch_dtype)
+    model.config.dtype = torch_dtype
+    return model.eval(), torch_dtype
+
+
+def _load_outside_blocks(model: nn.Module, source: TensorFiles, prefixes: tuple[str, ...], dtype: torch.dtype,
+                         device: torch.device) -> list[str]:
+    """Load every tensor outside the blocks (mapped when no cast is needed); returns their names."""
+    expected = set(model.state_dict())
+    names = [name for name in source.where if not name.startswith(prefixes)]
+    unexpected = sorted(set(source.where) - expected)
+    if unexpected:
+        raise UserError(f"the checkpoint holds {len(unexpected)} tensors the model does not have "
+                        f"({', '.join(unexpected[:3])}); --stream needs the model's own tensor names: prune "
+                        "it without --stream")
+    for name in names:
+        stored = source.shape_dtype(name)[1]
+        cast = stored.is_floating_point and stored != dtype
+        tensor = source.read(name).to(dtype) if cast or device.type != "cpu" else source.mapped(name)
+        _assign(model, name, tensor.to(device))
+    model.tie_weights()
+    missing = sorted(name for name, value in model.state_dict(keep_vars=True).items()
+                     if value.is_meta and (not name.startswith(prefixes) or name not in source.where))
+    if missing:
+        raise UserError(f"the checkpoint lacks {len(missing)} tensors of the model ({', '.join(missing[:3])}); "
+                        "restore the checkpoint (its weights would otherwise be random)")
+    return names
+
+
+def _check_plan(model: nn.Module, plan: PruningPlan, prefixes: tuple[str, ...]) -> None:
+    for step in plan.steps:
+        if step.scope == "global":
+            raise UserError("--stream cannot honour scope=global (one threshold over every layer needs them all "
+                            "at once); use scope=layer or prune without --stream")
+    outside = [job.name for job in plan_layers(model, plan) if not job.name.startswith(prefixes)]
+    if outside:
+        raise UserError(f"--stream prunes layers inside the transformer blocks only, and {outside[0]} is outside "
+                        "them; ignore it or prune without --stream")
+
+
+def _fingerprint(directory: Path, plan: PruningPlan, calibration: CalibrationConfig | None, dtype: torch.dtype,
+                 batch_size: int | None) -> dict:
+    files = sorted({path for path in checkpoint_files(directory).values()})
+    return {"source": {path.name: [path.stat().st_size, path.stat().st_mtime_ns] for path in files},
+            "plan": plan.describe(),
+            "calibration": dataclasses.asdict(calibration) if calibration is not None else None, "dtype": str(dtype), "batch_size": batch_size,
+            "sparse_bench": __version__}
+
+
+def prune_streaming(model: str, plan: PruningPlan, calibration: CalibrationConfig | None, out_dir: Path, *,
+                    dtype="auto", device: str = "cpu", batch_size: int | None = None, progress: bool = True,
+                    spill_over_bytes: int | None = None) -> tuple[PruneReport, Path]:
+    """Prune the safetensors checkpoint `model` block by block into a dense sharded checkpoint at `out_dir`.
+
+    Same arguments and same result as `prune` + `save_checkpoint(..., "dense")` (bit for bit), at the memory of
+    one block, the embeddings' touched rows and the calibration activations. Resumes an interrupted run with
+    the same options. Returns the measured report and the directory.
+    """
+    from transformers import AutoTokenizer
+
+    directory = local_checkpoint(model)
+    source = TensorFiles(checkpoint_files(directory))
+    skeleton, torch_dtype = _skeleton(directory, dtype, source)
+    blocks = transformer_blocks(skeleton)
+    prefixes = tuple(name + "." for name, _ in blocks)
+    _check_plan(skeleton, plan, prefixes)
+    outside = _load_outside_blocks(skeleton, source, prefixes, torch_dtype, torch.device(device))
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    needed = sum(math.prod(source.shape_dtype(name)[0]) * (torch_dtype.itemsize if source.shape_dtype(name)[1]
+                 .is_floating_point else source.shape_dtype(name)[1].itemsize) for name in source.where)
+    writer = StreamWriter(out_dir, [NON_BLOCK] + [name for name, _ in blocks],
+                          _fingerprint(directory, plan, calibration, torch_dtype, batch_size), needed)
+    if not writer.finished(NON_BLOCK):
+        writer.write(NON_BLOCK, {name: skeleton.state_dict()[name].detach().cpu() for name in outside})
+    weights = StreamedBlocks(source, torch_dtype, device, writer, spill_over_bytes)
+    try:
+        report = prune(skeleton, plan, calibration, tokenizer, progress, batch_size=batch_size, weights=weights)
+    finally:
+        weights.remove_spilled()
+    config_dir = directory / "generation_config.json"
+    saved = writer.complete(skeleton.config, tokenizer, config_dir, report.to_dict())
+    return report, saved
+
+
+def too_big_for_memory(model: str, dtype) -> str | None:
+    """A one-line note when pruning `model` in memory would need more than the available memory, else None."""
+    from ..models import parse_dtype
+
+    try:
+        directory = local_checkpoint(model)
+        files = set(checkpoint_files(directory).values())
+    except UserError:
+        return None
+    size = sum(path.stat().st_size for path in files)
+    torch_dtype = parse_dtype(dtype)
+    if isinstance(torch_dtype, torch.dtype) and torch_dtype.itemsize == 4:
+        size *= 2 if _stored_half(files) else 1
+    available = available_memory()
+    if available is None or size * IN_MEMORY_FACTOR <= available:
+        return None
+    return (f"{model} takes {size / 2**30:.1f} GiB and pruning it in memory needs about "
+            f"{size * IN_MEMORY_FACTOR / 2**30:.1f} GiB, more than the {available / 2**30:.1f} GiB available: "
+            "pruning it block by block from disk (--stream)")
+
+
+def _stored_half(files: set[Path]) -> bool:
+    first = next(iter(files))
+    header = TensorFiles.header(first)
+    return any(entry["dtype"] in ("F16", "BF16") for entry in header.values())
+
+
+__all__ = ["StreamedBlocks", "prune_streaming", "too_big_for_memory", "available_memory", "local_checkpoint",
+           "NON_BLOCK"]
