@@ -1,0 +1,194 @@
+"""`--stream`: block-by-block pruning from disk equals the in-memory engine bit for bit, resumes, refuses bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from click.testing import CliRunner
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from sparse_bench.harness_ext.checkpoints import checkpoint_sizes, load_checkpoint, read_record, save_checkpoint
+from sparse_bench.harness_ext.checkpoints import stream_writer
+from sparse_bench.harness_ext.checkpoints.tensor_files import TensorFiles, checkpoint_files
+from sparse_bench.harness_ext.cli import main
+from sparse_bench.harness_ext.errors import UserError
+from sparse_bench.harness_ext.models import load_model
+from sparse_bench.harness_ext.pruning import streaming
+from sparse_bench.harness_ext.pruning.engine import prune
+from sparse_bench.harness_ext.pruning.plan import CalibrationConfig, OwlConfig, plan_from_arguments
+from sparse_bench.harness_ext.pruning.streaming import prune_streaming
+
+CALIBRATION = CalibrationConfig(data="c4", nsamples=4, seqlen=32)
+CLI_CALIBRATION = ["--calibration", "c4", "--nsamples", "4", "--seqlen", "32", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def llama4(tiny_llama, tmp_path_factory):
+    """The tiny Llama with 4 blocks, so a resumed run has finished blocks before and after the kill."""
+    config = AutoConfig.from_pretrained(tiny_llama)
+    config.num_hidden_layers = 4
+    torch.manual_seed(1)
+    model = AutoModelForCausalLM.from_config(config)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_(0.0, 0.05)
+    out = tmp_path_factory.mktemp("llama4")
+    model.save_pretrained(out)
+    shutil.copy(tiny_llama / "tokenizer.json", out)
+    shutil.copy(tiny_llama / "tokenizer_config.json", out)
+    return out
+
+
+def tensors(directory):
+    files = TensorFiles(checkpoint_files(directory))
+    return {name: files.read(name) for name in files.where}
+
+
+def assert_same_bits(first, second):
+    a, b = tensors(first), tensors(second)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert a[name].dtype == b[name].dtype and torch.equal(a[name].view(torch.uint8), b[name].view(torch.uint8)), name
+
+
+def in_memory(model_dir, plan, out):
+    model, tokenizer = load_model(str(model_dir))
+    report = prune(model, plan, CALIBRATION, tokenizer, progress=False)
+    save_checkpoint(model, tokenizer, out, prune_record=report.to_dict())
+    return report
+
+
+@pytest.mark.parametrize("method, sparsity, structure, owl", [
+    ("magnitude", 0.5, None, False), ("wanda", 0.5, None, False), ("sparsegpt", 0.5, None, False),
+    ("wanda", None, "2:4", False), ("sparsegpt", None, "2:4", False), ("wanda", 0.6, None, True)])
+def test_streamed_equals_in_memory_bit_for_bit(llama4, tmp_path, method, sparsity, structure, owl):
+    options = {"owl": OwlConfig(m=3.0, lmbda=0.1)} if owl else {}
+    plan = plan_from_arguments(method, sparsity, structure, source="test", **options)
+    expected = in_memory(llama4, plan, tmp_path / "memory")
+    report, out = prune_streaming(str(llama4), plan, CALIBRATION, tmp_path / "stream", progress=False)
+    assert_same_bits(out, tmp_path / "memory")
+    assert report.to_dict()["layers"] == expected.to_dict()["layers"]
+    assert (report.nonzero_params, report.total_params) == (expected.nonzero_params, expected.total_params)
+
+
+def test_output_is_a_normal_checkpoint(llama4, tmp_path):
+    plan = plan_from_arguments("wanda", 0.5, None, source="test")
+    _, out = prune_streaming(str(llama4), plan, CALIBRATION, tmp_path / "out", progress=False)
+    record = read_record(out)
+    assert record["save_format"] == "dense" and len(record["files"]) == 5  # outside the blocks + 4 blocks
+    assert set(record["stream_record"]["block_seconds"]) == {f"model.layers.{i}" for i in range(4)}
+    model = load_checkpoint(AutoModelForCausalLM, out)  # hashes checked, no missing or random weight
+    assert torch.count_nonzero(model.model.layers[3].mlp.down_proj.weight) == model.model.layers[3].mlp.down_proj.weight.numel() // 2
+    assert checkpoint_sizes(out)["save_format"] == "dense"
+    assert not any(path.name.startswith(".") for path in out.parent.iterdir())  # no staging left
+
+
+def test_spilled_activations_change_nothing(llama4, tmp_path):
+    plan = plan_from_arguments("sparsegpt", 0.5, None, source="test")
+    in_memory(llama4, plan, tmp_path / "memory")
+    _, out = prune_streaming(str(llama4), plan, CALIBRATION, tmp_path / "stream", progress=False, spill_over_bytes=0)
+    assert_same_bits(out, tmp_path / "memory")
+    assert not list(out.glob("activations-*"))
+
+
+def test_resume_after_kill(llama4, tmp_path, monkeypatch):
+    plan = plan_from_arguments("sparsegpt", 0.5, None, source="test")
+    in_memory(llama4, plan, tmp_path / "memory")
+    real_write, written = stream_writer.StreamWriter.write, []
+
+    def killed_after_two_blocks(self, key, shard):
+        if len(written) == 3:  # outside-the-blocks shard, blocks 0 and 1
+            raise KeyboardInterrupt
+        written.append(key)
+        real_write(self, key, shard)
+
+    monkeypatch.setattr(stream_writer.StreamWriter, "write", killed_after_two_blocks)
+    out = tmp_path / "stream"
+    with pytest.raises(KeyboardInterrupt):
+        prune_streaming(str(llama4), plan, CALIBRATION, out, progress=False)
+    assert not out.exists()  # nothing that looks like a checkpoint
+    staging = tmp_path / ".stream.stream.partial"
+    assert json.loads((staging / "stream_progress.json").read_text())["shards"].keys() == {
+        streaming.NON_BLOCK, "model.layers.0", "model.layers.1"}
+    monkeypatch.setattr(stream_writer.StreamWriter, "write", real_write)
+    _, out = prune_streaming(str(llama4), plan, CALIBRATION, out, progress=False)
+    assert_same_bits(out, tmp_path / "memory")
+    assert read_record(out)["stream_record"]["resumed_blocks"] == 2
+
+
+def test_resume_redoes_a_damaged_block_and_refuses_other_options(llama4, tmp_path, monkeypatch):
+    plan = plan_from_arguments("wanda", 0.5, None, source="test")
+    in_memory(llama4, plan, tmp_path / "memory")
+    real_write = stream_writer.StreamWriter.write
+
+    def killed_at_block_3(self, key, shard):
+        if key == "model.layers.3":
+            raise KeyboardInterrupt
+        real_write(self, key, shard)
+
+    monkeypatch.setattr(stream_writer.StreamWriter, "write", killed_at_block_3)
+    with pytest.raises(KeyboardInterrupt):
+        prune_streaming(str(llama4), plan, CALIBRATION, tmp_path / "stream", progress=False)
+    monkeypatch.setattr(stream_writer.StreamWriter, "write", real_write)
+    other = plan_from_arguments("wanda", 0.6, None, source="test")
+    with pytest.raises(UserError, match="another model, plan"):
+        prune_streaming(str(llama4), other, CALIBRATION, tmp_path / "stream", progress=False)
+    shard = tmp_path / ".stream.stream.partial" / "model-00003-of-00005.safetensors"  # block 1
+    shard.write_bytes(shard.read_bytes()[:-8] + bytes(8))
+    _, out = prune_streaming(str(llama4), plan, CALIBRATION, tmp_path / "stream", progress=False)
+    assert_same_bits(out, tmp_path / "memory")
+    assert read_record(out)["stream_record"]["resumed_blocks"] == 1  # block 0 kept, blocks 1-3 redone
+
+
+def cli(*args):
+    return CliRunner().invoke(main, ["prune", *map(str, args)])
+
+
+def assert_refused(result, *words, out):
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert all(word in result.stderr for word in words), result.stderr
+    assert not out.exists() and not list(out.parent.glob(f".{out.name}.*"))
+
+
+def test_cli_stream_and_automatic_stream(llama4, tmp_path, monkeypatch):
+    result = cli(llama4, "--stream", "--method", "wanda", "--sparsity", "0.5", *CLI_CALIBRATION,
+                 "--out", tmp_path / "a", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["overall_sparsity"] == 0.5
+    monkeypatch.setattr(streaming, "available_memory", lambda: 1000)
+    result = cli(llama4, "--method", "magnitude", "--sparsity", "0.5", "--no-progress", "--out", tmp_path / "b")
+    assert result.exit_code == 0, result.output
+    assert "block by block" in result.stderr and (tmp_path / "b" / "model.safetensors.index.json").is_file()
+
+
+def test_bad_input_is_refused_before_anything_is_written(llama4, tiny_model_dirs, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    pickle_dir = tmp_path / "pickle"
+    pickle_dir.mkdir()
+    torch.save(AutoModelForCausalLM.from_pretrained(llama4).state_dict(), pickle_dir / "pytorch_model.bin")
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(llama4 / name, pickle_dir)
+    assert_refused(cli(pickle_dir, "--stream", "--method", "magnitude", "--sparsity", "0.5", "--out", out),
+                   "pickle", "save_pretrained", out=out)
+
+
+def test_missing_shard_disk_and_options_refused(llama4, tiny_model_dirs, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    sharded = tmp_path / "sharded"
+    AutoModelForCausalLM.from_pretrained(llama4).save_pretrained(sharded, max_shard_size="20KB")
+    shutil.copy(llama4 / "tokenizer.json", sharded)
+    next(sharded.glob("model-0000*.safetensors")).unlink()
+    magnitude = ["--method", "magnitude", "--sparsity", "0.5", "--no-progress", "--out", out]
+    assert_refused(cli(sharded, "--stream", *magnitude), "missing", "shard", out=out)
+    assert_refused(cli(llama4, "--stream", "--method", "magnitude", "--scope", "global", "--sparsity", "0.5",
+                       "--out", out), "scope=global", out=out)
+    assert_refused(cli(llama4, "--stream", *magnitude, "--save-format", "compressed"), "dense", out=out)
+    assert_refused(cli(llama4, "--stream", "--method", "magnitude", "--sparsity", "0.5", "--target", "lm_head",
+                       "--ignore", "model.norm", "--out", out), "inside the transformer blocks", out=out)
+    assert_refused(cli(tiny_model_dirs["bart"], "--stream", *magnitude), "encoder-decoder", out=out)
+    monkeypatch.setattr(stream_writer.shutil, "disk_usage", lambda _: shutil._ntuple_diskusage(10, 10, 10))
+    assert_refused(cli(llama4, "--stream", *magnitude), "GiB free", out=out)
