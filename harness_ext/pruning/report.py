@@ -85,20 +85,39 @@ class PruneReport:
 def count_parameters(model: nn.Module) -> tuple[int, int]:
     """(non-zero, total) over the model's parameters; a tied weight is one parameter and counted once."""
     nonzero = total = 0
-    for parameter in model.parameters():  # parameters() already skips repeated (tied) tensors
-        nonzero += int(torch.count_nonzero(parameter))
+    for name, parameter in model.named_parameters():  # named_parameters() already skips repeated (tied) tensors
+        nonzero += int(torch.count_nonzero(resident(model, name, parameter)))
         total += parameter.numel()
     return nonzero, total
 
 
+def resident(model: nn.Module, name: str, tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` itself, or for a weight accelerate offloaded to disk or CPU (meta here, `device_map` with
+    `max_memory`), its values read from the offload store of the nearest module hook that holds them."""
+    if not tensor.is_meta:
+        return tensor
+    prefix = name
+    while "." in prefix:
+        prefix = prefix.rsplit(".", 1)[0]
+        weights = getattr(getattr(model.get_submodule(prefix), "_hf_hook", None), "weights_map", None)
+        if weights is not None:
+            return weights[name[len(prefix) + 1:]]
+    raise RuntimeError(f"{name} is on the meta device and no offload hook holds its values")
+
+
 @torch.no_grad()
-def layer_sparsity(layers: dict[str, nn.Module],
-                   targets: dict[str, float] | None = None) -> dict[str, LayerSparsity]:
-    """Exact zero counts of each layer's weight, with the target sparsity where one was set."""
+def layer_sparsity(layers: dict[str, nn.Module], targets: dict[str, float] | None = None,
+                   model: nn.Module | None = None) -> dict[str, LayerSparsity]:
+    """Exact zero counts of each layer's weight, with the target sparsity where one was set (`model`: the
+    layers' model, to read weights it offloaded, see `resident`)."""
     targets = targets or {}
-    return {name: LayerSparsity(zeros=int(module.weight.numel() - torch.count_nonzero(module.weight)),
+    return {name: LayerSparsity(zeros=int(module.weight.numel() - torch.count_nonzero(_weight(module, model, name))),
                                 numel=module.weight.numel(), target_sparsity=targets.get(name))
             for name, module in layers.items()}
+
+
+def _weight(module: nn.Module, model: nn.Module | None, name: str) -> torch.Tensor:
+    return resident(model, f"{name}.weight", module.weight) if model is not None else module.weight
 
 
 def measure_sparsity(model: nn.Module, targets: Iterable[str] = (),
@@ -106,9 +125,9 @@ def measure_sparsity(model: nn.Module, targets: Iterable[str] = (),
     """Measure (never change) the sparsity of `model`'s prunable layers, as `prune` would report it."""
     layers = find_target_layers(model, targets, ignore)
     nonzero, total = count_parameters(model)
-    return PruneReport(layers=layer_sparsity(layers), nonzero_params=nonzero, total_params=total,
+    return PruneReport(layers=layer_sparsity(layers, model=model), nonzero_params=nonzero, total_params=total,
                        peak_rss_bytes=peak_rss_bytes())
 
 
-__all__ = ["LayerSparsity", "PruneReport", "count_parameters", "layer_sparsity",
+__all__ = ["LayerSparsity", "PruneReport", "count_parameters", "resident", "layer_sparsity",
            "measure_sparsity"]
