@@ -10,8 +10,13 @@ import torch
 from click.testing import CliRunner
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from sparse_bench.harness_ext.checkpoints import checkpoint_sizes, load_checkpoint, read_record, save_checkpoint
-from sparse_bench.harness_ext.checkpoints import stream_writer
+from sparse_bench.harness_ext.checkpoints import (
+    checkpoint_sizes,
+    load_checkpoint,
+    read_record,
+    save_checkpoint,
+    stream_writer,
+)
 from sparse_bench.harness_ext.checkpoints.tensor_files import TensorFiles, checkpoint_files
 from sparse_bench.harness_ext.cli import main
 from sparse_bench.harness_ext.errors import UserError

@@ -19,13 +19,19 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from ..errors import UserError
 from ..memory import peak_rss_bytes
-from tqdm.auto import tqdm
-
-from .calibration import IN_MEMORY, BlockStep, BlockWeights, InputStatistics, Stopwatch, default_batch_size, \
-    layer_sequential
+from .calibration import (
+    IN_MEMORY,
+    BlockStep,
+    BlockWeights,
+    InputStatistics,
+    Stopwatch,
+    default_batch_size,
+    layer_sequential,
+)
 from .calibration_data import calibration_tokens
 from .magnitude import prune_global_magnitude
 from .masks import check_nm_shape, prune_count
