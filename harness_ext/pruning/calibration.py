@@ -242,10 +242,10 @@ def layer_sequential(model: nn.Module, tokens: torch.Tensor, batch_size: int, st
               disable=not progress) as bar:
         for stack, blocks in stacks:
             started = time.perf_counter()
-            for name, block in blocks[:3]:  # capture runs (up to) the first three to check the stack's glue
+            for name, block in blocks[:2]:  # capture runs the first two to check the stack's glue
                 weights.load(name, block)
             inputs = capture_block_inputs(model, blocks, inputs_by_name, batch_size, weights.buffer)
-            for name, block in blocks[1:3]:
+            for name, block in blocks[1:2]:
                 weights.unload(name, block)
             stopwatch.add_since(started)
             outputs = weights.buffer(inputs.hidden.shape, inputs.hidden.dtype, inputs.hidden.device)
