@@ -6,6 +6,7 @@ transformer block (`model-00002-of-000NN.safetensors`, ...), shard 1 with everyt
 (source files, plan, calibration, dtype) and, per finished shard, its file, SHA-256, byte count, the zeros
 of each tensor and the seconds it took. Each shard is written to a temporary name and renamed, and the journal
 is rewritten after it, so a killed run leaves finished shards listed and at most one unlisted temporary file.
+The compressed format is encoded from the finished shards at the end (stream_compressed.py).
 
 A new run with the same fingerprint resumes: every listed shard is hashed again and kept only if it matches
 (the shards after the first that does not are redone). A run with another fingerprint is refused. `complete`
@@ -28,7 +29,9 @@ from safetensors.torch import save as safetensors_bytes
 from ..errors import UserError
 from ..io import write_bytes_atomic, write_json_atomic
 from .record import file_digest
+from .container import WEIGHTS_NAME
 from .save import check_replaceable, move_into_place, write_record
+from .stream_compressed import compress_shards
 from .tensor_files import INDEX_NAME
 
 JOURNAL_NAME = "stream_progress.json"
@@ -114,22 +117,35 @@ class StreamWriter:
         """Seconds from the previous shard to each block's shard (load, calibration, pruning and writing)."""
         return {key: self.shards[key]["seconds"] for key in self.keys[1:] if key in self.shards}
 
-    def complete(self, config, tokenizer, generation_config: Path | None, prune_record: dict) -> Path:
-        """Write index, config, tokenizer and record, then move the folder into place; returns the directory."""
+    def complete(self, config, tokenizer, generation_config: Path | None, prune_record: dict,
+                 save_format: str = "dense", aliases: dict[str, str] | None = None) -> Path:
+        """Write index (or the compressed file), config, tokenizer and record, then move the folder into place.
+
+        `compressed`: the shards are encoded into `model.sparse.safetensors` one at a time (stream_compressed.py,
+        `aliases` {tied name: stored name}) and removed. Returns the directory.
+        """
         missing = [key for key in self.keys if key not in self.shards]
         if missing:
             raise RuntimeError(f"streaming finished without writing {missing[0]}")
-        weight_map = {name: shard["file"] for shard in self.shards.values() for name in shard["tensors"]}
-        total = sum(size for shard in self.shards.values() for _, _, size in shard["tensors"].values())
-        write_json_atomic(self.staging / INDEX_NAME, {"metadata": {"total_size": total}, "weight_map": weight_map})
+        if save_format == "compressed":
+            shards = [self.staging / self.shards[key]["file"] for key in self.keys]
+            files = {WEIGHTS_NAME: file_digest(compress_shards(self.staging, shards, aliases or {}))}
+            for shard in shards:
+                shard.unlink()
+        else:
+            files = {shard["file"]: {"bytes": shard["bytes"], "sha256": shard["sha256"]}
+                     for shard in self.shards.values()}
+            weight_map = {name: shard["file"] for shard in self.shards.values() for name in shard["tensors"]}
+            total = sum(size for shard in self.shards.values() for _, _, size in shard["tensors"].values())
+            write_json_atomic(self.staging / INDEX_NAME, {"metadata": {"total_size": total},
+                                                          "weight_map": weight_map})
         config.save_pretrained(self.staging)
         if generation_config is not None and generation_config.is_file():
             shutil.copyfile(generation_config, self.staging / generation_config.name)
         if tokenizer is not None:
             tokenizer.save_pretrained(self.staging)
-        files = {shard["file"]: {"bytes": shard["bytes"], "sha256": shard["sha256"]} for shard in self.shards.values()}
         stream = {"resumed_blocks": max(self.resumed - 1, 0), "block_seconds": self.block_seconds()}
-        write_record(self.staging, "dense", files, None, prune_record, stream_record=stream)
+        write_record(self.staging, save_format, files, None, prune_record, stream_record=stream)
         (self.staging / JOURNAL_NAME).unlink()
         (self.staging / LOCK_NAME).unlink()
         self._lock.close()

@@ -116,11 +116,8 @@ def prune_command(model, method, update, sparsity, structure, scope, recipe, tar
         click.echo(f"note: {note}", err=True)
         stream = True
     if stream:
-        if save_format != "dense":
-            raise UserError("--stream writes dense safetensors shards; use --save-format dense (the compressed "
-                            "format is written from a model in memory)")
         report, saved = prune_streaming(model, plan, calibration_config, out_dir, dtype=dtype, device=device,
-                                        batch_size=batch_size, progress=progress)
+                                        batch_size=batch_size, progress=progress, save_format=save_format)
     else:
         loaded, tokenizer = load_model(model, dtype, device)
         report = prune(loaded, plan, calibration_config, tokenizer, progress=progress, batch_size=batch_size)

@@ -13,7 +13,8 @@ The calibration activations (two buffers of samples x tokens x hidden in the mod
 memory-mapped files in the staging folder when they would take more than a quarter of the available memory.
 What streaming cannot honour is refused before anything is written: encoder-decoder models (their decoder's
 inputs need a forward through the whole encoder), `scope=global` (one threshold over every layer), targets
-outside the blocks, the compressed save format, and checkpoints that are not local safetensors directories.
+outside the blocks, and checkpoints that are not local safetensors directories. The compressed format is
+encoded from the finished dense shards, one at a time, at the end.
 """
 
 from __future__ import annotations
@@ -208,12 +209,13 @@ def _fingerprint(directory: Path, plan: PruningPlan, calibration: CalibrationCon
 
 def prune_streaming(model: str, plan: PruningPlan, calibration: CalibrationConfig | None, out_dir: Path, *,
                     dtype="auto", device: str = "cpu", batch_size: int | None = None, progress: bool = True,
-                    spill_over_bytes: int | None = None) -> tuple[PruneReport, Path]:
-    """Prune the safetensors checkpoint `model` block by block into a dense sharded checkpoint at `out_dir`.
+                    save_format: str = "dense", spill_over_bytes: int | None = None) -> tuple[PruneReport, Path]:
+    """Prune the safetensors checkpoint `model` block by block into a checkpoint at `out_dir`.
 
-    Same arguments and same result as `prune` + `save_checkpoint(..., "dense")` (bit for bit), at the memory of
-    one block, the embeddings' touched rows and the calibration activations. Resumes an interrupted run with
-    the same options. Returns the measured report and the directory.
+    Same arguments and same weights as `prune` + `save_checkpoint(..., save_format)` (bit for bit), at the
+    memory of one block, the embeddings' touched rows and the calibration activations. `dense`: one shard per
+    block; `compressed`: those shards encoded into `model.sparse.safetensors` at the end. Resumes an
+    interrupted run with the same options. Returns the measured report and the directory.
     """
     from transformers import AutoTokenizer
 
@@ -227,6 +229,8 @@ def prune_streaming(model: str, plan: PruningPlan, calibration: CalibrationConfi
     tokenizer = AutoTokenizer.from_pretrained(directory)
     needed = sum(math.prod(source.shape_dtype(name)[0]) * (torch_dtype.itemsize if source.shape_dtype(name)[1]
                  .is_floating_point else source.shape_dtype(name)[1].itemsize) for name in source.where)
+    if save_format == "compressed":  # at most the dense shards' size, and both exist while it is written
+        needed *= 2
     writer = StreamWriter(out_dir, [NON_BLOCK] + [name for name, _ in blocks],
                           _fingerprint(directory, plan, calibration, torch_dtype, batch_size), needed)
     if not writer.finished(NON_BLOCK):
@@ -236,9 +240,21 @@ def prune_streaming(model: str, plan: PruningPlan, calibration: CalibrationConfi
         report = prune(skeleton, plan, calibration, tokenizer, progress, batch_size=batch_size, weights=weights)
     finally:
         weights.remove_spilled()
-    config_dir = directory / "generation_config.json"
-    saved = writer.complete(skeleton.config, tokenizer, config_dir, report.to_dict())
+    saved = writer.complete(skeleton.config, tokenizer, directory / "generation_config.json", report.to_dict(),
+                            save_format, _aliases(skeleton))
     return report, saved
+
+
+def _aliases(model: nn.Module) -> dict[str, str]:
+    """{tied parameter name: the name it is stored under} (lm_head.weight -> model.embed_tokens.weight)."""
+    first: dict[int, str] = {}
+    aliases = {}
+    for name, parameter in model.named_parameters(remove_duplicate=False):
+        if id(parameter) in first:
+            aliases[name] = first[id(parameter)]
+        else:
+            first[id(parameter)] = name
+    return aliases
 
 
 def too_big_for_memory(model: str, dtype) -> str | None:
