@@ -28,8 +28,8 @@ from safetensors.torch import save as safetensors_bytes
 
 from ..errors import UserError
 from ..io import write_bytes_atomic, write_json_atomic
-from .record import file_digest
 from .container import WEIGHTS_NAME
+from .record import file_digest
 from .save import check_replaceable, move_into_place, write_record
 from .stream_compressed import compress_shards
 from .tensor_files import INDEX_NAME
