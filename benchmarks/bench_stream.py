@@ -79,10 +79,9 @@ def run_case(model: str, mode: str, method: str, out: Path, args: argparse.Names
 
 def model_bytes(model: str) -> int:
     from sparse_bench.harness_ext.checkpoints.tensor_files import TensorFiles, checkpoint_files
-    from sparse_bench.harness_ext.pruning.streaming import local_checkpoint
+    from sparse_bench.harness_ext.pruning.streaming import local_checkpoint, weights_bytes
 
-    files = TensorFiles(checkpoint_files(local_checkpoint(model)))
-    return sum(files.nbytes(name) for name in files.where)
+    return weights_bytes(TensorFiles(checkpoint_files(local_checkpoint(model))), None)
 
 
 def same_bits(first: Path, second: Path) -> bool:

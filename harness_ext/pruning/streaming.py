@@ -79,14 +79,14 @@ class StreamedBlocks(BlockWeights):
         return (tensor.to(self.dtype) if tensor.is_floating_point() else tensor).to(self.device)
 
     def load(self, name: str, block: nn.Module) -> None:
-        keys = list(block.state_dict(keep_vars=True))
-        if not any(value.is_meta for value in block.state_dict(keep_vars=True).values()):
+        state = block.state_dict(keep_vars=True)
+        if not any(value.is_meta for value in state.values()):
             return
         reader = self.source
-        if self.finished(name):
+        if self.finished(name):  # written by an interrupted run: its pruned weights
             path = self.writer.path(name)
             reader = TensorFiles(dict.fromkeys(TensorFiles.header(path), path))
-        for key in keys:
+        for key in state:
             _assign(block, key, self._read(reader, f"{name}.{key}"))
 
     def unload(self, name: str, block: nn.Module) -> None:
@@ -153,9 +153,9 @@ def _skeleton(directory: Path, dtype, source: TensorFiles) -> tuple[nn.Module, t
         raise UserError("--stream cannot prune an encoder-decoder model (its decoder's calibration inputs need "
                         "the whole encoder at once); prune it without --stream")
     torch_dtype = parse_dtype(dtype)
-    if not isinstance(torch_dtype, torch.dtype):
+    if not isinstance(torch_dtype, torch.dtype):  # "auto": the config's dtype, else the first float tensor's
         torch_dtype = getattr(config, "dtype", None) or next(
-            dtype for name in source.where if (dtype := source.shape_dtype(name)[1]).is_floating_point)
+            stored for name in source.where if (stored := source.shape_dtype(name)[1]).is_floating_point)
         torch_dtype = getattr(torch, torch_dtype) if isinstance(torch_dtype, str) else torch_dtype
     with init_empty_weights():
         model = auto_model_class(config).from_config(config, dtype=torch_dtype)
@@ -227,8 +227,7 @@ def prune_streaming(model: str, plan: PruningPlan, calibration: CalibrationConfi
     _check_plan(skeleton, plan, prefixes)
     outside = _load_outside_blocks(skeleton, source, prefixes, torch_dtype, torch.device(device))
     tokenizer = AutoTokenizer.from_pretrained(directory)
-    needed = sum(math.prod(source.shape_dtype(name)[0]) * (torch_dtype.itemsize if source.shape_dtype(name)[1]
-                 .is_floating_point else source.shape_dtype(name)[1].itemsize) for name in source.where)
+    needed = weights_bytes(source, torch_dtype)
     if save_format == "compressed":  # at most the dense shards' size, and both exist while it is written
         needed *= 2
     writer = StreamWriter(out_dir, [NON_BLOCK] + [name for name, _ in blocks],
@@ -262,14 +261,11 @@ def too_big_for_memory(model: str, dtype) -> str | None:
     from ..models import parse_dtype
 
     try:
-        directory = local_checkpoint(model)
-        files = set(checkpoint_files(directory).values())
+        source = TensorFiles(checkpoint_files(local_checkpoint(model)))
     except UserError:
-        return None
-    size = sum(path.stat().st_size for path in files)
+        return None  # not a local safetensors checkpoint: loading it will say what is wrong
     torch_dtype = parse_dtype(dtype)
-    if isinstance(torch_dtype, torch.dtype) and torch_dtype.itemsize == 4:
-        size *= 2 if _stored_half(files) else 1
+    size = weights_bytes(source, torch_dtype if isinstance(torch_dtype, torch.dtype) else None)
     available = available_memory()
     if available is None or size * IN_MEMORY_FACTOR <= available:
         return None
@@ -278,11 +274,15 @@ def too_big_for_memory(model: str, dtype) -> str | None:
             "pruning it block by block from disk (--stream)")
 
 
-def _stored_half(files: set[Path]) -> bool:
-    first = next(iter(files))
-    header = TensorFiles.header(first)
-    return any(entry["dtype"] in ("F16", "BF16") for entry in header.values())
+def weights_bytes(source: TensorFiles, dtype: torch.dtype | None) -> int:
+    """Bytes of every tensor of `source` with its floating tensors in `dtype` (None: as stored)."""
+    total = 0
+    for name in source.where:
+        shape, stored = source.shape_dtype(name)
+        total += math.prod(shape) * (dtype.itemsize if dtype is not None and stored.is_floating_point
+                                     else stored.itemsize)
+    return total
 
 
-__all__ = ["StreamedBlocks", "prune_streaming", "too_big_for_memory", "available_memory", "local_checkpoint",
-           "NON_BLOCK"]
+__all__ = ["StreamedBlocks", "prune_streaming", "too_big_for_memory", "weights_bytes", "available_memory",
+           "local_checkpoint", "NON_BLOCK"]
