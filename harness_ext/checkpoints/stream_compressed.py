@@ -10,8 +10,6 @@ before the dense shards are deleted. Memory: one shard.
 
 from __future__ import annotations
 
-import json
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +17,7 @@ from safetensors.torch import save_file
 
 from .container import _LAYOUT_RANK, _SAFETENSORS_DTYPES, WEIGHTS_NAME, _metadata
 from .encoding import choose_encoding, decode, encode, int_view
-from .tensor_files import TensorFiles
-
-_COPY_CHUNK = 1 << 24
+from .tensor_files import TensorFiles, copy_tensors
 
 
 def compress_shards(staging: Path, shards: list[Path], aliases: dict[str, str]) -> Path:
@@ -39,36 +35,12 @@ def compress_shards(staging: Path, shards: list[Path], aliases: dict[str, str]) 
         save_file(arrays, str(encoded))
         parts.where.update(dict.fromkeys(arrays, encoded))
     path = staging / WEIGHTS_NAME
-    _assemble(path, parts, _metadata(entries, aliases))
+    copy_tensors(path, parts, list(parts.where), _metadata(entries, aliases),  # safetensors' layout order
+                 order=lambda name: (-_LAYOUT_RANK.index(_tag(parts, name)), name))
     _verify(path, shards, entries)
     for encoded in set(parts.where.values()):
         encoded.unlink()
     return path
-
-
-def _assemble(path: Path, parts: TensorFiles, metadata: dict[str, str]) -> None:
-    """Write one safetensors file holding every array of `parts`, in safetensors' layout order."""
-    order = sorted(parts.where, key=lambda name: (-_LAYOUT_RANK.index(_tag(parts, name)), name))
-    header: dict = {"__metadata__": metadata}
-    offset = 0
-    for name in order:
-        shape, _ = parts.shape_dtype(name)
-        header[name] = {"dtype": _tag(parts, name), "shape": list(shape),
-                        "data_offsets": [offset, offset + parts.nbytes(name)]}
-        offset += parts.nbytes(name)
-    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
-    text += b" " * (-len(text) % 8)
-    with open(path, "wb") as out:
-        out.write(struct.pack("<Q", len(text)) + text)
-        for name in order:
-            source, entry = parts.entry(name)
-            with open(source, "rb") as handle:
-                handle.seek(entry["start"])
-                remaining = parts.nbytes(name)
-                while remaining:
-                    chunk = handle.read(min(remaining, _COPY_CHUNK))
-                    out.write(chunk)
-                    remaining -= len(chunk)
 
 
 def _tag(parts: TensorFiles, name: str) -> str:

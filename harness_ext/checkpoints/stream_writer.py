@@ -19,6 +19,8 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import math
+import os
 import shutil
 import time
 from pathlib import Path
@@ -32,7 +34,7 @@ from .container import WEIGHTS_NAME
 from .record import file_digest
 from .save import check_replaceable, move_into_place, write_record
 from .stream_compressed import compress_shards
-from .tensor_files import INDEX_NAME
+from .tensor_files import INDEX_NAME, TensorFiles, copy_tensors
 
 JOURNAL_NAME = "stream_progress.json"
 LOCK_NAME = ".lock"
@@ -99,12 +101,21 @@ class StreamWriter:
         data = safetensors_bytes({name: tensor.contiguous() for name, tensor in tensors.items()},
                                  metadata={"format": "pt"})
         write_bytes_atomic(self.path(key), data)
-        zeros = {name: [int(tensor.numel() - torch.count_nonzero(tensor)), tensor.numel(),
-                        tensor.numel() * tensor.element_size()] for name, tensor in tensors.items()}
+        self._finished(key, {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()},
+                       {name: _zeros(tensor) for name, tensor in tensors.items()})
+
+    def copy(self, key: str, source: TensorFiles, names: list[str]) -> None:
+        """Write one shard holding `names` of `source` as stored, copied a chunk at a time (the embeddings of a
+        large vocabulary never need to be in memory whole), then list it in the journal."""
+        temporary = self.path(key).with_suffix(".tmp")
+        copy_tensors(temporary, source, names, {"format": "pt"})
+        os.replace(temporary, self.path(key))
+        self._finished(key, file_digest(self.path(key)), {
+            name: [source.zeros(name), math.prod(source.shape_dtype(name)[0]), source.nbytes(name)] for name in names})
+
+    def _finished(self, key: str, digest: dict, zeros: dict[str, list[int]]) -> None:
         now = time.perf_counter()
-        self.shards[key] = {"file": self.file_name(key), "bytes": len(data),
-                            "sha256": hashlib.sha256(data).hexdigest(), "tensors": zeros,
-                            "seconds": now - self._started}
+        self.shards[key] = {"file": self.file_name(key), **digest, "tensors": zeros, "seconds": now - self._started}
         self._started = now
         write_json_atomic(self.staging / JOURNAL_NAME, {"fingerprint": self.fingerprint, "shards": self.shards})
 
@@ -151,6 +162,11 @@ class StreamWriter:
         self._lock.close()
         move_into_place(self.staging, self.out_dir)
         return self.out_dir
+
+
+def _zeros(tensor: torch.Tensor) -> list[int]:
+    """[exact zeros, elements, bytes] of one tensor."""
+    return [int(tensor.numel() - torch.count_nonzero(tensor)), tensor.numel(), tensor.numel() * tensor.element_size()]
 
 
 def _check_disk(folder: Path, needed: int) -> None:

@@ -27,6 +27,7 @@ SINGLE_NAME = "model.safetensors"
 DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
           "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
+_COPY_CHUNK = 1 << 24
 CONVERT_HINT = ("convert it once where it fits in memory: python -c \"from transformers import AutoModelForCausalLM "
                 "as M; M.from_pretrained('DIR').save_pretrained('NEW_DIR')\" (saves safetensors)")
 
@@ -109,6 +110,20 @@ class TensorFiles:
                 raise UserError(f"{path} ends inside tensor {name!r}; the file is truncated: copy it again")
         return tensor
 
+    def zeros(self, name: str) -> int:
+        """Exact zeros of `name` (zero bit patterns of -0.0 aside, as count_nonzero), read 16 MiB at a time."""
+        path, entry = self.entry(name)
+        _, dtype = self.shape_dtype(name)
+        zeros, remaining = 0, self.nbytes(name)
+        with open(path, "rb") as handle:
+            handle.seek(entry["start"])
+            while remaining:
+                chunk = handle.read(min(remaining, _COPY_CHUNK))
+                values = torch.frombuffer(bytearray(chunk), dtype=dtype)
+                zeros += values.numel() - int(torch.count_nonzero(values))
+                remaining -= len(chunk)
+        return zeros
+
     def mapped(self, name: str) -> torch.Tensor:
         """`name` as a copy-on-write view of its file: resident only where read (or written)."""
         path, entry = self.entry(name)
@@ -122,4 +137,33 @@ class TensorFiles:
         return torch.frombuffer(self._maps[path], dtype=dtype, count=count, offset=entry["start"]).view(shape)
 
 
-__all__ = ["INDEX_NAME", "SINGLE_NAME", "CONVERT_HINT", "checkpoint_files", "TensorFiles"]
+def copy_tensors(path: Path, source: TensorFiles, names: list[str], metadata: dict[str, str] | None = None,
+                 order=None) -> None:
+    """Write a safetensors file holding `names` of `source` by copying their bytes, 16 MiB at a time.
+
+    `order` sorts the data section (default: by name); the header lists every tensor with its offsets.
+    """
+    names = sorted(names, key=order)
+    header: dict = {"__metadata__": metadata} if metadata else {}
+    offset = 0
+    for name in names:
+        _, entry = source.entry(name)
+        header[name] = {"dtype": entry["dtype"], "shape": entry["shape"],
+                        "data_offsets": [offset, offset + source.nbytes(name)]}
+        offset += source.nbytes(name)
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as out:
+        out.write(struct.pack("<Q", len(text)) + text)
+        for name in names:
+            file, entry = source.entry(name)
+            with open(file, "rb") as handle:
+                handle.seek(entry["start"])
+                remaining = source.nbytes(name)
+                while remaining:
+                    chunk = handle.read(min(remaining, _COPY_CHUNK))
+                    out.write(chunk)
+                    remaining -= len(chunk)
+
+
+__all__ = ["INDEX_NAME", "SINGLE_NAME", "CONVERT_HINT", "checkpoint_files", "TensorFiles", "copy_tensors"]
