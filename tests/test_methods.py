@@ -18,7 +18,8 @@ from sparse_bench.harness_ext.pruning.calibration import InputStatistics
 from sparse_bench.harness_ext.pruning.calibration_data import calibration_tokens
 from sparse_bench.harness_ext.pruning.engine import prune
 from sparse_bench.harness_ext.pruning.masks import prune_count
-from sparse_bench.harness_ext.pruning.plan import CalibrationConfig, NMStructure, OwlConfig, plan_from_arguments
+from sparse_bench.harness_ext.pruning.plan import CalibrationConfig, NMStructure, OwlConfig
+from sparse_bench.harness_ext.pruning.request import parse_request
 from sparse_bench.harness_ext.pruning.sparsegpt import sparsegpt_prune
 from sparse_bench.harness_ext.pruning.targets import find_target_layers, weight_matrix
 
@@ -41,6 +42,14 @@ def real_inputs(tiny_model_dirs):
         inputs = block.input_layernorm(model.model.embed_tokens(tokens))
         return block.self_attn.q_proj.weight.double().numpy().copy(), \
             inputs.reshape(-1, inputs.shape[-1]).double().numpy()
+
+
+def plan_from_arguments(method=None, sparsity=None, structure=None, scope=None, update=None, options=None, owl=None):
+    """The plan these model_args describe, through the request layer (method options by name)."""
+    owl_options = {} if owl is None else {"owl": True, "owl_m": owl.m, "owl_lambda": owl.lmbda}
+    given = {"method": method, "sparsity": sparsity, "structure": structure, "scope": scope, "update": update,
+             **(options or {}), **owl_options}
+    return parse_request(given, source="model_args").plan
 
 
 def _engine_weight(dirs, method, structure=None, **arguments):
