@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from sparse_bench.harness_ext.errors import UserError
 from sparse_bench.harness_ext.pruning import methods
+from sparse_bench.harness_ext.pruning.method_types import Target
 from sparse_bench.harness_ext.pruning.admm import AdmmGradualOptions, AdmmOptions, admm_gradual_prune, admm_refit
 from sparse_bench.harness_ext.pruning.calibration import InputStatistics
 from sparse_bench.harness_ext.pruning.calibration_data import calibration_tokens
@@ -242,7 +243,7 @@ def test_gradual_admm_matches_the_paper_schedule(tiny_model_dirs, real_inputs, s
     keep, expected = _numpy_admm(weight, hessian, keep_at, prune_iterations=15)
     stats = InputStatistics(weight.shape[1], True, torch.device("cpu"))
     stats.add(torch.from_numpy(inputs).float().reshape(1, *inputs.shape))
-    target = methods.Target(((weight.shape[0], 0.5),), NMStructure(2, 4) if structure else None)
+    target = Target(((weight.shape[0], 0.5),), NMStructure(2, 4) if structure else None)
     result = admm_gradual_prune(torch.from_numpy(weight), stats, target, AdmmGradualOptions())
     assert (result.keep.numpy() == keep).mean() > 0.999
     assert int((~result.keep).sum()) == weight.size // 2

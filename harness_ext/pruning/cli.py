@@ -9,7 +9,7 @@ import click
 
 from ..errors import UserError
 from .options import OPTIONS, PruneOption
-from .request import parse_request
+from .request import PruneRequest, parse_request
 
 CLICK_TYPES = {"number": float, "integer": int, "text": str, "patterns": str}
 
@@ -33,6 +33,14 @@ def request_options(command):
     for row in reversed(OPTIONS):
         command = _click_option(row)(command)
     return command
+
+
+def request_from_flags(flags: dict) -> PruneRequest:
+    """The request `prune`'s table flags describe (unset flags are not given); UserError when nothing is asked."""
+    request = parse_request({name: value for name, value in flags.items() if value not in (None, ())}, source="cli")
+    if request.plan is None:
+        raise UserError("nothing to prune; give --method (with --sparsity or --structure) or --recipe")
+    return request
 
 
 def _summary(report) -> str:
@@ -68,10 +76,7 @@ def prune_command(model, dtype, device, out_dir, save_format, as_json, batch_siz
       sparse-bench prune smollm2-135m --method magnitude --scope global --sparsity 0.9 --out out/mag90
       sparse-bench prune smollm2-135m --recipe recipe.yaml --out out/recipe --save-format compressed
     """
-    request = parse_request({name: value for name, value in options.items() if value not in (None, ())},
-                            source="cli")
-    if request.plan is None:
-        raise UserError("nothing to prune; give --method (with --sparsity or --structure) or --recipe")
+    request = request_from_flags(options)
     if batch_size is not None and batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {batch_size}; leave it out for the default")
     from ..checkpoints import save_checkpoint

@@ -27,15 +27,15 @@ LIST_SEPARATOR = ";"  # model_args text cannot hold a comma (lm-eval splits mode
 @dataclass(frozen=True)
 class PruneOption:
     """One option. `kind`: text, number, integer, flag or patterns (a list of names / `re:` regexes); `choices`:
-    the CLI's choices (the plan checks the value itself, with the registry's message); `recipe_field`: where a
-    recipe says the same thing ("" if recipes cannot say it)."""
+    the CLI's choices (the plan checks the value itself, with the registry's message); `recipe_fields`: the
+    recipe fields that say the same thing (empty if recipes cannot say it)."""
 
     name: str
     kind: str
     group: str
     default: Any
     help: str
-    recipe_field: str = ""
+    recipe_fields: tuple[str, ...] = ()
     cli_flag: str = ""
     choices: Callable[[], tuple[str, ...]] | None = None
     example: Any = None  # a valid value, for docs and tests
@@ -55,32 +55,32 @@ def _method_option_rows() -> tuple[PruneOption, ...]:
     for name, (field, owners) in option_fields().items():
         kind = field.type if isinstance(field.type, str) else field.type.__name__
         rows.append(PruneOption(name, kinds.get(kind, "text"), PLAN, field.default, f"{owners} option",
-                                recipe_field=" / ".join(recipe_fields.get(name, ())), example=field.default))
+                                recipe_fields=tuple(recipe_fields.get(name, ())), example=field.default))
     return tuple(rows)
 
 
 _CALIBRATION = CalibrationConfig()
 OPTIONS: tuple[PruneOption, ...] = (
-    PruneOption("method", "text", PLAN, None, "pruning method (docs/pruning.md lists them)",
-                recipe_field="the modifier class", choices=method_names, example="wanda"),
+    PruneOption("method", "text", PLAN, None, "pruning method (docs/pruning.md lists them; in a recipe: the "
+                "modifier class)", choices=method_names, example="wanda"),
     PruneOption("update", "text", PLAN, None, "weight update run on the method's mask", choices=update_names,
                 example="admm"),
     PruneOption("sparsity", "number", PLAN, None, "fraction of weights set to zero per layer, in [0, 1)",
-                recipe_field="sparsity / final_sparsity", example=0.5),
+                recipe_fields=("sparsity", "final_sparsity"), example=0.5),
     PruneOption("structure", "text", PLAN, "unstructured", "unstructured or N:M (keep N of every M), e.g. 2:4",
-                recipe_field="mask_structure", example="2:4"),
+                recipe_fields=("mask_structure", "mask_type"), example="2:4"),
     PruneOption("scope", "text", PLAN, "layer", "global: one magnitude threshold across all target layers",
-                recipe_field="global_sparsity", choices=lambda: SCOPES, example="global"),
+                recipe_fields=("global_sparsity", "apply_globally"), choices=lambda: SCOPES, example="global"),
     PruneOption("targets", "patterns", PLAN, (), "layers to prune: names or re:REGEX (default: every Linear in "
-                "the blocks)", recipe_field="targets", cli_flag="--target", example=("re:.*mlp.*",)),
+                "the blocks)", recipe_fields=("targets", "params"), cli_flag="--target", example=("re:.*mlp.*",)),
     PruneOption("ignore", "patterns", PLAN, (), "layers to keep, added to lm_head: names or re:REGEX",
-                recipe_field="ignore", example=("re:.*down_proj",)),
+                recipe_fields=("ignore",), example=("re:.*down_proj",)),
     PruneOption("owl", "flag", PLAN, False, "OWL outlier-weighted layer-wise sparsity",
-                recipe_field="sparsity_profile: owl", example=True),
+                recipe_fields=("sparsity_profile",), example=True),
     PruneOption("owl_m", "number", PLAN, OwlConfig.m, "OWL outlier threshold M (with owl=true)",
-                recipe_field="owl_m", example=4.0),
+                recipe_fields=("owl_m",), example=4.0),
     PruneOption("owl_lambda", "number", PLAN, OwlConfig.lmbda, "OWL spread lambda (with owl=true)",
-                recipe_field="owl_lmbda", example=0.1),
+                recipe_fields=("owl_lmbda",), example=0.1),
     *_method_option_rows(),
     PruneOption("recipe", "text", RECIPE, None, "SparseML / llm-compressor recipe file instead of method",
                 example="recipe.yaml"),
@@ -138,7 +138,7 @@ def markdown_table() -> str:
     lines = ["| model_args / grid spec | CLI | value | default | recipe field | meaning |", "|---|---|---|---|---|---|"]
     for row in OPTIONS:
         default = "-" if row.default in (None, ()) else row.default
-        lines.append(f"| `{row.name}` | `{row.flag}` | {row.kind} | {default} | {row.recipe_field or '-'} | "
+        lines.append(f"| `{row.name}` | `{row.flag}` | {row.kind} | {default} | {', '.join(row.recipe_fields) or '-'} | "
                      f"{row.help} |")
     return "\n".join(lines)
 
