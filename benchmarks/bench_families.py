@@ -67,7 +67,7 @@ def models(kinds: list[str], real: bool, folder: Path):
     from tiny_models import build_tiny_model, build_tokenizer
     from transformers import AutoConfig
 
-    from sparse_bench.harness_ext.models import load_model, model_family, find_or_prepare_model
+    from sparse_bench.harness_ext.models import find_or_prepare_model, load_model, model_family
 
     tokenizer = build_tokenizer()
     named = [(f"tiny {kind}", str(build_tiny_model(kind, folder / kind, tokenizer))) for kind in kinds]

@@ -83,7 +83,7 @@ def cost(args) -> str:
     import torch
 
     from sparse_bench.harness_ext.agreement import AgreementMeter
-    from sparse_bench.harness_ext.models import load_model, find_or_prepare_model
+    from sparse_bench.harness_ext.models import find_or_prepare_model, load_model
     from sparse_bench.harness_ext.perplexity import token_perplexity
     from sparse_bench.harness_ext.pruning.engine import prune
     from sparse_bench.harness_ext.pruning.request import shortcut_plan

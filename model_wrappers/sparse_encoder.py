@@ -20,7 +20,7 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
 from ..harness_ext.errors import UserError
-from ..harness_ext.models import load_model, model_family, find_or_prepare_model
+from ..harness_ext.models import find_or_prepare_model, load_model, model_family
 from ..harness_ext.pruning.engine import model_context
 from ..harness_ext.pseudo_likelihood import (
     check_masked_lm,

@@ -19,7 +19,7 @@ from lm_eval.models.huggingface import HFLM  # importing lm_eval.models first re
 
 from ..harness_ext.checkpoints import load_checkpoint, read_record
 from ..harness_ext.errors import UserError
-from ..harness_ext.models import model_family, parse_dtype, find_or_prepare_model
+from ..harness_ext.models import find_or_prepare_model, model_family, parse_dtype
 from .prune_on_load import PruneOnLoad
 
 UNKNOWN_ARGUMENT = re.compile(r"got an unexpected keyword argument '(\w+)'")

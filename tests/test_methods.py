@@ -13,12 +13,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from sparse_bench.harness_ext.errors import UserError
 from sparse_bench.harness_ext.pruning import methods
-from sparse_bench.harness_ext.pruning.method_types import Target
 from sparse_bench.harness_ext.pruning.admm import AdmmGradualOptions, AdmmOptions, admm_gradual_prune, admm_refit
 from sparse_bench.harness_ext.pruning.calibration import InputStatistics
 from sparse_bench.harness_ext.pruning.calibration_data import calibration_tokens
 from sparse_bench.harness_ext.pruning.engine import prune
 from sparse_bench.harness_ext.pruning.masks import prune_count
+from sparse_bench.harness_ext.pruning.method_types import Target
 from sparse_bench.harness_ext.pruning.plan import CalibrationConfig, NMStructure, OwlConfig
 from sparse_bench.harness_ext.pruning.request import parse_request
 from sparse_bench.harness_ext.pruning.sparsegpt import sparsegpt_prune

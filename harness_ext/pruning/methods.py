@@ -26,6 +26,7 @@ from . import admm, magnitude, ria, sparsegpt, wanda
 from .method_types import HESSIAN, NONE, NORMS, STATISTIC_ORDER, NoOptions, Options, PruneResult
 from .values import NMStructure, parse_flag
 
+
 @dataclass(frozen=True)
 class Method:
     """One registry row. `statistic`: NONE, NORMS or HESSIAN. `comparison`: "row" (each output row loses its
