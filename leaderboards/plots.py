@@ -17,7 +17,7 @@ from ..harness_ext.io import write_figure_atomic  # noqa: E402
 from .cells import model_name  # noqa: E402
 from .columns import COLUMNS  # noqa: E402
 from .grid_results import Grid, task_metrics, task_names  # noqa: E402
-from .store import CellResult, plots_dir  # noqa: E402
+from .store import PLOTS, CellResult, subfolder  # noqa: E402
 
 Getter = Callable[[CellResult], Any]
 MARKERS = {"2:4": "s", "4:8": "D"}
@@ -81,7 +81,7 @@ def _save(figure, path: Path) -> Path:
 def make_plots(grid: Grid, out_dir: Path | None = None) -> dict[str, Path]:
     """Write OUT/plots/TASK.png per task, OUT/plots/cost.png (perplexity, size, latency) and OUT/plots/measures.png
     (KL and top-1 agreement with dense, BERTScore F1, repetition); returns {task, "cost" or "measures": path}."""
-    out_dir = Path(out_dir or plots_dir(grid.folder))
+    out_dir = Path(out_dir or subfolder(grid.folder, PLOTS))
     written: dict[str, Path] = {}
     for task in task_names(grid):
         metrics = task_metrics(grid, task)

@@ -30,7 +30,7 @@ from ..harness_ext.errors import UserError
 from ..harness_ext.io import write_json_atomic
 from .cells import Cell, pruned_model_groups, shard_cells
 from .spec import GridSpec
-from .store import job_file, slurm_dir, utc_now
+from .store import SLURM, job_file, subfolder, utc_now
 
 QUEUED, RUNNING = "queued", "running"
 # squeue's job states (%T) while a task still holds its cells; any other state has left the queue.
@@ -112,11 +112,11 @@ def queue_states() -> dict[str, str] | None:
 # --- markers in OUT ------------------------------------------------------------------------------------------
 
 def submission_marker(out_dir: Path, token: str) -> Path:
-    return slurm_dir(out_dir) / f"submission_{token}.json"
+    return subfolder(out_dir, SLURM) / f"submission_{token}.json"
 
 
 def started_marker(out_dir: Path, job_id: str) -> Path:
-    return slurm_dir(out_dir) / f"started_{job_id}.json"
+    return subfolder(out_dir, SLURM) / f"started_{job_id}.json"
 
 
 def task_end_reason(out_dir: Path, job: dict[str, Any]) -> str:
@@ -164,7 +164,7 @@ def submit_grid(spec: GridSpec, out_dir: Path, cells: list[Cell], wanted: set[st
     out_dir = Path(out_dir).resolve()
     token = uuid.uuid4().hex
     write_json_atomic(submission_marker(out_dir, token), {"host": socket.gethostname(), "submitted": utc_now()})
-    executor = submitit.AutoExecutor(folder=slurm_dir(out_dir), cluster="slurm")
+    executor = submitit.AutoExecutor(folder=subfolder(out_dir, SLURM), cluster="slurm")
     executor.update_parameters(
         name=f"sparse-bench-{spec.name}", timeout_min=options.time_min, mem_gb=options.mem_gb,
         cpus_per_task=options.cpus_per_task, slurm_partition=options.partition,

@@ -31,24 +31,36 @@ RESULT_NEUTRAL_KEYS = ("source", "name", "log_samples")  # spec keys that change
 
 # --- layout ----------------------------------------------------------------------------------------------------
 
+CELLS, SAMPLES, REPORTS, JOBS, SLURM, PLOTS = "cells", "samples", "reports", "jobs", "slurm", "plots"
+
+
+def subfolder(out_dir: Path, name: str) -> Path:
+    """OUT/NAME for one of the folder names above."""
+    return Path(out_dir) / name
+
+
 def grid_file(out_dir: Path) -> Path:
     return Path(out_dir) / "grid.json"
 
 
-def cells_dir(out_dir: Path) -> Path:
-    return Path(out_dir) / "cells"
+def leaderboard_file(out_dir: Path, extension: str) -> Path:
+    return Path(out_dir) / f"leaderboard.{extension}"
 
 
 def result_path(out_dir: Path, cell_id: str) -> Path:
-    return cells_dir(out_dir) / f"{cell_id}.json"
+    return subfolder(out_dir, CELLS) / f"{cell_id}.json"
 
 
 def running_marker(out_dir: Path, cell_id: str) -> Path:
-    return cells_dir(out_dir) / f"{cell_id}.running"
+    return subfolder(out_dir, CELLS) / f"{cell_id}.running"
+
+
+def job_file(out_dir: Path, cell_id: str) -> Path:
+    return subfolder(out_dir, JOBS) / f"{cell_id}.json"
 
 
 def samples_dir(out_dir: Path, cell_id: str) -> Path:
-    return Path(out_dir) / "samples" / cell_id
+    return subfolder(out_dir, SAMPLES) / cell_id
 
 
 def samples_file(out_dir: Path, cell_id: str, task: str) -> Path:
@@ -56,23 +68,7 @@ def samples_file(out_dir: Path, cell_id: str, task: str) -> Path:
 
 
 def report_file(out_dir: Path, cell_id: str, task: str) -> Path:
-    return Path(out_dir) / "reports" / cell_id / f"{task}.md"
-
-
-def job_file(out_dir: Path, cell_id: str) -> Path:
-    return Path(out_dir) / "jobs" / f"{cell_id}.json"
-
-
-def slurm_dir(out_dir: Path) -> Path:
-    return Path(out_dir) / "slurm"
-
-
-def plots_dir(out_dir: Path) -> Path:
-    return Path(out_dir) / "plots"
-
-
-def leaderboard_file(out_dir: Path, extension: str) -> Path:
-    return Path(out_dir) / f"leaderboard.{extension}"
+    return subfolder(out_dir, REPORTS) / cell_id / f"{task}.md"
 
 
 def utc_now() -> str:
@@ -218,6 +214,6 @@ def _result_relevant(spec_dict: dict[str, Any]) -> dict[str, Any]:
 
 
 __all__ = ["RESULT_FORMAT", "GRID_FORMAT", "CellInfo", "CellResult", "read_result", "write_result",
-           "read_grid_file", "write_grid_file", "grid_file", "cells_dir", "result_path", "running_marker",
-           "samples_dir", "samples_file", "report_file", "job_file", "slurm_dir", "plots_dir", "leaderboard_file",
-           "utc_now"]
+           "read_grid_file", "write_grid_file", "CELLS", "SAMPLES", "REPORTS", "JOBS", "SLURM", "PLOTS", "subfolder",
+           "grid_file", "leaderboard_file", "result_path", "running_marker", "job_file", "samples_dir", "samples_file",
+           "report_file", "utc_now"]
