@@ -52,8 +52,8 @@ def phase_table(grid) -> str:
     cells = [(cell, grid.results[cell["cell_id"]]) for cell in grid.cells]
     rows = []
     for phase in PHASES:
-        rows.append([phase] + [f"{(result or {}).get('timings', {}).get(phase, 0):.0f}" for _, result in cells])
-    rows.append(["whole cell"] + [f"{(result or {}).get('seconds', 0):.0f}" for _, result in cells])
+        rows.append([phase] + [f"{result.timings.get(phase, 0) if result else 0:.0f}" for _, result in cells])
+    rows.append(["whole cell"] + [f"{(result.seconds or 0) if result else 0:.0f}" for _, result in cells])
     labels = [cell_label_of(cell) for cell, _ in cells]
     return tabulate(rows, headers=["phase (wall s)", *labels], tablefmt="github", disable_numparse=True)
 
