@@ -1,5 +1,5 @@
 """The request layer: one table of pruning options, the same plan from every way in (model_args text, CLI flags,
-a recipe), every option accepted by each way in, and an option that would be ignored is an error."""
+a grid spec, a recipe), every option accepted by each way in, and an option that would be ignored is an error."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from sparse_bench.harness_ext.pruning.options import BY_NAME, LIST_SEPARATOR, OP
 from sparse_bench.harness_ext.pruning.plan import OwlConfig
 from sparse_bench.harness_ext.pruning.request import PruneRequest, parse_request, prune_on_load
 from sparse_bench.harness_ext.recipes.fields import modifier_spec
+from sparse_bench.leaderboards.cells import expand_cells
+from sparse_bench.leaderboards.spec_parser import parse_spec
 from sparse_bench.model_wrappers.prune_on_load import PruneOnLoad
 
 WANDA_OWL = {"method": "wanda", "sparsity": 0.5, "targets": ("re:.*mlp.*", "re:.*self_attn.*"),
@@ -72,6 +74,22 @@ def from_cli(flags: list[str]) -> PruneRequest:
     return request_from_flags({name: value for name, value in context.params.items() if name in option_names()})
 
 
+def from_grid_spec(options: dict, base_dir=None) -> PruneRequest:
+    """The one pruned cell of a grid whose methods entry holds `options` (sparsity / structure: the grid's
+    axes; calibration options: its `calibration` mapping, where `data` is the table's `calibration`)."""
+    entry = {name: list(value) if isinstance(value, tuple) else value for name, value in options.items()
+             if BY_NAME[name].group in ("plan", "recipe") and name not in ("sparsity", "structure")}
+    calibration = {("data" if name == "calibration" else name): value for name, value in options.items()
+                   if BY_NAME[name].group == "calibration"}
+    axes = {"structures": [options["structure"]]} if "structure" in options else \
+        {"sparsities": [options.get("sparsity", 0.5)]}
+    spec = parse_spec({"models": ["m"], "tasks": ["t"], "methods": [entry], "calibration": calibration, **axes},
+                      source="grid.yaml", base_dir=base_dir)
+    pruned = [cell for cell in expand_cells(spec) if not cell.is_dense]
+    assert len(pruned) == 1
+    return PruneRequest(pruned[0].plan(), spec.calibration)
+
+
 def from_recipe(tmp_path, text: str) -> PruneRequest:
     path = tmp_path / "recipe.yaml"
     path.write_text(text)
@@ -83,6 +101,7 @@ def test_every_way_in_builds_the_same_plan(tmp_path, options, recipe):
     steps = {
         "model_args": from_model_args(model_args_text(options)).plan.steps,
         "cli": from_cli(cli_flags(options)).plan.steps,
+        "grid spec": from_grid_spec(options).plan.steps,
         "recipe": from_recipe(tmp_path, recipe).plan.steps,
         "python": parse_request(options, source="python").plan.steps,
     }
@@ -111,10 +130,11 @@ def _companions(name: str) -> dict:
 
 
 @pytest.mark.parametrize("name", [row.name for row in OPTIONS if row.name != "recipe"])
-def test_every_option_is_accepted_by_model_args_and_cli_with_one_meaning(name):
+def test_every_option_is_accepted_by_model_args_cli_and_grid_spec_with_one_meaning(name):
     options = {**_companions(name), name: BY_NAME[name].example}
     expected = parse_request(options, source="python")
-    for request in (from_model_args(model_args_text(options)), from_cli(cli_flags(options))):
+    for request in (from_model_args(model_args_text(options)), from_cli(cli_flags(options)),
+                    from_grid_spec(options)):
         assert request.calibration == expected.calibration
         assert request.plan.steps == expected.plan.steps
 
@@ -154,6 +174,9 @@ def test_an_option_that_would_be_ignored_is_an_error(tmp_path, options, message)
         from_cli(cli_flags(options))
     with pytest.raises(UserError, match=message):
         from_model_args(model_args_text(options))
+    if "sparsity" in options or "recipe" in options:  # a grid always has a method or recipe entry
+        with pytest.raises(UserError, match=message):
+            from_grid_spec(options, base_dir=tmp_path)
 
 
 def test_model_args_lists_and_unknown_options():

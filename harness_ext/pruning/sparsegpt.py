@@ -29,8 +29,8 @@ from ..errors import UserError
 from .calibration import InputStatistics
 from .masks import prune_count, prune_lowest
 from .method_types import Options, PruneResult, Target
-from .values import NMStructure
 from .reproducible import one_cpu_thread
+from .values import NMStructure
 
 MAX_DAMPENING = 1.0  # after 0.01 -> 0.1 -> 1.0 the Hessian is dominated by the identity; stop there
 
