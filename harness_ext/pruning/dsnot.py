@@ -19,8 +19,7 @@ is pruned, so every row (and every N:M group) keeps its count of zeros:
 
 Differences from the reference code (zyxxmu/DSnoT), all deliberate: a swap must lower |e| (the reference only
 stops an N:M row when e would change sign, and its N:M swaps, which have no sign condition on the pruned weight,
-can raise |e|: on SmolLM2 block 0 at 2:4 they raised the layers' squared output error by 4 %, while with the
-rule here it falls slightly; benchmarks/results/dsnot_layer_error.md); E[x] and Var(x) are over all calibration
+can raise |e|, and with it the layer's squared output error); E[x] and Var(x) are over all calibration
 tokens (the reference averages per-sample variances); grow candidates are the pruned weights only (the
 reference's sorted list also holds kept weights, whose regrowth is a no-op); N:M refines every layer (the
 reference skips the MLP at N:M by default); the base mask comes from any method, while the pruning choice always
