@@ -25,7 +25,7 @@ from pathlib import Path
 from bench_prune import DEFAULT_DATA, REPO, fmt, reference_setting_parser, run_json
 
 STRUCTURES = {"24": (None, "2:4"), "50": (0.5, None)}
-METHODS = ("sparsegpt", "wanda+admm", "admm", "wanda", "ria", "sparsegpt+admm")
+METHODS = ("sparsegpt", "wanda+admm", "admm", "wanda", "ria", "sparsegpt+admm", "wanda+dsnot")
 EXTRA = {"ria-realloc-24": ("ria", None, "2:4", {"ria_reallocation": True})}  # mask quality only (not N:M in storage)
 BASELINE, GOAL_RATIO, WALL_RATIO = "sparsegpt", 0.85, 2.0
 
@@ -47,7 +47,8 @@ def worker(args: argparse.Namespace) -> None:
     from sparse_bench.harness_ext.perplexity import read_text, token_perplexity
     from sparse_bench.harness_ext.pruning.engine import prune
     from sparse_bench.harness_ext.pruning.methods import split_grid_name
-    from sparse_bench.harness_ext.pruning.plan import CalibrationConfig, shortcut_plan
+    from sparse_bench.harness_ext.pruning.plan import CalibrationConfig
+    from sparse_bench.harness_ext.pruning.request import shortcut_plan
 
     torch.manual_seed(0)
     model, tokenizer = load_model(args.model, "float32", "cpu")

@@ -43,14 +43,15 @@ def worker(args: argparse.Namespace) -> None:
     from sparse_bench.harness_ext.memory import peak_rss_bytes, rss_bytes
     from sparse_bench.harness_ext.models import load_model
     from sparse_bench.harness_ext.pruning.engine import prune
-    from sparse_bench.harness_ext.pruning.plan import CalibrationConfig, plan_from_arguments
+    from sparse_bench.harness_ext.pruning.plan import CalibrationConfig
+from sparse_bench.harness_ext.pruning.request import shortcut_plan
     from sparse_bench.harness_ext.pruning.streaming import prune_streaming
 
     config = AutoConfig.from_pretrained(args.model)
     transformers.AutoModelForCausalLM.from_config  # noqa: B018
     __import__(f"transformers.models.{config.model_type}.modeling_{config.model_type}")
     baseline = rss_bytes()
-    plan = plan_from_arguments(args.method, 0.5, None, source="bench")
+    plan = shortcut_plan(args.method, 0.5, None, source="bench")
     calibration = CalibrationConfig(data=args.calibration, nsamples=args.nsamples, seqlen=args.seqlen)
     started = time.perf_counter()
     block_seconds = None
@@ -107,9 +108,9 @@ def write_doc(part: str, table: str) -> None:
 
 
 def smollm2(args: argparse.Namespace) -> None:
-    from sparse_bench.harness_ext.models import resolve_model_path
+    from sparse_bench.harness_ext.models import find_or_prepare_model
 
-    model = resolve_model_path("smollm2-135m")
+    model = find_or_prepare_model("smollm2-135m")
     size = model_bytes(model)
     rows, results = [], {}
     for method in args.methods.split(","):

@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoTokenizer, LlamaConfig
 
-from sparse_bench.harness_ext.models import resolve_model_path
+from sparse_bench.harness_ext.models import find_or_prepare_model
 
 
 def block_tensors(index: int, config: LlamaConfig, dtype: torch.dtype, generator: torch.Generator) -> dict:
@@ -71,7 +71,7 @@ def main() -> None:
     (args.out / "model.safetensors.index.json").write_text(
         json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
     config.save_pretrained(args.out)
-    AutoTokenizer.from_pretrained(resolve_model_path(args.tokenizer_from)).save_pretrained(args.out)
+    AutoTokenizer.from_pretrained(find_or_prepare_model(args.tokenizer_from)).save_pretrained(args.out)
     print(f"{args.out}: {total / 2**30:.2f} GiB of weights")
 
 

@@ -18,7 +18,9 @@ from sparse_bench.harness_ext.pruning.calibration import InputStatistics
 from sparse_bench.harness_ext.pruning.calibration_data import calibration_tokens
 from sparse_bench.harness_ext.pruning.engine import prune
 from sparse_bench.harness_ext.pruning.masks import prune_count
-from sparse_bench.harness_ext.pruning.plan import CalibrationConfig, NMStructure, OwlConfig, plan_from_arguments
+from sparse_bench.harness_ext.pruning.method_types import Target
+from sparse_bench.harness_ext.pruning.plan import CalibrationConfig, NMStructure, OwlConfig
+from sparse_bench.harness_ext.pruning.request import parse_request
 from sparse_bench.harness_ext.pruning.sparsegpt import sparsegpt_prune
 from sparse_bench.harness_ext.pruning.targets import find_target_layers, weight_matrix
 
@@ -41,6 +43,14 @@ def real_inputs(tiny_model_dirs):
         inputs = block.input_layernorm(model.model.embed_tokens(tokens))
         return block.self_attn.q_proj.weight.double().numpy().copy(), \
             inputs.reshape(-1, inputs.shape[-1]).double().numpy()
+
+
+def plan_from_arguments(method=None, sparsity=None, structure=None, scope=None, update=None, options=None, owl=None):
+    """The plan these model_args describe, through the request layer (method options by name)."""
+    owl_options = {} if owl is None else {"owl": True, "owl_m": owl.m, "owl_lambda": owl.lmbda}
+    given = {"method": method, "sparsity": sparsity, "structure": structure, "scope": scope, "update": update,
+             **(options or {}), **owl_options}
+    return parse_request(given, source="model_args").plan
 
 
 def _engine_weight(dirs, method, structure=None, **arguments):
@@ -78,7 +88,7 @@ def test_every_registered_method_builds_a_plan_and_lists_in_the_docs_table():
 
 @pytest.mark.parametrize("arguments, message", [
     ({"method": "obs"}, "unknown pruning method 'obs'; use one of: magnitude, wanda, sparsegpt, ria, admm"),
-    ({"method": "wanda", "update": "lora"}, "unknown weight update 'lora'; use one of: admm"),
+    ({"method": "wanda", "update": "lora"}, "unknown weight update 'lora'; use one of: admm, dsnot"),
     ({"method": "wanda", "options": {"ria_exponent": 0.5}}, "option ria_exponent applies to method=ria"),
     ({"method": "ria", "options": {"ria_exponent": 2.5}}, "ria_exponent must be in (0, 2]"),
     ({"method": "ria", "options": {"ria_exponent": 0}}, "ria_exponent must be in (0, 2]"),
@@ -122,7 +132,8 @@ def test_a_bad_option_fails_before_any_weight_changes(tiny_model_dirs):
 
 @pytest.mark.parametrize("method, update, structure", [  # unstructured RIA and Wanda+ADMM: golden tests below
     ("ria", None, "2:4"), ("ria", "admm", "owl"), ("admm", None, "unstructured"), ("admm", None, "2:4"),
-    ("admm", None, "owl"), ("wanda", "admm", "2:4")])
+    ("admm", None, "owl"), ("wanda", "admm", "2:4"), ("wanda", "dsnot", "2:4"), ("ria", "dsnot", "owl"),
+    ("magnitude", "dsnot", "unstructured")])
 def test_new_methods_are_exact_on_every_structure(tiny_model_dirs, method, update, structure):
     model, tokenizer = _model(tiny_model_dirs)
     options = {"owl": OwlConfig(m=3.0, lmbda=0.05)} if structure == "owl" else {}
@@ -233,7 +244,7 @@ def test_gradual_admm_matches_the_paper_schedule(tiny_model_dirs, real_inputs, s
     keep, expected = _numpy_admm(weight, hessian, keep_at, prune_iterations=15)
     stats = InputStatistics(weight.shape[1], True, torch.device("cpu"))
     stats.add(torch.from_numpy(inputs).float().reshape(1, *inputs.shape))
-    target = methods.Target(((weight.shape[0], 0.5),), NMStructure(2, 4) if structure else None)
+    target = Target(((weight.shape[0], 0.5),), NMStructure(2, 4) if structure else None)
     result = admm_gradual_prune(torch.from_numpy(weight), stats, target, AdmmGradualOptions())
     assert (result.keep.numpy() == keep).mean() > 0.999
     assert int((~result.keep).sum()) == weight.size // 2
@@ -309,7 +320,7 @@ def test_cli_flags_come_from_the_registry(tiny_llama, tmp_path):
 
     runner = CliRunner()
     help_text = runner.invoke(main, ["prune", "--help"]).output
-    assert "--update [admm]" in help_text and "--ria-exponent" in help_text and "--admm-iterations" in help_text
+    assert "--update [admm|dsnot]" in help_text and "--ria-exponent" in help_text and "--dsnot-cycles" in help_text
     bad = runner.invoke(main, ["prune", str(tiny_llama), "--method", "wanda", "--sparsity", "0.5", "--ria-exponent",
                                "1", "--out", str(tmp_path / "never")])
     assert bad.exit_code == 2 and "option ria_exponent applies to method=ria" in bad.stderr
@@ -334,7 +345,8 @@ def test_model_args_take_method_options(tiny_llama):
 
 
 def test_grid_spec_method_names_and_options(tmp_path):
-    from sparse_bench.leaderboards.spec import expand_cells, parse_spec
+    from sparse_bench.leaderboards.cells import expand_cells
+    from sparse_bench.leaderboards.spec_parser import parse_spec
 
     base = {"name": "g", "models": ["m"], "structures": ["2:4"], "tasks": ["t"]}
     spec = parse_spec({**base, "methods": ["wanda+admm", {"method": "ria", "options": {"ria_exponent": 1.0}}]},

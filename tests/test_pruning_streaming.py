@@ -24,7 +24,8 @@ from sparse_bench.harness_ext.errors import UserError
 from sparse_bench.harness_ext.models import load_model
 from sparse_bench.harness_ext.pruning import streaming
 from sparse_bench.harness_ext.pruning.engine import prune
-from sparse_bench.harness_ext.pruning.plan import CalibrationConfig, OwlConfig, plan_from_arguments
+from sparse_bench.harness_ext.pruning.plan import CalibrationConfig, OwlConfig
+from sparse_bench.harness_ext.pruning.request import shortcut_plan
 from sparse_bench.harness_ext.pruning.streaming import prune_streaming
 
 CALIBRATION = CalibrationConfig(data="c4", nsamples=4, seqlen=32)
@@ -72,7 +73,7 @@ def in_memory(model_dir, plan, out):
     ("wanda", None, "2:4", False), ("sparsegpt", None, "2:4", False), ("wanda", 0.6, None, True)])
 def test_streamed_equals_in_memory_bit_for_bit(llama4, tmp_path, method, sparsity, structure, owl):
     options = {"owl": OwlConfig(m=3.0, lmbda=0.1)} if owl else {}
-    plan = plan_from_arguments(method, sparsity, structure, source="test", **options)
+    plan = shortcut_plan(method, sparsity, structure, source="test", **options)
     expected = in_memory(llama4, plan, tmp_path / "memory")
     report, out = prune_streaming(str(llama4), plan, CALIBRATION, tmp_path / "stream", progress=False)
     assert_same_bits(out, tmp_path / "memory")
@@ -81,7 +82,7 @@ def test_streamed_equals_in_memory_bit_for_bit(llama4, tmp_path, method, sparsit
 
 
 def test_output_is_a_normal_checkpoint(llama4, tmp_path):
-    plan = plan_from_arguments("wanda", 0.5, None, source="test")
+    plan = shortcut_plan("wanda", 0.5, None, source="test")
     _, out = prune_streaming(str(llama4), plan, CALIBRATION, tmp_path / "out", progress=False)
     record = read_record(out)
     assert record["save_format"] == "dense" and len(record["files"]) == 5  # outside the blocks + 4 blocks
@@ -93,7 +94,7 @@ def test_output_is_a_normal_checkpoint(llama4, tmp_path):
 
 
 def test_streamed_compressed_equals_in_memory_compressed(llama4, tmp_path):
-    plan = plan_from_arguments("wanda", None, "2:4", source="test")
+    plan = shortcut_plan("wanda", None, "2:4", source="test")
     model, tokenizer = load_model(str(llama4))
     report = prune(model, plan, CALIBRATION, tokenizer, progress=False)
     expected = save_checkpoint(model, tokenizer, tmp_path / "memory", prune_record=report.to_dict(),
@@ -110,7 +111,7 @@ def test_streamed_compressed_equals_in_memory_compressed(llama4, tmp_path):
 
 
 def test_spilled_activations_change_nothing(llama4, tmp_path):
-    plan = plan_from_arguments("sparsegpt", 0.5, None, source="test")
+    plan = shortcut_plan("sparsegpt", 0.5, None, source="test")
     in_memory(llama4, plan, tmp_path / "memory")
     _, out = prune_streaming(str(llama4), plan, CALIBRATION, tmp_path / "stream", progress=False, spill_over_bytes=0)
     assert_same_bits(out, tmp_path / "memory")
@@ -118,7 +119,7 @@ def test_spilled_activations_change_nothing(llama4, tmp_path):
 
 
 def test_resume_after_kill(llama4, tmp_path, monkeypatch):
-    plan = plan_from_arguments("sparsegpt", 0.5, None, source="test")
+    plan = shortcut_plan("sparsegpt", 0.5, None, source="test")
     in_memory(llama4, plan, tmp_path / "memory")
     real_write, written = stream_writer.StreamWriter.write, []
 
@@ -143,7 +144,7 @@ def test_resume_after_kill(llama4, tmp_path, monkeypatch):
 
 
 def test_resume_redoes_a_damaged_block_and_refuses_other_options(llama4, tmp_path, monkeypatch):
-    plan = plan_from_arguments("wanda", 0.5, None, source="test")
+    plan = shortcut_plan("wanda", 0.5, None, source="test")
     in_memory(llama4, plan, tmp_path / "memory")
     real_write = stream_writer.StreamWriter.write
 
@@ -156,7 +157,7 @@ def test_resume_redoes_a_damaged_block_and_refuses_other_options(llama4, tmp_pat
     with pytest.raises(KeyboardInterrupt):
         prune_streaming(str(llama4), plan, CALIBRATION, tmp_path / "stream", progress=False)
     monkeypatch.setattr(stream_writer.StreamWriter, "write", real_write)
-    other = plan_from_arguments("wanda", 0.6, None, source="test")
+    other = shortcut_plan("wanda", 0.6, None, source="test")
     with pytest.raises(UserError, match="another model, plan"):
         prune_streaming(str(llama4), other, CALIBRATION, tmp_path / "stream", progress=False)
     shard = tmp_path / ".stream.stream.partial" / "model-00003-of-00005.safetensors"  # block 1
@@ -209,8 +210,10 @@ def test_missing_shard_disk_and_options_refused(llama4, tiny_model_dirs, tmp_pat
     assert_refused(cli(sharded, "--stream", *magnitude), "missing", "shard", out=out)
     assert_refused(cli(llama4, "--stream", "--method", "magnitude", "--scope", "global", "--sparsity", "0.5",
                        "--out", out), "scope=global", out=out)
-    assert_refused(cli(llama4, "--stream", "--method", "magnitude", "--sparsity", "0.5", "--target", "lm_head",
-                       "--ignore", "model.norm", "--out", out), "inside the transformer blocks", out=out)
+    head = shortcut_plan("magnitude", 0.5, None, source="test", targets=("lm_head",), ignore=())
+    with pytest.raises(UserError, match="inside the transformer blocks"):
+        prune_streaming(str(llama4), head, None, out, progress=False)
+    assert not out.exists() and not list(out.parent.glob(f".{out.name}.*"))
     assert_refused(cli(tiny_model_dirs["bart"], "--stream", *magnitude), "encoder-decoder", out=out)
     monkeypatch.setattr(stream_writer.shutil, "disk_usage", lambda _: shutil._ntuple_diskusage(10, 10, 10))
     assert_refused(cli(llama4, "--stream", *magnitude), "GiB free", out=out)

@@ -16,7 +16,8 @@ register_with_lm_eval()
 
 from lm_eval.api.instance import Instance  # noqa: E402
 
-from sparse_bench.harness_ext.pruning.plan import CalibrationConfig, plan_from_arguments  # noqa: E402
+from sparse_bench.harness_ext.pruning.plan import CalibrationConfig
+from sparse_bench.harness_ext.pruning.request import shortcut_plan  # noqa: E402
 from sparse_bench.harness_ext.pruning.streaming import prune_streaming  # noqa: E402
 from sparse_bench.model_wrappers.sparse_hf import SparseHFLM  # noqa: E402
 
@@ -28,7 +29,7 @@ def loglikelihoods(lm):
 
 
 def test_offloaded_evaluation_scores_like_in_memory(tiny_llama, tmp_path):
-    plan = plan_from_arguments("wanda", 0.5, None, source="test")
+    plan = shortcut_plan("wanda", 0.5, None, source="test")
     _, pruned = prune_streaming(str(tiny_llama), plan, CalibrationConfig(data="c4", nsamples=4, seqlen=32),
                                 tmp_path / "pruned", progress=False)
     in_memory = SparseHFLM(pretrained=str(pruned), device="cpu", dtype="float32", batch_size=1)

@@ -35,11 +35,12 @@ from .calibration import (
 from .calibration_data import calibration_tokens
 from .magnitude import prune_global_magnitude
 from .masks import check_nm_shape, prune_count
-from .methods import HESSIAN, NONE, Target, get_method, get_update, method_names, statistic_needed
+from .method_types import HESSIAN, NONE, PruneResult, Target
+from .methods import get_method, get_update, method_names, statistic_needed
 from .owl import outlier_ratio, owl_sparsities
-from .plan import CalibrationConfig, PruneStep, PruningPlan, matches_any
+from .plan import CalibrationConfig, PruneStep, PruningPlan
 from .report import LayerSparsity, PruneReport
-from .targets import find_target_layers, transformer_blocks, weight_matrix
+from .targets import find_target_layers, matches_any, transformer_blocks, weight_matrix
 from .true_sequential import prune_in_one_forward, shared_input_groups
 from .wanda import wanda_scores
 
@@ -113,9 +114,10 @@ def _prune_group(group: list[LayerJob], stats: InputStatistics | None, warnings:
     dense = torch.cat([weight.double() for weight in weights])
     target = Target(tuple((weight.shape[0], job.sparsity) for weight, job in zip(weights, group)), step.structure)
     result = get_method(step.method).function(dense, stats, target, step.method_options)
-    new_weight = result.weight
     if step.update is not None:
-        new_weight = get_update(step.update).refit(dense, stats.hessian, result.keep, step.update_options)
+        updated = get_update(step.update).function(dense, stats, result.keep, target, step.update_options)
+        result = PruneResult(updated.keep, updated.weight, result.notes + updated.notes)
+    new_weight = result.weight
     warnings.extend(f"{', '.join(job.name for job in group)}: {note}" for note in result.notes)
     rows = [weight.shape[0] for weight in weights]
     parts = new_weight.split(rows) if new_weight is not None else [None] * len(weights)

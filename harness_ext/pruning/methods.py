@@ -5,12 +5,10 @@ options (a dataclass that validates itself) and a one-line description. The plan
 dispatch, the recipe modifier mapping, the `prune` CLI choices and flags, `sparse-hf` model_args, grid specs
 and the docs table all read these rows; no method name appears anywhere else.
 
-A method's function: `prune(weight, statistics, target, options) -> PruneResult`
-- `weight`: (out, in) float64 working copy; several layers that read one input arrive stacked by rows;
-- `statistics`: the layer input's `InputStatistics` (None for methods that need none);
-- `target`: row segments [(rows, sparsity)] (one per stacked layer) and the N:M structure or None;
-- returns a keep-mask (out, in) and, for methods that update weights, the new weight.
-An update (`update=admm`) refits the kept weights of any method's mask: `refit(weight, hessian, keep, options)`.
+A method's function is `prune(weight, statistics, target, options) -> PruneResult` (method_types.py).
+An update runs on the method's mask: `update(weight, statistics, keep, target, options) -> PruneResult`; it
+refits the kept weights (`update=admm`) or refines the mask itself (`update=dsnot`, only after methods that keep
+the dense weights).
 
 Adding a method: write its file (function + options dataclass), add one `Method(...)` row to `_rows()` below,
 paste the table it prints (python -m sparse_bench.harness_ext.pruning.methods) into docs/pruning.md. Nothing
@@ -21,50 +19,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, NamedTuple, Sequence
-
-import torch
+from typing import Any, Callable, Mapping
 
 from ..errors import UserError
-
-NONE, NORMS, HESSIAN = "none", "input norms", "Hessian"
-STATISTIC_ORDER = (NONE, NORMS, HESSIAN)  # a Hessian also gives the norms (its diagonal)
-
-
-class Target(NamedTuple):
-    """What one (possibly stacked) weight must lose: row segments [(rows, sparsity)] and the N:M structure."""
-
-    segments: tuple[tuple[int, float], ...]
-    structure: Any  # NMStructure | None
-
-
-class PruneResult(NamedTuple):
-    """A keep-mask (out, in), True = kept; `weight` the updated weight (None: the method only masks); notes
-    are reported to the user (e.g. dampening raised)."""
-
-    keep: torch.Tensor
-    weight: torch.Tensor | None = None
-    notes: tuple[str, ...] = ()  # about this group of layers; the engine prefixes their names
-
-
-class Options:
-    """Base of every options dataclass: typed fields with defaults; `check()` raises UserError on a bad value.
-
-    Field names are global across methods (model_args and CLI flags use them as is), so each method prefixes
-    its own (`ria_exponent`, `admm_iterations`); SparseGPT keeps its historical `block_size` and `dampening`.
-    """
-
-    def check(self, target_structure: Any) -> None:
-        """Raise UserError for a value outside its range or a combination that does not apply."""
-
-    def note(self, target_structure: Any) -> str | None:
-        """What the user must know about the result with these options (reported once per step), or None."""
-        return None
-
-
-@dataclass(frozen=True)
-class NoOptions(Options):
-    pass
+from . import admm, dsnot, magnitude, ria, sparsegpt, wanda
+from .method_types import HESSIAN, NONE, NORMS, STATISTIC_ORDER, NoOptions, Options, PruneResult
+from .values import NMStructure, parse_flag
 
 
 @dataclass(frozen=True)
@@ -73,7 +33,8 @@ class Method:
     share) or "layer" (one ranking per layer), which fixes the exact number of zeros. `scopes`: "global" where
     one threshold across layers makes sense. `takes_update`: False where an update would redo the method's own
     weight fit. `recipe_modifiers`: the SparseML / llm-compressor modifier classes it runs (recipes/fields.py
-    lists their fields); `recipe_fields`: recipe field -> option name."""
+    lists their fields); `recipe_fields`: recipe field -> option name. `sets_weights`: the method returns new
+    weights (a mask refinement cannot follow it: the weights were fitted to the method's own mask)."""
 
     name: str
     statistic: str
@@ -83,24 +44,25 @@ class Method:
     comparison: str = "layer"
     scopes: tuple[str, ...] = ("layer",)
     takes_update: bool = True
+    sets_weights: bool = False
     recipe_modifiers: tuple[str, ...] = ()
     recipe_fields: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Update:
-    """One weight-update row: refits the kept weights of any method's mask (needs the Hessian)."""
+    """One update row, run on a method's mask: `changes` "weights" (refits the kept weights) or "mask"
+    (swaps kept and pruned weights, keeping every row's and N:M group's count)."""
 
     name: str
     statistic: str
-    refit: Callable[..., torch.Tensor]
+    function: Callable[..., PruneResult]
     options: type[Options]
     description: str
+    changes: str = "weights"
 
 
 def _rows() -> tuple[tuple[Method, ...], tuple[Update, ...]]:
-    from . import admm, magnitude, ria, sparsegpt, wanda
-
     methods = (
         Method("magnitude", NONE, magnitude.magnitude_prune, NoOptions,
                "|W|; one threshold per layer, or across all layers with scope=global", scopes=("layer", "global"),
@@ -111,17 +73,20 @@ def _rows() -> tuple[tuple[Method, ...], tuple[Update, ...]]:
                recipe_modifiers=("WandaPruningModifier",)),
         Method("sparsegpt", HESSIAN, sparsegpt.sparsegpt_method, sparsegpt.SparseGPTOptions,
                "OBS column sweep: w^2 / [H^-1]_jj pruned, error spread over later columns (Frantar & Alistarh 2023)",
-               recipe_modifiers=("SparseGPTModifier", "OBSPruningModifier", "MFACPruningModifier"),
+               sets_weights=True, recipe_modifiers=("SparseGPTModifier", "OBSPruningModifier", "MFACPruningModifier"),
                recipe_fields={"block_size": "block_size", "dampening_frac": "dampening", "percdamp": "dampening"}),
         Method("ria", NORMS, ria.ria_prune, ria.RiaOptions,
                "(|W|/row sum + |W|/column sum) x ||X_j||^a; N:M channel reallocation (Zhang et al. 2024)"),
         Method("admm", HESSIAN, admm.admm_gradual_prune, admm.AdmmGradualOptions,
                "ADMM reconstruction choosing the mask gradually (cubic schedule) from its own iterates (Boza 2024)",
-               takes_update=False),
+               takes_update=False, sets_weights=True),
     )
     updates = (
-        Update("admm", HESSIAN, admm.admm_refit, admm.AdmmOptions,
+        Update("admm", HESSIAN, admm.admm_update, admm.AdmmOptions,
                "refit the kept weights to min ||XW - X(M*W)||^2 by ADMM, any method's mask (Boza 2024)"),
+        Update("dsnot", NORMS, dsnot.dsnot_refine, dsnot.DsnotOptions,
+               "swap pruned/kept weights per row to cancel the expected output error sum W_j E[x_j], "
+               "magnitude/Wanda/RIA masks (Zhang et al. 2024)", changes="mask"),
     )
     return methods, updates
 
@@ -192,8 +157,6 @@ def _coerce(name: str, field: dataclasses.Field, value: Any) -> Any:
     """A value given as text (model_args, CLI) or YAML as the field's type; UserError if it is not one."""
     kind = field.type if isinstance(field.type, str) else field.type.__name__
     if kind == "bool":
-        from .plan import parse_flag
-
         return parse_flag(name, value)
     try:
         if kind == "int":
@@ -210,7 +173,7 @@ def _coerce(name: str, field: dataclasses.Field, value: Any) -> Any:
     return value
 
 
-def build_options(row: Method | Update, given: Mapping[str, Any], structure: Any) -> Options:
+def build_options(row: Method | Update, given: Mapping[str, Any], structure: NMStructure | None) -> Options:
     """The row's options dataclass from the given values (defaults for the rest), checked."""
     names = {field.name: field for field in dataclasses.fields(row.options)}
     options = row.options(**{key: _coerce(key, names[key], value) for key, value in given.items() if key in names})
@@ -219,7 +182,7 @@ def build_options(row: Method | Update, given: Mapping[str, Any], structure: Any
 
 
 def resolve_options(method: str, update: str | None, given: Mapping[str, Any],
-                    structure: Any) -> tuple[Options, Options | None]:
+                    structure: NMStructure | None) -> tuple[Options, Options | None]:
     """(method options, update options) from one flat mapping of option names; UserError for an unknown name
     or an option that belongs to another method or update."""
     method_row = get_method(method)
@@ -273,18 +236,9 @@ def split_grid_name(text: str) -> tuple[str, str | None]:
     return method, update or None
 
 
-def segments_of(target: Target) -> Sequence[tuple[int, int, float]]:
-    """(first row, end row, sparsity) of each stacked layer."""
-    bounds, start = [], 0
-    for rows, sparsity in target.segments:
-        bounds.append((start, start + rows, sparsity))
-        start += rows
-    return bounds
-
-
-__all__ = ["NONE", "NORMS", "HESSIAN", "Target", "PruneResult", "Options", "NoOptions", "Method", "Update",
-           "method_names", "update_names", "get_method", "get_update", "method_for_modifier", "recipe_method_names", "statistic_needed", "option_fields",
-           "build_options", "resolve_options", "described_options", "table_rows", "markdown_table", "split_grid_name", "segments_of"]
+__all__ = ["Method", "Update", "method_names", "update_names", "get_method", "get_update", "method_for_modifier",
+           "recipe_method_names", "statistic_needed", "option_fields", "build_options", "resolve_options",
+           "described_options", "table_rows", "markdown_table", "split_grid_name"]
 
 
 if __name__ == "__main__":

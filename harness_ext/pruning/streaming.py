@@ -143,9 +143,9 @@ class StreamedBlocks(BlockWeights):
 
 def local_checkpoint(model: str) -> Path:
     """The local directory of `model` (a path or a short name); UserError for a hub id or a missing folder."""
-    from ..models import resolve_model_path
+    from ..models import find_or_prepare_model
 
-    path = Path(resolve_model_path(model)).expanduser()
+    path = Path(find_or_prepare_model(model)).expanduser()
     if not (path / "config.json").is_file():
         raise UserError(f"--stream reads a local checkpoint directory with config.json; {model} is not one: "
                         "download it first (huggingface-cli download ID --local-dir DIR) and give DIR")
