@@ -44,7 +44,7 @@ def worker(args: argparse.Namespace) -> None:
     from sparse_bench.harness_ext.models import load_model
     from sparse_bench.harness_ext.pruning.engine import prune
     from sparse_bench.harness_ext.pruning.plan import CalibrationConfig
-from sparse_bench.harness_ext.pruning.request import shortcut_plan
+    from sparse_bench.harness_ext.pruning.request import shortcut_plan
     from sparse_bench.harness_ext.pruning.streaming import prune_streaming
 
     config = AutoConfig.from_pretrained(args.model)

@@ -16,7 +16,7 @@ register_with_lm_eval()
 
 from lm_eval.api.instance import Instance  # noqa: E402
 
-from sparse_bench.harness_ext.pruning.plan import CalibrationConfig
+from sparse_bench.harness_ext.pruning.plan import CalibrationConfig  # noqa: E402
 from sparse_bench.harness_ext.pruning.request import shortcut_plan  # noqa: E402
 from sparse_bench.harness_ext.pruning.streaming import prune_streaming  # noqa: E402
 from sparse_bench.model_wrappers.sparse_hf import SparseHFLM  # noqa: E402
