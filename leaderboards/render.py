@@ -95,7 +95,8 @@ def task_rows(grid: Grid, task: str) -> tuple[list[dict[str, Any]], str | None]:
     primary = metrics[0] if metrics else None
     results = [r for r in grid.ok() if task in r.metrics or task in r.skipped_tasks]
     columns = shown_columns(grid.ok())
-    rows = [task_row(grid, result, task, metrics, primary, columns) for result in results]
+    shown = metrics or ["result"]  # no cell reported a metric (every cell skipped the task): say so per row
+    rows = [task_row(grid, result, task, shown, primary, columns) for result in results]
     if primary:
         higher = next((r.higher_is_better.get(task, {}).get(primary) for r in results
                        if primary in r.higher_is_better.get(task, {})), True)
@@ -131,9 +132,8 @@ def summary_rows(grid: Grid) -> list[dict[str, Any]]:
         row.update({c.name: texts[c.name] for c in columns if c.identity and c.summary})
         for task, primary in primaries.items():
             values = result.metrics.get(task, {})
-            if primary:
-                row[f"{task} {primary}"] = (FAILED if not result.phase_ok("evaluate") else
-                                            metric_text(result, task, primary))
+            row[f"{task} {primary or 'result'}"] = (FAILED if not result.phase_ok("evaluate") else
+                                                    metric_text(result, task, primary or "result"))
             row.update({f"{task} {name}": fmt(values.get(name), 3) for name in SUMMARY_EXTRAS
                         if name != primary and name in values})
         row.update({c.name: texts[c.name] for c in columns if c.summary and not c.identity})
