@@ -8,6 +8,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable
 
+from .families import skip_reason
 from .status import CellState, cell_states
 from .store import CellResult, read_grid_file, read_result
 
@@ -33,13 +34,14 @@ class Grid:
         return [r for c in self.cells if (r := self.results[c["cell_id"]]) and r.status in ("ok", "partial")]
 
     def first(self, getter: Callable[[CellResult], Any]) -> Any:
-        """The first non-empty `getter(result)` over `ok()` (lookups that fail count as empty)."""
+        """The first non-empty `getter(result)` over `ok()` (lookups that fail and skipped measures count as
+        empty)."""
         for result in self.ok():
             try:
                 value = getter(result)
             except (KeyError, IndexError, TypeError):
                 continue
-            if value not in (None, ""):
+            if value not in (None, "") and not skip_reason(value):
                 return value
         return None
 

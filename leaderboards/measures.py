@@ -67,6 +67,8 @@ def measure_perplexity(run: LoadedCell) -> dict[str, Any]:
     from .agreement import cell_agreement
 
     reason = run.evaluator.causal_skip_reason()
+    if run.spec.perplexity is None:
+        return {"perplexity": None, "agreement": None}
     if reason:
         return {"perplexity": skipped(reason), "agreement": skipped(reason)}
     agreement = cell_agreement(run.cell, run.spec, *run.resolve(run.cell.model), run.cache.root)
@@ -77,6 +79,8 @@ def measure_perplexity(run: LoadedCell) -> dict[str, Any]:
 def measure_pseudo_perplexity(run: LoadedCell) -> dict[str, Any]:
     """Masked-LM pseudo-perplexity on the perplexity text (encoder-only models with a masked-LM head)."""
     reason = run.evaluator.masked_lm_skip_reason()
+    if run.spec.perplexity is None:
+        return {"pseudo_perplexity": None}
     return {"pseudo_perplexity": skipped(reason) if reason else cell_pseudo_perplexity(run.lm, run.spec)}
 
 

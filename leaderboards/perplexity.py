@@ -65,11 +65,10 @@ def cell_perplexity(lm: Any, spec: GridSpec, on_logits: Any = None) -> dict[str,
     return {**result, "data": settings.data}
 
 
-def cell_pseudo_perplexity(lm: Any, spec: GridSpec) -> dict[str, Any] | None:
+def cell_pseudo_perplexity(lm: Any, spec: GridSpec) -> dict[str, Any]:
     """Masked-LM pseudo-perplexity (harness_ext.pseudo_likelihood: each token masked in turn) on the same text,
-    windows and token budget as `cell_perplexity`; for encoder-only models, not comparable with causal ones."""
-    if spec.perplexity is None:
-        return None
+    windows and token budget as `cell_perplexity` (spec `perplexity` set); for encoder-only models, not
+    comparable with causal ones."""
     from ..harness_ext.pseudo_likelihood import pseudo_perplexity
 
     settings = spec.perplexity

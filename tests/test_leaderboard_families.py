@@ -139,7 +139,7 @@ def test_whole_family_seed_study(family_models, tmp_path):
 
 def test_encoder_without_masked_lm_head_is_measured_and_its_tasks_skipped(family_models, tmp_path):
     """all-MiniLM-L6-v2's form (a bare BertModel): no lm-eval model scores it yet, so every task is skipped with
-    the reason; the cell is still pruned, and its size and latency measured."""
+    the reason; the cell is still pruned, and its size, latency and per-layer analysis measured."""
     from transformers import AutoModel, AutoTokenizer
 
     headless = tmp_path / "bert-headless"
@@ -147,7 +147,8 @@ def test_encoder_without_masked_lm_head_is_measured_and_its_tasks_skipped(family
     AutoTokenizer.from_pretrained(family_models["bert"]).save_pretrained(headless)
     spec = parse_spec({"name": "headless", "models": [str(headless)], "methods": ["magnitude"], "sparsities": [0.5],
                        "tasks": ["sparsebench_mrpc"], "perplexity": None,
-                       "latency": {"batch": 1, "seqlen": 16, "new_tokens": 2, "repeats": 1}})
+                       "latency": {"batch": 1, "seqlen": 16, "new_tokens": 2, "repeats": 1},
+                       "analysis": {"thresholds": [0.01]}})
     summary = run_grid(spec, tmp_path / "out", cache_root=tmp_path / "cache", progress=False)
     assert summary.failed == [] and summary.partial == [] and len(summary.ok) == 2, summary
     for result in load_grid(tmp_path / "out").ok():
@@ -156,3 +157,5 @@ def test_encoder_without_masked_lm_head_is_measured_and_its_tasks_skipped(family
         assert result.get("size")["compressed_bytes"] > 0 and result.get("latency")["forward_ms"] > 0
     row = task_rows(load_grid(tmp_path / "out"), "sparsebench_mrpc")[0][1]
     assert row["measured"] == "50.00 %" and row["result"].startswith("skipped: encoder-only without a masked-LM head")
+    assert float(row["block zeros"]) == pytest.approx(0.5, abs=0.01) and row["layer zeros (min-max)"].endswith("%")
+    assert len(list((tmp_path / "out" / "analysis").glob("*/summary.md"))) == 2  # per-layer report per cell
