@@ -12,8 +12,8 @@ from typing import Callable
 import torch
 
 from ..errors import UserError
-from .methods import Target, segments_of
-from .plan import NMStructure
+from .method_types import Target, segments_of
+from .values import NMStructure
 
 
 def prune_count(numel: int, sparsity: float) -> int:
