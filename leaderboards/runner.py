@@ -95,10 +95,10 @@ class BareModel:
     @classmethod
     def load(cls, path: str, dtype: str, device: str) -> BareModel:
         from ..harness_ext.models import load_model
-        from ..harness_ext.pruning.report import measure_sparsity
+        from ..harness_ext.pruning.report import report_as_loaded
 
         model, tokenizer = load_model(path, dtype, device)
-        return cls(model, tokenizer, measure_sparsity(model))
+        return cls(model, tokenizer, report_as_loaded(model))
 
 
 PREREQUISITES: dict[str, Callable[[LoadedCell], dict[str, Any]]] = {"prune": prune_phase, "load": load_phase}
@@ -276,7 +276,7 @@ def run_grid(spec: GridSpec, out_dir: Path, shard: tuple[int, int] = (0, 1), cac
 
 def check_models(spec: GridSpec, cells: list[Cell]) -> None:
     """UserError before any cell runs if a cell's pruning cannot work on its model (preflight.py)."""
-    from ..harness_ext.models import resolve_model_path
+    from ..harness_ext.models import find_or_prepare_model
     from .preflight import check_cells
 
     by_model: dict[str, list[Cell]] = {}
@@ -284,7 +284,7 @@ def check_models(spec: GridSpec, cells: list[Cell]) -> None:
         by_model.setdefault(cell.model, []).append(cell)
     for model, model_cells in by_model.items():
         try:
-            path = resolve_model_path(model)
+            path = find_or_prepare_model(model)
         except UserError:
             continue  # its cells fail in their prune phase, with the reason
         check_cells(model_cells, spec.source, path)
