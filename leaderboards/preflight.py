@@ -45,7 +45,7 @@ def check_cells(cells: list[Cell], source: str, model_path: str) -> None:
             plan_layers(skeleton, cell.plan())
         except UserError as error:
             raise UserError(f"{source}: {cell.method_label} {cell.target_label} cannot prune {cell.model}: "
-                            f"{error}") from None
+                            f"{error}; nothing ran: change the spec's methods or structures for this model") from None
 
 
 __all__ = ["check_cells", "model_skeleton"]
