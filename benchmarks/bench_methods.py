@@ -25,7 +25,7 @@ from pathlib import Path
 from bench_prune import DEFAULT_DATA, REPO, fmt, reference_setting_parser, run_json
 
 STRUCTURES = {"24": (None, "2:4"), "50": (0.5, None)}
-METHODS = ("sparsegpt", "wanda+admm", "admm", "wanda", "ria", "sparsegpt+admm")
+METHODS = ("sparsegpt", "wanda+admm", "admm", "wanda", "ria", "sparsegpt+admm", "wanda+dsnot")
 EXTRA = {"ria-realloc-24": ("ria", None, "2:4", {"ria_reallocation": True})}  # mask quality only (not N:M in storage)
 BASELINE, GOAL_RATIO, WALL_RATIO = "sparsegpt", 0.85, 2.0
 

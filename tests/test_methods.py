@@ -88,7 +88,7 @@ def test_every_registered_method_builds_a_plan_and_lists_in_the_docs_table():
 
 @pytest.mark.parametrize("arguments, message", [
     ({"method": "obs"}, "unknown pruning method 'obs'; use one of: magnitude, wanda, sparsegpt, ria, admm"),
-    ({"method": "wanda", "update": "lora"}, "unknown weight update 'lora'; use one of: admm"),
+    ({"method": "wanda", "update": "lora"}, "unknown weight update 'lora'; use one of: admm, dsnot"),
     ({"method": "wanda", "options": {"ria_exponent": 0.5}}, "option ria_exponent applies to method=ria"),
     ({"method": "ria", "options": {"ria_exponent": 2.5}}, "ria_exponent must be in (0, 2]"),
     ({"method": "ria", "options": {"ria_exponent": 0}}, "ria_exponent must be in (0, 2]"),
@@ -132,7 +132,8 @@ def test_a_bad_option_fails_before_any_weight_changes(tiny_model_dirs):
 
 @pytest.mark.parametrize("method, update, structure", [  # unstructured RIA and Wanda+ADMM: golden tests below
     ("ria", None, "2:4"), ("ria", "admm", "owl"), ("admm", None, "unstructured"), ("admm", None, "2:4"),
-    ("admm", None, "owl"), ("wanda", "admm", "2:4")])
+    ("admm", None, "owl"), ("wanda", "admm", "2:4"), ("wanda", "dsnot", "2:4"), ("ria", "dsnot", "owl"),
+    ("magnitude", "dsnot", "unstructured")])
 def test_new_methods_are_exact_on_every_structure(tiny_model_dirs, method, update, structure):
     model, tokenizer = _model(tiny_model_dirs)
     options = {"owl": OwlConfig(m=3.0, lmbda=0.05)} if structure == "owl" else {}
@@ -319,7 +320,7 @@ def test_cli_flags_come_from_the_registry(tiny_llama, tmp_path):
 
     runner = CliRunner()
     help_text = runner.invoke(main, ["prune", "--help"]).output
-    assert "--update [admm]" in help_text and "--ria-exponent" in help_text and "--admm-iterations" in help_text
+    assert "--update [admm|dsnot]" in help_text and "--ria-exponent" in help_text and "--dsnot-cycles" in help_text
     bad = runner.invoke(main, ["prune", str(tiny_llama), "--method", "wanda", "--sparsity", "0.5", "--ria-exponent",
                                "1", "--out", str(tmp_path / "never")])
     assert bad.exit_code == 2 and "option ria_exponent applies to method=ria" in bad.stderr

@@ -109,6 +109,12 @@ def admm_refit(weight: torch.Tensor, hessian: torch.Tensor, keep: torch.Tensor, 
     return problem.solve(lambda _iteration, _current: keep, options.admm_iterations)[1]
 
 
+def admm_update(weight: torch.Tensor, statistics: InputStatistics, keep: torch.Tensor, target: Target,
+                options: AdmmOptions) -> PruneResult:
+    """Registry update (`update=admm`): `admm_refit` on the method's mask."""
+    return PruneResult(keep, admm_refit(weight, statistics.hessian, keep, options))
+
+
 def _gradual_mask(current: torch.Tensor, target: Target, sparsity_scale: float) -> torch.Tensor:
     """Keep-mask from |W + U| at `sparsity_scale` x each layer's sparsity (N:M: within the N:M-prunable)."""
     scores = current.abs()
@@ -139,4 +145,4 @@ def admm_gradual_prune(weight: torch.Tensor, statistics: InputStatistics, target
     return PruneResult(keep, pruned)
 
 
-__all__ = ["AdmmOptions", "AdmmGradualOptions", "admm_refit", "admm_gradual_prune"]
+__all__ = ["AdmmOptions", "AdmmGradualOptions", "admm_refit", "admm_update", "admm_gradual_prune"]

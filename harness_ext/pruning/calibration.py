@@ -41,10 +41,12 @@ def default_batch_size(seqlen: int) -> int:
 
 
 class InputStatistics:
-    """Sums over calibration tokens of one layer input x (fp64): x^T x (`hessian`) or x * x (`squares`).
+    """Sums over calibration tokens of one layer input x (fp64): x^T x (`hessian`) or x * x (`squares`),
+    and x itself (`sums`).
 
     `hessian` is (in, in), the SparseGPT Hessian up to a constant factor; `squares` (in,) is its diagonal,
-    Wanda's squared input-feature norms. Only what was asked is accumulated.
+    Wanda's squared input-feature norms (only one of the two is accumulated, as asked); `sums` (in,), always
+    accumulated, gives the per-feature mean and variance DSnoT needs.
 
     Both sums are float64: a product of two fp32/fp16/bf16 inputs is exact in float64, and the sum's rounding
     (~1e-16 relative) is far below any score gap that selects a mask, so the order in which tokens are summed
@@ -55,11 +57,14 @@ class InputStatistics:
     def __init__(self, columns: int, with_hessian: bool, device: torch.device) -> None:
         self.tokens = 0
         self.squares = torch.zeros(columns, dtype=torch.float64, device=device)
+        self.sums = torch.zeros(columns, dtype=torch.float64, device=device)
         self.hessian = torch.zeros(columns, columns, dtype=torch.float64, device=device) if with_hessian else None
 
     def add(self, inputs: torch.Tensor) -> None:
         """Add one batch of inputs shaped (samples, tokens, in), sample by sample in order."""
         inputs = inputs.float()
+        for sample in inputs:
+            self.sums += sample.double().sum(dim=0)
         if self.hessian is not None:
             for sample in inputs:
                 sample = sample.double()
@@ -73,6 +78,12 @@ class InputStatistics:
         """||X_j||_2 over all calibration tokens, shape (in,), fp32."""
         squares = self.hessian.diagonal().double() if self.hessian is not None else self.squares
         return squares.clamp_min(0).sqrt().float()
+
+    def feature_moments(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean E[x_j], variance E[x_j^2] - E[x_j]^2) of each input feature over all tokens, (in,) fp64 each."""
+        squares = self.hessian.diagonal() if self.hessian is not None else self.squares
+        mean = self.sums / max(self.tokens, 1)
+        return mean, (squares / max(self.tokens, 1) - mean.square()).clamp_min(0)
 
 
 def per_sample(inputs: torch.Tensor, samples: int) -> torch.Tensor:

@@ -26,7 +26,7 @@ from .calibration import BlockStep, InputStatistics, Stopwatch, default_batch_si
 from .calibration_data import calibration_tokens
 from .magnitude import prune_global_magnitude
 from .masks import check_nm_shape, prune_count
-from .method_types import HESSIAN, NONE, Target
+from .method_types import HESSIAN, NONE, PruneResult, Target
 from .methods import get_method, get_update, method_names, statistic_needed
 from .owl import outlier_ratio, owl_sparsities
 from .plan import CalibrationConfig, PruneStep, PruningPlan
@@ -105,9 +105,10 @@ def _prune_group(group: list[LayerJob], stats: InputStatistics | None, warnings:
     dense = torch.cat([weight.double() for weight in weights])
     target = Target(tuple((weight.shape[0], job.sparsity) for weight, job in zip(weights, group)), step.structure)
     result = get_method(step.method).function(dense, stats, target, step.method_options)
-    new_weight = result.weight
     if step.update is not None:
-        new_weight = get_update(step.update).refit(dense, stats.hessian, result.keep, step.update_options)
+        updated = get_update(step.update).function(dense, stats, result.keep, target, step.update_options)
+        result = PruneResult(updated.keep, updated.weight, result.notes + updated.notes)
+    new_weight = result.weight
     warnings.extend(f"{', '.join(job.name for job in group)}: {note}" for note in result.notes)
     rows = [weight.shape[0] for weight in weights]
     parts = new_weight.split(rows) if new_weight is not None else [None] * len(weights)

@@ -6,7 +6,9 @@ dispatch, the recipe modifier mapping, the `prune` CLI choices and flags, `spars
 and the docs table all read these rows; no method name appears anywhere else.
 
 A method's function is `prune(weight, statistics, target, options) -> PruneResult` (method_types.py).
-An update (`update=admm`) refits the kept weights of any method's mask: `refit(weight, hessian, keep, options)`.
+An update runs on the method's mask: `update(weight, statistics, keep, target, options) -> PruneResult`; it
+refits the kept weights (`update=admm`) or refines the mask itself (`update=dsnot`, only after methods that keep
+the dense weights).
 
 Adding a method: write its file (function + options dataclass), add one `Method(...)` row to `_rows()` below,
 paste the table it prints (python -m sparse_bench.harness_ext.pruning.methods) into docs/pruning.md. Nothing
@@ -19,10 +21,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-import torch
-
 from ..errors import UserError
-from . import admm, magnitude, ria, sparsegpt, wanda
+from . import admm, dsnot, magnitude, ria, sparsegpt, wanda
 from .method_types import HESSIAN, NONE, NORMS, STATISTIC_ORDER, NoOptions, Options, PruneResult
 from .values import NMStructure, parse_flag
 
@@ -33,7 +33,8 @@ class Method:
     share) or "layer" (one ranking per layer), which fixes the exact number of zeros. `scopes`: "global" where
     one threshold across layers makes sense. `takes_update`: False where an update would redo the method's own
     weight fit. `recipe_modifiers`: the SparseML / llm-compressor modifier classes it runs (recipes/fields.py
-    lists their fields); `recipe_fields`: recipe field -> option name."""
+    lists their fields); `recipe_fields`: recipe field -> option name. `sets_weights`: the method returns new
+    weights (a mask refinement cannot follow it: the weights were fitted to the method's own mask)."""
 
     name: str
     statistic: str
@@ -43,19 +44,22 @@ class Method:
     comparison: str = "layer"
     scopes: tuple[str, ...] = ("layer",)
     takes_update: bool = True
+    sets_weights: bool = False
     recipe_modifiers: tuple[str, ...] = ()
     recipe_fields: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Update:
-    """One weight-update row: refits the kept weights of any method's mask (needs the Hessian)."""
+    """One update row, run on a method's mask: `changes` "weights" (refits the kept weights) or "mask"
+    (swaps kept and pruned weights, keeping every row's and N:M group's count)."""
 
     name: str
     statistic: str
-    refit: Callable[..., torch.Tensor]
+    function: Callable[..., PruneResult]
     options: type[Options]
     description: str
+    changes: str = "weights"
 
 
 def _rows() -> tuple[tuple[Method, ...], tuple[Update, ...]]:
@@ -69,17 +73,20 @@ def _rows() -> tuple[tuple[Method, ...], tuple[Update, ...]]:
                recipe_modifiers=("WandaPruningModifier",)),
         Method("sparsegpt", HESSIAN, sparsegpt.sparsegpt_method, sparsegpt.SparseGPTOptions,
                "OBS column sweep: w^2 / [H^-1]_jj pruned, error spread over later columns (Frantar & Alistarh 2023)",
-               recipe_modifiers=("SparseGPTModifier", "OBSPruningModifier", "MFACPruningModifier"),
+               sets_weights=True, recipe_modifiers=("SparseGPTModifier", "OBSPruningModifier", "MFACPruningModifier"),
                recipe_fields={"block_size": "block_size", "dampening_frac": "dampening", "percdamp": "dampening"}),
         Method("ria", NORMS, ria.ria_prune, ria.RiaOptions,
                "(|W|/row sum + |W|/column sum) x ||X_j||^a; N:M channel reallocation (Zhang et al. 2024)"),
         Method("admm", HESSIAN, admm.admm_gradual_prune, admm.AdmmGradualOptions,
                "ADMM reconstruction choosing the mask gradually (cubic schedule) from its own iterates (Boza 2024)",
-               takes_update=False),
+               takes_update=False, sets_weights=True),
     )
     updates = (
-        Update("admm", HESSIAN, admm.admm_refit, admm.AdmmOptions,
+        Update("admm", HESSIAN, admm.admm_update, admm.AdmmOptions,
                "refit the kept weights to min ||XW - X(M*W)||^2 by ADMM, any method's mask (Boza 2024)"),
+        Update("dsnot", NORMS, dsnot.dsnot_refine, dsnot.DsnotOptions,
+               "swap pruned/kept weights per row to cancel the expected output error sum W_j E[x_j], "
+               "magnitude/Wanda/RIA masks (Zhang et al. 2024)", changes="mask"),
     )
     return methods, updates
 

@@ -63,7 +63,7 @@ _CALIBRATION = CalibrationConfig()
 OPTIONS: tuple[PruneOption, ...] = (
     PruneOption("method", "text", PLAN, None, "pruning method (docs/pruning.md lists them; in a recipe: the "
                 "modifier class)", choices=method_names, example="wanda"),
-    PruneOption("update", "text", PLAN, None, "weight update run on the method's mask", choices=update_names,
+    PruneOption("update", "text", PLAN, None, "update run on the method's mask (refit weights or refine the mask)", choices=update_names,
                 example="admm"),
     PruneOption("sparsity", "number", PLAN, None, "fraction of weights set to zero per layer, in [0, 1)",
                 recipe_fields=("sparsity", "final_sparsity"), example=0.5),

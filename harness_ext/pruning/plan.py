@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import UserError
-from .methods import described_options, get_method, method_names, resolve_options
+from .methods import described_options, get_method, get_update, method_names, resolve_options
 from .targets import DEFAULT_IGNORE, compile_pattern
 from .values import UNSTRUCTURED, NMStructure, validate_sparsity
 
@@ -38,9 +38,10 @@ class PruneStep:
 
     `sparsity` is the target zero fraction per layer (unstructured); for N:M it equals `structure.sparsity`.
     `layer_sparsity` overrides it per layer: (name or `re:` pattern, sparsity) pairs, first match wins.
-    `update`: a weight update run on the method's mask (`admm`), or None. `options`: the method's and the
-    update's options by name (methods.py: each row's options dataclass), given as a mapping or pairs; they are
-    validated and stored complete and sorted (defaults filled in), so equal settings give equal steps.
+    `update`: an update run on the method's mask (methods.py: it refits the weights or refines the mask), or None.
+    `options`: the method's and the update's options by name (methods.py: each row's options dataclass), given
+    as a mapping or pairs; they are validated and stored complete and sorted (defaults filled in), so equal
+    settings give equal steps.
     `method_options` / `update_options` hold the validated dataclasses.
     """
 
@@ -68,6 +69,10 @@ class PruneStep:
             raise UserError(f"update={self.update} cannot follow method={self.method}"
                             f"{'' if row.takes_update else ' (it already sets its weights)'} with scope={self.scope}; "
                             "drop update or use another method with scope=layer")
+        if self.update is not None and get_update(self.update).changes == "mask" and row.sets_weights:
+            raise UserError(f"update={self.update} refines the mask of a method that keeps the dense weights "
+                            f"({'|'.join(n for n in method_names() if not get_method(n).sets_weights)}); "
+                            f"method={self.method} sets its own weights for its mask; drop the update")
         method_options, update_options = resolve_options(self.method, self.update, dict(self.options),
                                                          self.structure)
         object.__setattr__(self, "method_options", method_options)
