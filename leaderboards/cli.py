@@ -31,7 +31,8 @@ def leaderboard_group() -> None:
     Example (the default demo on SmolLM2-135M, ~10 min on 2 CPU cores):
       sparse-bench leaderboard run demo --out results/demo
       sparse-bench leaderboard render results/demo
-    Shipped specs: demo, mrpc_global_magnitude, billsum_methods, dtype_sweep (see docs/leaderboard.md).
+    Shipped specs: demo, mrpc_global_magnitude, billsum_methods, dtype_sweep, families_global_magnitude,
+    structure_study (see docs/leaderboard.md).
     """
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .cells import model_name
+from .families import skip_reason
 from .store import CellResult
 
 FLAG = "(!)"
@@ -21,6 +22,10 @@ FAILED = f"failed {FLAG}"  # in place of the numbers of a phase that failed (its
 
 
 def fmt(value: Any, digits: int = 4) -> str:
+    """A value as table text: numbers to `digits` significant digits, `-` for none, `skipped: why` for a measure
+    the cell's model cannot take (families.skipped)."""
+    if skip_reason(value):
+        return f"skipped: {skip_reason(value)}"
     if value is None or value == "N/A":
         return "-"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -40,8 +45,10 @@ def mebibytes(value: Any) -> str:
 
 
 def measured(result: CellResult, measure: str, key: str) -> Any:
-    """`result`'s measure `measure` (e.g. "latency"), its value `key`; None when not measured."""
-    return (result.get(measure) or {}).get(key)
+    """`result`'s measure `measure` (e.g. "latency"), its value `key`; None when not measured; the skip record
+    when the whole measure was skipped."""
+    record = result.get(measure) or {}
+    return record if skip_reason(record) else record.get(key)
 
 
 def _target(result: CellResult) -> str:
@@ -89,14 +96,37 @@ class Column:
     summary: bool = False
     number: Callable[[CellResult], Any] | None = None
     panel: Panel | None = None
+    only_if_recorded: Callable[[CellResult], Any] | None = None  # shown only if some cell has this (not None)
+
+    def shown(self, results: list[CellResult]) -> bool:
+        """Whether a table over `results` has this column (always, unless `only_if_recorded`)."""
+        if self.only_if_recorded is None:
+            return True
+        return any(self.only_if_recorded(r) is not None and not skip_reason(self.only_if_recorded(r))
+                   for r in results)
 
 
 def _ppl(result: CellResult) -> Any:
     return measured(result, "perplexity", "perplexity")
 
 
+def _pseudo_ppl(result: CellResult) -> Any:
+    return measured(result, "pseudo_perplexity", "pseudo_perplexity")
+
+
+def _layer_zeros(result: CellResult) -> str:
+    """Zeros per transformer block, lowest-highest (blocks hold norms and biases too: docs/analysis.md)."""
+    rows = (result.get("analysis") or {}).get("per_layer") or []
+    if not rows:
+        return "-"
+    fractions = [row["zero_fraction"] for row in rows]
+    return f"{100 * min(fractions):.1f}-{100 * max(fractions):.1f} %"
+
+
 COLUMNS: tuple[Column, ...] = (
     Column("model", lambda r: model_name(r.cell.model), identity=True),
+    Column("family", lambda r: r.model_family or "-", identity=True, summary=True,
+           only_if_recorded=lambda r: r.model_family),
     Column("method", lambda r: r.cell.method, identity=True, summary=True),
     Column("structure", lambda r: "-" if r.cell.is_dense else r.cell.structure, identity=True, summary=True),
     Column("target", _target, identity=True, summary=True),
@@ -112,6 +142,9 @@ COLUMNS: tuple[Column, ...] = (
     Column("top-1 agree", lambda r: fmt(measured(r, "agreement", "top1_agreement"), 3), "perplexity",
            summary=True, number=lambda r: measured(r, "agreement", "top1_agreement"),
            panel=Panel("measures", "top-1 agreement with dense")),
+    Column("pseudo-ppl", lambda r: fmt(_pseudo_ppl(r)), "pseudo_perplexity", summary=True, number=_pseudo_ppl,
+           panel=Panel("cost", "masked-LM pseudo-perplexity (log)", log=True),
+           only_if_recorded=lambda r: r.get("pseudo_perplexity")),
     Column("dense MiB", _size("dense_bytes"), "size"),
     Column("compressed MiB", _size("compressed_bytes"), "size", summary=True,
            number=lambda r: _mib(measured(r, "size", "compressed_bytes")),
@@ -121,16 +154,24 @@ COLUMNS: tuple[Column, ...] = (
     Column("tokens/s", lambda r: fmt(measured(r, "latency", "generate_tokens_per_s"), 3), "latency"),
     Column("peak MiB", lambda r: mebibytes(measured(r, "latency", "peak_memory_bytes")), "latency"),
     Column("prune s", lambda r: "-" if not r.prune else fmt(r.prune.get("prune_seconds")), summary=True),
+    Column("block zeros", lambda r: fmt(((r.get("analysis") or {}).get("block_linear") or {}).get("zero_fraction")),
+           "analysis", only_if_recorded=lambda r: r.get("analysis")),
+    Column("layer zeros (min-max)", _layer_zeros, "analysis", summary=True, only_if_recorded=lambda r: r.get("analysis")),
 )
 
 MEASURED_PHASES = tuple(dict.fromkeys(column.phase for column in COLUMNS if column.phase))
 
 
-def cell_columns(result: CellResult) -> dict[str, str]:
-    """Every column of `COLUMNS` for one cell; `failed (!)` where the phase that measures a column failed."""
+def shown_columns(results: list[CellResult]) -> tuple[Column, ...]:
+    """The columns of `COLUMNS` that tables over `results` show."""
+    return tuple(column for column in COLUMNS if column.shown(results))
+
+
+def cell_columns(result: CellResult, columns: tuple[Column, ...] = COLUMNS) -> dict[str, str]:
+    """`columns` for one cell; `failed (!)` where the phase that measures a column failed."""
     return {column.name: FAILED if column.phase and not result.phase_ok(column.phase) else column.text(result)
-            for column in COLUMNS}
+            for column in columns}
 
 
-__all__ = ["FLAG", "FAILED", "Column", "Panel", "COLUMNS", "MEASURED_PHASES", "cell_columns", "fmt",
+__all__ = ["FLAG", "FAILED", "Column", "Panel", "COLUMNS", "MEASURED_PHASES", "cell_columns", "shown_columns", "fmt",
            "with_stderr", "mebibytes", "measured"]

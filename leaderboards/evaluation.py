@@ -79,13 +79,21 @@ class GridTasks:
         return self._built[model_path]
 
 
-def evaluate_cell(lm: Any, spec: GridSpec, manager: Any, tasks: dict[str, Any]) -> list[dict[str, Any]]:
-    """All the grid's tasks on one loaded model: one `simple_evaluate` per few-shot group, each task limited to
-    its own first `limit` documents. Returns one record per call: tasks, limits, num_fewshot, results, seconds."""
+def task_output_type(task: Any) -> str:
+    """An lm-eval task's output type: `loglikelihood`, `loglikelihood_rolling`, `multiple_choice` or
+    `generate_until`."""
+    return task.OUTPUT_TYPE
+
+
+def evaluate_cell(lm: Any, spec: GridSpec, manager: Any, tasks: dict[str, Any],
+                  task_specs: tuple[TaskSpec, ...] | None = None) -> list[dict[str, Any]]:
+    """The grid's tasks (or `task_specs`, some of them) on one loaded model: one `simple_evaluate` per few-shot
+    group, each task limited to its own first `limit` documents. Returns one record per call: tasks, limits,
+    num_fewshot, results, seconds."""
     import lm_eval
 
     evaluations = []
-    for num_fewshot, group in fewshot_groups(spec.tasks):
+    for num_fewshot, group in fewshot_groups(spec.tasks if task_specs is None else task_specs):
         indices = {task.name: document_indices(task.limit, len(tasks[task.name].eval_docs)) for task in group}
         samples = {name: chosen for name, chosen in indices.items() if chosen is not None}
         start = time.perf_counter()
@@ -122,5 +130,5 @@ def write_samples(folder: Path, evaluations: list[dict[str, Any]]) -> None:
             write_text_atomic(Path(folder) / f"samples_{task}.jsonl", lines)
 
 
-__all__ = ["GridTasks", "evaluate_cell", "flatten_metrics", "write_samples", "needs_builtin_tasks",
+__all__ = ["GridTasks", "evaluate_cell", "task_output_type", "flatten_metrics", "write_samples", "needs_builtin_tasks",
            "document_indices", "fewshot_groups"]

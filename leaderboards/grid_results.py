@@ -8,6 +8,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable
 
+from .families import skip_reason
 from .status import CellState, cell_states
 from .store import CellResult, read_grid_file, read_result
 
@@ -33,13 +34,14 @@ class Grid:
         return [r for c in self.cells if (r := self.results[c["cell_id"]]) and r.status in ("ok", "partial")]
 
     def first(self, getter: Callable[[CellResult], Any]) -> Any:
-        """The first non-empty `getter(result)` over `ok()` (lookups that fail count as empty)."""
+        """The first non-empty `getter(result)` over `ok()` (lookups that fail and skipped measures count as
+        empty)."""
         for result in self.ok():
             try:
                 value = getter(result)
             except (KeyError, IndexError, TypeError):
                 continue
-            if value not in (None, ""):
+            if value not in (None, "") and not skip_reason(value):
                 return value
         return None
 
@@ -47,6 +49,13 @@ class Grid:
         """The dense cell of `result`'s model and dtype, if it finished."""
         return next((other for other in self.ok() if other.cell.is_dense and other.cell.model == result.cell.model
                      and other.cell.dtype == result.cell.dtype), None)
+
+    def only(self, keep: Callable[[CellResult], bool]) -> "Grid":
+        """The same folder restricted to the cells whose result `keep` accepts (e.g. one model family)."""
+        kept = [c for c in self.cells if (r := self.results[c["cell_id"]]) is not None and keep(r)]
+        grid = Grid(self.folder, self.spec, kept, {c["cell_id"]: self.results[c["cell_id"]] for c in kept})
+        grid.__dict__["states"] = [s for s in self.states if s.cell_id in grid.results]
+        return grid
 
     def with_comparisons(self) -> "Grid":
         """Compare each pruned cell's logged samples with its dense cell's (answer flips; error-analysis reports
@@ -85,7 +94,7 @@ def task_names(grid: Grid) -> list[str]:
     names = {t["name"]: None for t in grid.spec["tasks"]}
     for result in grid.ok():
         names.update(dict.fromkeys(result.metrics))
-    return [name for name in names if any(name in r.metrics for r in grid.ok())]
+    return [name for name in names if any(name in r.metrics or name in r.skipped_tasks for r in grid.ok())]
 
 
 __all__ = ["Grid", "load_grid", "task_metrics", "task_names"]

@@ -24,6 +24,8 @@ METRIC_NOTES = {
 }
 PRUNING_NOTE = ("and cached, then loaded in each row's dtype. `measured` = exact zeros over the pruned layers "
                 "(lm_head excluded); `nonzero (M)` = non-zero parameters of the whole model")
+PSEUDO_NOTE = ("; `pseudo-ppl` = masked-LM pseudo-perplexity of encoder-only models on the same windows, each "
+               "token masked in turn (compare encoders with each other, not with causal models)")
 SIZE_NOTE = ("`dense MiB` = the checkpoint stored dense at the row's dtype; `compressed MiB` = sparse-bench's "
              "compressed format (see `sparse-bench size`)")
 
@@ -46,7 +48,7 @@ def header(grid: Grid) -> dict[str, Any]:
                  f"bootstrap_iters {spec['bootstrap_iters']} (stderr after ±), seed {spec['seed']}",
         "Perplexity": "not measured" if not ppl else (
             f"`ppl (token)` = {METRIC_NOTES['ppl']}: `{ppl['data']}`, first {ppl['max_tokens']} tokens, "
-            f"windows of {ppl['seqlen']}"),
+            f"windows of {ppl['seqlen']}" + (PSEUDO_NOTE if grid.first(lambda r: r.get("pseudo_perplexity")) else "")),
         "Agreement": agreement_note(grid),
         "Scorers": scorer_note(grid),
         "Latency": latency_note(grid),

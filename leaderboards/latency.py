@@ -83,17 +83,19 @@ def weights_bytes(model: nn.Module) -> int:
 
 @torch.no_grad()
 def measure_latency(model: nn.Module, batch: int = 1, seqlen: int = 128, new_tokens: int = 32,
-                    repeats: int = 5, seed: int = 0) -> dict[str, Any]:
-    """Forward latency, generation speed and peak memory of `model` (see the module docstring for units)."""
+                    repeats: int = 5, seed: int = 0, generate: bool = True) -> dict[str, Any]:
+    """Forward latency, generation speed (when `generate`) and peak memory of `model` (see the module docstring
+    for units). An encoder-decoder's forward takes the same `batch` x `seqlen` ids on both sides."""
     device = next(model.parameters()).device
     vocab = int(model.get_input_embeddings().num_embeddings)
     generator = torch.Generator().manual_seed(seed)
     inputs = torch.randint(0, vocab, (batch, seqlen), generator=generator).to(device)
     prompt = torch.randint(0, vocab, (1, PROMPT_TOKENS), generator=generator).to(device)
+    both_sides = {"decoder_input_ids": inputs} if getattr(model.config, "is_encoder_decoder", False) else {}
     with peak_memory(device) as memory:
-        forward = _timed(lambda: model(input_ids=inputs), device, repeats)
+        forward = _timed(lambda: model(input_ids=inputs, **both_sides), device, repeats)
         generation = None
-        if hasattr(model, "generate") and not getattr(model.config, "is_encoder_decoder", False):
+        if generate and hasattr(model, "generate") and not both_sides:
             generation = _timed(lambda tokens=new_tokens: model.generate(
                 prompt, attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=tokens,
                 min_new_tokens=tokens, pad_token_id=0), device, min(repeats, 3), tokens=WARM_UP_TOKENS)

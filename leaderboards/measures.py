@@ -15,9 +15,11 @@ from typing import Any
 
 from .cache import PrunedModelCache
 from .cells import Cell
-from .evaluation import GridTasks, evaluate_cell, flatten_metrics, write_samples
-from .perplexity import cell_perplexity
+from .evaluation import GridTasks, evaluate_cell, flatten_metrics, task_output_type, write_samples
+from .families import Evaluator, skipped
+from .perplexity import cell_perplexity, cell_pseudo_perplexity
 from .spec import GridSpec
+from .store import ANALYSIS, subfolder
 
 
 @dataclass
@@ -30,14 +32,24 @@ class LoadedCell:
     cache: PrunedModelCache
     tasks: GridTasks
     samples_dir: Path
+    out_dir: Path
     source: str = ""  # the checkpoint the cell loads (the model, or its pruned copy)
+    evaluator: Evaluator | None = None  # families.evaluator_for the model's config, set by the prune phase
     model_args: dict[str, Any] = field(default_factory=dict)
     lm: Any = None  # the lm-eval model; `lm.model` the torch module
 
 
 def measure_evaluation(run: LoadedCell) -> dict[str, Any]:
-    """Every task through lm-eval; per-sample outputs to `samples_dir`; metrics flattened per task."""
-    evaluations = evaluate_cell(run.lm, run.spec, *run.tasks.for_model(run.resolve(run.cell.model)[0]))
+    """Every task the model's family can run through lm-eval (the others skipped with the reason); per-sample
+    outputs to `samples_dir`; metrics flattened per task."""
+    manager, tasks = run.tasks.for_model(run.resolve(run.cell.model)[0])
+    skipped_tasks = {}
+    for task in run.spec.tasks:
+        reason = run.evaluator.task_skip_reason(task_output_type(tasks[task.name]))
+        if reason:
+            skipped_tasks[task.name] = reason
+    runnable = tuple(task for task in run.spec.tasks if task.name not in skipped_tasks)
+    evaluations = evaluate_cell(run.lm, run.spec, manager, tasks, runnable)
     write_samples(run.samples_dir, evaluations)
     metrics: dict[str, Any] = {}
     better: dict[str, Any] = {}
@@ -45,7 +57,8 @@ def measure_evaluation(run: LoadedCell) -> dict[str, Any]:
         task_metrics, task_better = flatten_metrics(evaluation["results"])
         metrics.update(task_metrics)
         better.update(task_better)
-    return {"evaluations": evaluations, "metrics": metrics, "higher_is_better": better}
+    return {"evaluations": evaluations, "metrics": metrics, "higher_is_better": better,
+            "skipped_tasks": skipped_tasks}
 
 
 def measure_perplexity(run: LoadedCell) -> dict[str, Any]:
@@ -53,18 +66,54 @@ def measure_perplexity(run: LoadedCell) -> dict[str, Any]:
     the dense reference first when no cell has yet)."""
     from .agreement import cell_agreement
 
+    reason = run.evaluator.causal_skip_reason()
+    if run.spec.perplexity is None:
+        return {"perplexity": None, "agreement": None}
+    if reason:
+        return {"perplexity": skipped(reason), "agreement": skipped(reason)}
     agreement = cell_agreement(run.cell, run.spec, *run.resolve(run.cell.model), run.cache.root)
     return {"perplexity": cell_perplexity(run.lm, run.spec, agreement),
             "agreement": None if agreement is None else agreement.finish()}
 
 
+def measure_pseudo_perplexity(run: LoadedCell) -> dict[str, Any]:
+    """Masked-LM pseudo-perplexity on the perplexity text (encoder-only models with a masked-LM head)."""
+    reason = run.evaluator.masked_lm_skip_reason()
+    if run.spec.perplexity is None:
+        return {"pseudo_perplexity": None}
+    return {"pseudo_perplexity": skipped(reason) if reason else cell_pseudo_perplexity(run.lm, run.spec)}
+
+
 def measure_latency(run: LoadedCell) -> dict[str, Any]:
-    """Forward latency, generation speed and peak memory (latency.py), when the spec asks for them."""
+    """Forward latency, generation speed (causal LMs) and peak memory (latency.py), when the spec asks."""
     from .latency import measure_latency as latency_of
 
     settings = run.spec.latency
-    return {"latency": None if settings is None else latency_of(
-        run.lm.model, settings.batch, settings.seqlen, settings.new_tokens, settings.repeats, run.spec.seed)}
+    if settings is None:
+        return {"latency": None}
+    no_generation = run.evaluator.causal_skip_reason()
+    latency = latency_of(run.lm.model, settings.batch, settings.seqlen, settings.new_tokens, settings.repeats,
+                         run.spec.seed, generate=not no_generation)
+    if no_generation:
+        latency["generate_tokens_per_s"] = skipped(no_generation)
+    return {"latency": latency}
+
+
+def measure_analysis(run: LoadedCell) -> dict[str, Any]:
+    """Per-layer weight analysis (harness_ext.analysis) when the spec asks for it: zeros of the block
+    projections, zeros per block, |w| below each threshold; the full report in OUT/analysis/CELL_ID/."""
+    if run.spec.analysis is None:
+        return {"analysis": None}
+    from ..harness_ext.analysis import analyze
+    from ..harness_ext.analysis.report import write_report
+
+    analysis = analyze(run.lm.model, list(run.spec.analysis.thresholds))
+    folder = subfolder(run.out_dir, ANALYSIS) / run.cell.cell_id
+    write_report(analysis, folder)
+    return {"analysis": {"block_linear": {key: analysis["block_linear"][key] for key in ("zero_fraction", "below")},
+                         "per_layer": [{"label": row["label"], "side": row["side"],
+                                        "zero_fraction": row["zero_fraction"]} for row in analysis["per_layer"]],
+                         "report": str(folder)}}
 
 
 def measure_size(run: LoadedCell) -> dict[str, Any]:
@@ -86,9 +135,11 @@ class Measure:
 MEASURES: dict[str, Measure] = {measure.name: measure for measure in (
     Measure("evaluate", ("evaluations", "metrics", "higher_is_better"), measure_evaluation),
     Measure("perplexity", ("perplexity", "agreement"), measure_perplexity),
+    Measure("pseudo_perplexity", ("pseudo_perplexity",), measure_pseudo_perplexity),
     Measure("latency", ("latency",), measure_latency),
     Measure("size", ("size",), measure_size),
+    Measure("analysis", ("analysis",), measure_analysis),
 )}
 
 __all__ = ["LoadedCell", "Measure", "MEASURES", "measure_evaluation", "measure_perplexity", "measure_latency",
-           "measure_size"]
+           "measure_size", "measure_pseudo_perplexity", "measure_analysis"]

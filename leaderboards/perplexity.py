@@ -1,7 +1,8 @@
-"""A cell's token-level perplexity: the text it is measured on (WikiText-2 test or a file) and the forward.
+"""A cell's token-level perplexity (causal LMs) or pseudo-perplexity (masked LMs): the text it is measured on
+(WikiText-2 test or a file) and the forward.
 
-Used by the run loop's perplexity phase and by the agreement measure, which reads the same text with the dense
-model to build its reference.
+Used by the perplexity and pseudo-perplexity measures and by the agreement measure, which reads the same text
+with the dense model to build its reference.
 """
 
 from __future__ import annotations
@@ -64,4 +65,16 @@ def cell_perplexity(lm: Any, spec: GridSpec, on_logits: Any = None) -> dict[str,
     return {**result, "data": settings.data}
 
 
-__all__ = ["wikitext2_test_text", "perplexity_text", "cell_perplexity"]
+def cell_pseudo_perplexity(lm: Any, spec: GridSpec) -> dict[str, Any]:
+    """Masked-LM pseudo-perplexity (harness_ext.pseudo_likelihood: each token masked in turn) on the same text,
+    windows and token budget as `cell_perplexity` (spec `perplexity` set); for encoder-only models, not
+    comparable with causal ones."""
+    from ..harness_ext.pseudo_likelihood import pseudo_perplexity
+
+    settings = spec.perplexity
+    result = pseudo_perplexity(lm.model, lm.tokenizer, perplexity_text(spec, lm.tokenizer), settings.seqlen,
+                               settings.max_tokens)
+    return {**result, "data": settings.data}
+
+
+__all__ = ["wikitext2_test_text", "perplexity_text", "cell_perplexity", "cell_pseudo_perplexity"]

@@ -84,21 +84,18 @@ def make_plots(grid: Grid, out_dir: Path | None = None) -> dict[str, Path]:
     out_dir = Path(out_dir or subfolder(grid.folder, PLOTS))
     written: dict[str, Path] = {}
     for task in task_names(grid):
-        metrics = task_metrics(grid, task)
-        if not metrics:
+        primary = task_primary(grid, task)
+        if primary is None:
             continue
-        metric = metrics[0]
-        better = next((r.higher_is_better[task].get(metric) for r in grid.ok()
-                       if task in r.higher_is_better), None)
-        label = metric + {True: " (higher is better)", False: " (lower is better)"}.get(better, "")
         figure, axes = plt.subplots(figsize=(6, 4))
-        if _draw(axes, grid, lambda r, t=task, m=metric: r.metrics.get(t, {}).get(m), label):
-            axes.set_title(f"{task}: {metric} vs sparsity", fontsize=10)
+        if _draw(axes, grid, primary[0], primary[1]):
+            axes.set_title(f"{task}: {primary[1].split(' (')[0]} vs sparsity", fontsize=10)
             written[task] = _save(figure, out_dir / f"{task}.png")
         else:
             plt.close(figure)
-    _panel_figure(grid, column_panels("cost"), out_dir / "cost.png", written, "cost")
-    measures = column_panels("measures")
+    _panel_figure(grid, column_panels("cost", grid), out_dir / "cost.png", written, "cost")
+    family_plots(grid, out_dir, written)
+    measures = column_panels("measures", grid)
     for task in task_names(grid):
         for metric, label in (("bertscore_f1", "BERTScore F1"), ("repeated_4gram", "repeated 4-gram share")):
             if any(metric in r.metrics.get(task, {}) for r in grid.ok()):
@@ -122,10 +119,37 @@ def _panel_figure(grid: Grid, panels: list[tuple[Getter, str, bool]], path: Path
     written[key] = _save(figure, path)
 
 
-def column_panels(figure: str) -> list[tuple[Getter, str, bool]]:
-    """(getter, y label, log scale) of every column of columns.COLUMNS drawn in `figure`, in table order."""
+def column_panels(figure: str, grid: Grid) -> list[tuple[Getter, str, bool]]:
+    """(getter, y label, log scale) of every column of columns.COLUMNS that `grid` shows and that is drawn in
+    `figure`, in table order."""
     return [(column.number, column.panel.label, column.panel.log) for column in COLUMNS
-            if column.panel and column.panel.figure == figure]
+            if column.panel and column.panel.figure == figure and column.shown(grid.ok())]
+
+
+def task_primary(grid: Grid, task: str) -> tuple[Getter, str] | None:
+    """(getter, y label with its direction) of the task's primary metric, or None if it has no metric."""
+    metrics = task_metrics(grid, task)
+    if not metrics:
+        return None
+    metric = metrics[0]
+    better = next((r.higher_is_better[task].get(metric) for r in grid.ok() if task in r.higher_is_better), None)
+    label = metric + {True: " (higher is better)", False: " (lower is better)"}.get(better, "")
+    return (lambda r, t=task, m=metric: r.metrics.get(t, {}).get(m)), label
+
+
+def family_plots(grid: Grid, out_dir: Path, written: dict[str, Path]) -> None:
+    """With models of several families: OUT/plots/family-FAMILY.png per family, every task's primary metric and
+    (pseudo-)perplexity against sparsity over that family's cells (written["family:FAMILY"])."""
+    families = list(dict.fromkeys(r.model_family for r in grid.ok() if r.model_family))
+    if len(families) < 2:
+        return
+    for family in families:
+        members = grid.only(lambda result, family=family: result.model_family == family)
+        panels = [(getter, f"{task}\n{label}", False) for task in task_names(members)
+                  if (found := task_primary(members, task)) for getter, label in [found]]
+        panels += [panel for panel in column_panels("cost", members) if "perplexity" in panel[1]]
+        panels = [panel for panel in panels if any(_number(panel[0](r)) is not None for r in members.ok())]
+        _panel_figure(members, panels, out_dir / f"family-{family}.png", written, f"family:{family}")
 
 
 __all__ = ["make_plots"]

@@ -20,7 +20,7 @@ from tabulate import tabulate
 
 from ..harness_ext.errors import UserError
 from ..harness_ext.io import write_text_atomic
-from .columns import COLUMNS, FAILED, MEASURED_PHASES, cell_columns, fmt, with_stderr
+from .columns import FAILED, MEASURED_PHASES, Column, cell_columns, fmt, shown_columns, with_stderr
 from .grid_results import Grid, load_grid, task_metrics, task_names
 from .header import header, incomplete_note, metric_legend
 from .status import FAILED as FAILED_STATE
@@ -29,7 +29,6 @@ from .store import CellResult, leaderboard_file
 
 FORMATS = ("md", "csv", "json")
 SUMMARY_EXTRAS = ("bertscore_f1", "repeated_4gram")  # shown in the summary next to their task's primary metric
-IDENTITY = tuple(column.name for column in COLUMNS if column.identity)
 
 
 def _ranks(values: list[Any], higher_is_better: bool) -> list[str]:
@@ -58,7 +57,7 @@ def _delta(grid: Grid, result: CellResult, task: str, primary: str) -> str:
     """The primary metric's difference to the dense cell of the same model and dtype."""
     dense = grid.dense_of(result)
     reference = None if dense is None else dense.metrics.get(task, {}).get(primary)
-    value = result.metrics[task].get(primary)
+    value = result.metrics.get(task, {}).get(primary)
     delta = (value - reference if isinstance(value, (int, float)) and isinstance(reference, (int, float))
              else None)
     if delta is None or result.cell.is_dense:
@@ -66,16 +65,24 @@ def _delta(grid: Grid, result: CellResult, task: str, primary: str) -> str:
     return f"{delta:+.4g}" if math.isfinite(delta) else fmt(delta)
 
 
-def task_row(grid: Grid, result: CellResult, task: str, metrics: list[str], primary: str | None) -> dict[str, Any]:
+def metric_text(result: CellResult, task: str, metric: str) -> str:
+    """A task metric as table text: value ± stderr, or `skipped: why` when the cell's model cannot run the task."""
+    if task in result.skipped_tasks:
+        return fmt({"skipped": result.skipped_tasks[task]})
+    values = result.metrics.get(task, {})
+    return with_stderr(values.get(metric), values.get(f"{metric}_stderr"))
+
+
+def task_row(grid: Grid, result: CellResult, task: str, metrics: list[str], primary: str | None,
+             columns: tuple[Column, ...]) -> dict[str, Any]:
     """One cell's row of a task's table: what it is, the metrics, comparisons, Δ vs dense, the other columns."""
-    values, columns = result.metrics[task], cell_columns(result)
-    row = {"rank": "", **{name: columns[name] for name in IDENTITY}}
-    for metric in metrics:
-        row[metric] = with_stderr(values.get(metric), values.get(f"{metric}_stderr"))
+    texts = cell_columns(result, columns)
+    row = {"rank": "", **{c.name: texts[c.name] for c in columns if c.identity}}
+    row.update({metric: metric_text(result, task, metric) for metric in metrics})
     row.update(comparison_columns(grid, result, task))
     if primary:
         row[f"Δ {primary} vs dense"] = _delta(grid, result, task, primary)
-    row.update({name: text for name, text in columns.items() if name not in IDENTITY})
+    row.update({c.name: texts[c.name] for c in columns if not c.identity})
     flags = [f for f in result.flags if f.startswith(f"{task}/") or "/" not in f]
     flags += [f"{phase} failed" for phase in MEASURED_PHASES if not result.phase_ok(phase)]
     row["flags"] = "; ".join(flags) if flags else ""
@@ -86,12 +93,14 @@ def task_rows(grid: Grid, task: str) -> tuple[list[dict[str, Any]], str | None]:
     """(rows of the task's table, primary metric) over the cells that finished."""
     metrics = task_metrics(grid, task)
     primary = metrics[0] if metrics else None
-    results = [r for r in grid.ok() if task in r.metrics]
-    rows = [task_row(grid, result, task, metrics, primary) for result in results]
+    results = [r for r in grid.ok() if task in r.metrics or task in r.skipped_tasks]
+    columns = shown_columns(grid.ok())
+    shown = metrics or ["result"]  # no cell reported a metric (every cell skipped the task): say so per row
+    rows = [task_row(grid, result, task, shown, primary, columns) for result in results]
     if primary:
         higher = next((r.higher_is_better.get(task, {}).get(primary) for r in results
                        if primary in r.higher_is_better.get(task, {})), True)
-        for row, rank in zip(rows, _ranks([r.metrics[task].get(primary) for r in results], higher)):
+        for row, rank in zip(rows, _ranks([r.metrics.get(task, {}).get(primary) for r in results], higher)):
             row["rank"] = rank
     return rows, primary
 
@@ -115,19 +124,19 @@ def summary_rows(grid: Grid) -> list[dict[str, Any]]:
     """One row per finished cell: what it is, each task's primary metric (value ± stderr), perplexity, cost."""
     primaries = {task: task_rows(grid, task)[1] for task in task_names(grid)}
     several_models = len(grid.spec["models"]) > 1
+    columns = shown_columns(grid.ok())
     rows = []
     for result in grid.ok():
-        columns = cell_columns(result)
-        row = {"model": columns["model"]} if several_models else {}
-        row.update({c.name: columns[c.name] for c in COLUMNS if c.identity and c.summary})
+        texts = cell_columns(result, columns)
+        row = {"model": texts["model"]} if several_models else {}
+        row.update({c.name: texts[c.name] for c in columns if c.identity and c.summary})
         for task, primary in primaries.items():
             values = result.metrics.get(task, {})
-            if primary:
-                row[f"{task} {primary}"] = (FAILED if not result.phase_ok("evaluate") else
-                                            with_stderr(values.get(primary), values.get(f"{primary}_stderr")))
+            row[f"{task} {primary or 'result'}"] = (FAILED if not result.phase_ok("evaluate") else
+                                                    metric_text(result, task, primary or "result"))
             row.update({f"{task} {name}": fmt(values.get(name), 3) for name in SUMMARY_EXTRAS
                         if name != primary and name in values})
-        row.update({c.name: columns[c.name] for c in COLUMNS if c.summary and not c.identity})
+        row.update({c.name: texts[c.name] for c in columns if c.summary and not c.identity})
         rows.append(row)
     return rows
 
@@ -158,6 +167,9 @@ def render_markdown(grid: Grid, plots: dict[str, Path] | None = None) -> str:
         lines.append(tabulate(rows, headers="keys", tablefmt="github", disable_numparse=True))
         lines += _figure(grid, plots, task)
     lines += _figure(grid, plots, "cost", "Perplexity, size and latency vs sparsity")
+    families = [key for key in plots or {} if key.startswith("family:")]
+    for number, key in enumerate(families):
+        lines += _figure(grid, plots, key, None if number else "Each family's metrics vs sparsity")
     lines += _figure(grid, plots, "measures", "Agreement with the dense model, BERTScore and repetition vs sparsity")
     failed = failed_rows(grid)
     if failed:

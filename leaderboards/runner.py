@@ -29,6 +29,7 @@ from ..harness_ext.io import write_json_atomic
 from .cache import PrunedModelCache, model_fingerprint, pruned_checkpoint
 from .cells import Cell, expand_cells, shard_cells
 from .evaluation import GridTasks, needs_builtin_tasks
+from .families import evaluator_for
 from .measures import MEASURES, LoadedCell
 from .spec import GridSpec
 from .store import (
@@ -52,9 +53,14 @@ def nonfinite_flags(metrics: dict[str, dict[str, Any]], *extra: tuple[str, Any])
 
 
 def prune_phase(run: LoadedCell) -> dict[str, Any]:
-    """The model's path and fingerprint, and for a pruned cell its pruned checkpoint (cached)."""
+    """The model's path, fingerprint and family (its evaluator), and for a pruned cell its pruned checkpoint
+    (cached)."""
+    from transformers import AutoConfig
+
     model_path, fingerprint = run.resolve(run.cell.model)
-    result: dict[str, Any] = {"model_path": model_path, "model_fingerprint": fingerprint, "prune": None}
+    run.evaluator = evaluator_for(AutoConfig.from_pretrained(model_path))
+    result: dict[str, Any] = {"model_path": model_path, "model_fingerprint": fingerprint, "prune": None,
+                              "model_family": run.evaluator.family}
     run.source = model_path
     if not run.cell.is_dense:
         folder, prune_report, cached = pruned_checkpoint(run.cell, run.spec, model_path, fingerprint, run.cache)
@@ -64,20 +70,42 @@ def prune_phase(run: LoadedCell) -> dict[str, Any]:
 
 
 def load_phase(run: LoadedCell) -> dict[str, Any]:
-    """Load the (pruned) checkpoint through `sparse-hf` in the cell's dtype; its measured sparsity."""
+    """Load the (pruned) checkpoint in the cell's dtype through the lm-eval model of its evaluator (`sparse-hf`,
+    `sparse-encoder`; families.py), or as a bare model when none fits; its measured sparsity."""
     from lm_eval.api.registry import get_model
 
-    run.model_args = {"pretrained": run.source, "dtype": run.cell.dtype}
-    run.lm = get_model("sparse-hf").create_from_arg_obj(
-        run.model_args, {"batch_size": run.spec.batch_size, "device": run.spec.device})
+    run.model_args = {"pretrained": run.source, "dtype": run.cell.dtype, **run.evaluator.model_args}
+    if run.evaluator.lm_eval_model is None:
+        run.lm = BareModel.load(run.source, run.cell.dtype, run.spec.device)
+    else:
+        run.lm = get_model(run.evaluator.lm_eval_model).create_from_arg_obj(
+            run.model_args, {"batch_size": run.spec.batch_size, "device": run.spec.device})
     return {"sparsity": run.lm.sparsity_report.to_dict()}
+
+
+@dataclass
+class BareModel:
+    """A model no lm-eval model evaluates (its tasks are skipped), loaded for the measures that need only the
+    weights (size, latency, analysis): `model`, `tokenizer` and `sparsity_report` as the lm-eval models have."""
+
+    model: Any
+    tokenizer: Any
+    sparsity_report: Any
+
+    @classmethod
+    def load(cls, path: str, dtype: str, device: str) -> BareModel:
+        from ..harness_ext.models import load_model
+        from ..harness_ext.pruning.report import report_as_loaded
+
+        model, tokenizer = load_model(path, dtype, device)
+        return cls(model, tokenizer, report_as_loaded(model))
 
 
 PREREQUISITES: dict[str, Callable[[LoadedCell], dict[str, Any]]] = {"prune": prune_phase, "load": load_phase}
 PHASES = (*PREREQUISITES, *MEASURES)
 NOT_RUN_YET = "not run yet (in flight, or the run stopped before it)"
 PHASE_KEYS = {  # the record keys each phase fills
-    "prune": ("model_path", "model_fingerprint", "prune", "pruned_checkpoint", "prune_cached"),
+    "prune": ("model_path", "model_fingerprint", "model_family", "prune", "pruned_checkpoint", "prune_cached"),
     "load": ("sparsity",), **{name: measure.keys for name, measure in MEASURES.items()}}
 
 
@@ -228,6 +256,7 @@ def run_grid(spec: GridSpec, out_dir: Path, shard: tuple[int, int] = (0, 1), cac
         f"{len(summary.done)} already done, {len(todo)} to run; results in {out_dir}")
     if not todo:
         return summary
+    check_models(spec, [cell for cell, _ in todo])
     register_with_lm_eval()
     quiet_library_progress_bars()
     tasks = GridTasks(spec, needs_builtin_tasks(spec))
@@ -236,13 +265,29 @@ def run_grid(spec: GridSpec, out_dir: Path, shard: tuple[int, int] = (0, 1), cac
     bar = tqdm(todo, desc=f"grid {spec.name}", unit="cell", disable=not progress)
     for cell, previous in bar:
         bar.set_postfix_str(cell.label)
-        run = LoadedCell(cell, spec, resolve, cache, tasks, samples_dir(out_dir, cell.cell_id))
+        run = LoadedCell(cell, spec, resolve, cache, tasks, samples_dir(out_dir, cell.cell_id), out_dir)
         record = run_one_cell(run, out_dir, previous, env, summary, say)
         getattr(summary, record.status).append(cell.cell_id)
         say(f"{cell.label}: {record.status} in {record.seconds:.0f} s"
             + (f" - {record.reason}" if record.reason else "")
             + (f" - FLAGGED: {'; '.join(record.flags)}" if record.flags else ""))
     return summary
+
+
+def check_models(spec: GridSpec, cells: list[Cell]) -> None:
+    """UserError before any cell runs if a cell's pruning cannot work on its model (preflight.py)."""
+    from ..harness_ext.models import find_or_prepare_model
+    from .preflight import check_cells
+
+    by_model: dict[str, list[Cell]] = {}
+    for cell in cells:
+        by_model.setdefault(cell.model, []).append(cell)
+    for model, model_cells in by_model.items():
+        try:
+            path = find_or_prepare_model(model)
+        except UserError:
+            continue  # its cells fail in their prune phase, with the reason
+        check_cells(model_cells, spec.source, path)
 
 
 def run_one_cell(run: LoadedCell, out_dir: Path, previous: CellResult | None, env: dict[str, Any],

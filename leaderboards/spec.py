@@ -73,6 +73,14 @@ class LatencySpec:
 
 
 @dataclass(frozen=True)
+class AnalysisSpec:
+    """Per-layer weight analysis of every cell (harness_ext.analysis): fractions of |w| below each threshold,
+    zeros per block; a report per cell in OUT/analysis/CELL_ID/. Off unless the spec has `analysis:`."""
+
+    thresholds: tuple[float, ...] = (0.01, 0.1)
+
+
+@dataclass(frozen=True)
 class GridSpec:
     name: str
     models: tuple[str, ...]
@@ -84,6 +92,7 @@ class GridSpec:
     calibration: CalibrationConfig
     perplexity: PerplexitySpec | None = PerplexitySpec()
     latency: LatencySpec | None = LatencySpec()
+    analysis: AnalysisSpec | None = None
     include_path: str | None = None
     device: str = "cpu"
     batch_size: int = 8
@@ -100,4 +109,4 @@ class GridSpec:
         return data
 
 
-__all__ = ["DTYPES", "MethodSpec", "TaskSpec", "PerplexitySpec", "LatencySpec", "GridSpec"]
+__all__ = ["DTYPES", "MethodSpec", "TaskSpec", "PerplexitySpec", "LatencySpec", "AnalysisSpec", "GridSpec"]

@@ -21,7 +21,7 @@ from ..harness_ext.pruning.values import UNSTRUCTURED, parse_structure
 from ..harness_ext.recipes.yaml_loader import load_yaml
 from ..harness_ext.typed_values import WrongValue, check_flag, check_number
 from .cells import expand_cells
-from .spec import DTYPES, GridSpec, LatencySpec, MethodSpec, PerplexitySpec, TaskSpec
+from .spec import DTYPES, AnalysisSpec, GridSpec, LatencySpec, MethodSpec, PerplexitySpec, TaskSpec
 
 # A methods entry takes every plan option of the table (options.py) by its name but the grid's own axes
 # (`sparsities`, `structures`); a method's options may also be grouped under `options:`.
@@ -92,7 +92,7 @@ def load_spec(path: str | Path) -> GridSpec:
 
 GRID_KEYS = ("name", "models", "methods", "sparsities", "structures", "dtypes", "tasks", "calibration",
              "perplexity", "latency", "include_path", "device", "batch_size", "bootstrap_iters",
-             "prune_dtype", "seed", "log_samples")
+             "prune_dtype", "seed", "log_samples", "analysis")
 
 
 def parse_spec(data: Any, source: str = "<dict>", base_dir: Path | None = None) -> GridSpec:
@@ -118,7 +118,8 @@ def parse_spec(data: Any, source: str = "<dict>", base_dir: Path | None = None) 
         name=str(fields.get("name", Path(source).stem)), models=tuple(models), methods=tuple(methods),
         sparsities=tuple(sparsities), structures=tuple(structures), dtypes=tuple(dtypes), tasks=tuple(tasks),
         calibration=_calibration(fields, base_dir), perplexity=_perplexity(fields, base_dir),
-        latency=_latency(fields), include_path=include_path, device=str(fields.get("device", "cpu")),
+        latency=_latency(fields), analysis=_analysis(fields), include_path=include_path,
+        device=str(fields.get("device", "cpu")),
         batch_size=fields.integer("batch_size", 8), bootstrap_iters=fields.integer("bootstrap_iters", 1000, 0),
         prune_dtype=_choice(fields, "prune_dtype", fields.get("prune_dtype", "float32"), DTYPES),
         seed=fields.integer("seed", 0, 0), log_samples=fields.boolean("log_samples"), source=source)
@@ -256,6 +257,18 @@ def _perplexity(fields: _Fields, base_dir: Path) -> PerplexitySpec | None:
         data=_data_path(entry, "data", entry.get("data", defaults.data), base_dir, ("wikitext2",)),
         seqlen=entry.integer("seqlen", defaults.seqlen, 2), max_tokens=entry.integer("max_tokens", defaults.max_tokens),
         agreement_top_k=entry.integer("agreement_top_k", defaults.agreement_top_k, 0))
+
+
+def _analysis(fields: _Fields) -> AnalysisSpec | None:
+    """`analysis:` (empty: the default thresholds) or `analysis: {thresholds: [0.01, 0.1]}`; absent: off."""
+    if "analysis" not in fields.data:
+        return None
+    entry = _Fields(fields.data["analysis"] or {}, "analysis", fields.source, ("thresholds",))
+    values = entry.items("thresholds", required=False, default=AnalysisSpec().thresholds)
+    for index, value in enumerate(values):
+        if entry.checked(f"thresholds[{index}]", check_number, value, minimum=0) <= 0:
+            entry.fail(f"thresholds[{index}]", f"must be a |w| cut-off above 0, got {value!r}")
+    return AnalysisSpec(thresholds=tuple(float(value) for value in values))
 
 
 def _latency(fields: _Fields) -> LatencySpec | None:

@@ -5,6 +5,7 @@
     OUT/cells/CELL_ID.running    marker of the cell in flight (left behind if the process was killed)
     OUT/samples/CELL_ID/         lm-eval's per-sample records, `samples_TASK.jsonl`
     OUT/reports/CELL_ID/TASK.md  error analysis against the dense cell (written when rendering)
+    OUT/analysis/CELL_ID/        per-layer weight analysis of the cell (spec `analysis:`)
     OUT/jobs/CELL_ID.json        the Slurm array task the cell was last submitted to; OUT/slurm/ submitit's files
     OUT/plots/*.png, OUT/leaderboard.{md,csv,json}
 
@@ -31,7 +32,7 @@ RESULT_NEUTRAL_KEYS = ("source", "name", "log_samples")  # spec keys that change
 
 # --- layout ----------------------------------------------------------------------------------------------------
 
-CELLS, SAMPLES, REPORTS, JOBS, SLURM, PLOTS = "cells", "samples", "reports", "jobs", "slurm", "plots"
+CELLS, SAMPLES, REPORTS, JOBS, SLURM, PLOTS, ANALYSIS = "cells", "samples", "reports", "jobs", "slurm", "plots", "analysis"
 
 
 def subfolder(out_dir: Path, name: str) -> Path:
@@ -119,13 +120,14 @@ class CellResult:
     environment: dict[str, Any] = field(default_factory=dict)
     model_path: str | None = None
     model_fingerprint: str | None = None
-    model_family: str | None = None
+    model_family: str | None = None  # harness_ext.models.model_family; None in records older than families
     prune: dict[str, Any] | None = None  # PruneReport.to_dict() of a pruned cell
     pruned_checkpoint: str | None = None
     prune_cached: bool | None = None
     sparsity: dict[str, Any] | None = None  # the loaded model's measured sparsity (PruneReport.to_dict())
     evaluations: list[dict[str, Any]] = field(default_factory=list)  # one lm-eval call each
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)  # {task: {metric: value}}
+    skipped_tasks: dict[str, str] = field(default_factory=dict)  # {task: why the model's family cannot run it}
     higher_is_better: dict[str, dict[str, bool]] = field(default_factory=dict)
     measures: dict[str, Any] = field(default_factory=dict)
 
@@ -207,13 +209,15 @@ def write_grid_file(out_dir: Path, spec: Any, cells: list[Any]) -> None:
 
 
 def _result_relevant(spec_dict: dict[str, Any]) -> dict[str, Any]:
-    """The spec without the keys that change no number in a cell."""
-    kept = {k: v for k, v in spec_dict.items() if k not in RESULT_NEUTRAL_KEYS}
+    """The spec without the keys that change no number in a cell (and without keys left unset, so a spec key
+    added later does not set old folders apart)."""
+    kept = {k: v for k, v in spec_dict.items() if k not in RESULT_NEUTRAL_KEYS and v is not None}
     kept["tasks"] = [{k: v for k, v in task.items() if k != "metrics"} for task in kept.get("tasks", [])]
     return kept
 
 
 __all__ = ["RESULT_FORMAT", "GRID_FORMAT", "CellInfo", "CellResult", "read_result", "write_result",
-           "read_grid_file", "write_grid_file", "CELLS", "SAMPLES", "REPORTS", "JOBS", "SLURM", "PLOTS", "subfolder",
+           "read_grid_file", "write_grid_file", "CELLS", "SAMPLES", "REPORTS", "JOBS", "SLURM", "PLOTS", "ANALYSIS",
+           "subfolder",
            "grid_file", "leaderboard_file", "result_path", "running_marker", "job_file", "samples_dir", "samples_file",
            "report_file", "utc_now"]

@@ -123,3 +123,13 @@ def build_tiny_model(kind: str, out_dir: Path, tokenizer: PreTrainedTokenizerFas
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir
+
+
+if __name__ == "__main__":  # python tests/tiny_models.py OUT_DIR [KIND ...]: e.g. the family seed study's models
+    import sys
+
+    if len(sys.argv) < 2 or any(kind not in KINDS for kind in sys.argv[2:]):
+        sys.exit(f"usage: python tests/tiny_models.py OUT_DIR [KIND ...] (kinds: {', '.join(KINDS)}; default: all)")
+    shared = build_tokenizer()
+    for kind in sys.argv[2:] or KINDS:
+        print(build_tiny_model(kind, Path(sys.argv[1]) / kind, shared))
