@@ -8,6 +8,8 @@ Conventions
 - `sparsity` is the fraction of weights set to zero in each targeted layer, in [0, 1).
 - `NMStructure(n, m)` keeps at most `n` non-zero weights in every group of `m` consecutive weights along a
   layer's input dimension (NVIDIA's and Zhou et al.'s "N:M": 2:4 keeps 2 of every 4, sparsity 1 - n/m).
+- `BlockStructure(rows, columns)` ("block:RxC") prunes whole R x C tiles of the (out, in) weight, ranked by the
+  sum of their members' scores; the sparsity stays free (SparseML's `mask_type: [1, 4]`, FBGEMM's 1x4 blocks).
 - Targets are module names or `re:` regexes matched (fullmatch) against module names; empty means every
   Linear / GPT-2 Conv1D inside the transformer blocks. `ignore` uses the same syntax.
 """
@@ -41,6 +43,21 @@ class NMStructure:
 
 
 @dataclass(frozen=True)
+class BlockStructure:
+    """Prune whole `rows` x `columns` tiles of the (out, in) weight; `block:1x4` tiles 4 consecutive inputs."""
+
+    rows: int
+    columns: int
+
+    @property
+    def size(self) -> int:
+        return self.rows * self.columns
+
+    def __str__(self) -> str:
+        return f"block:{self.rows}x{self.columns}"
+
+
+@dataclass(frozen=True)
 class OwlConfig:
     """OWL (Yin et al. 2023) layer-wise sparsity: outlier threshold `m` (x mean |W X|) and spread `lmbda`."""
 
@@ -52,7 +69,8 @@ class OwlConfig:
 class PruneStep:
     """One pruning pass over a set of target layers with one method.
 
-    `sparsity` is the target zero fraction per layer (unstructured); for N:M it equals `structure.sparsity`.
+    `sparsity` is the target zero fraction per layer (unstructured or block); for N:M it equals
+    `structure.sparsity`.
     `layer_sparsity` overrides it per layer: (name or `re:` pattern, sparsity) pairs, first match wins.
     `update`: a weight update run on the method's mask (`admm`), or None. `options`: the method's and the
     update's options by name (methods.py: each row's options dataclass), given as a mapping or pairs; they are
@@ -62,7 +80,7 @@ class PruneStep:
 
     method: str = "magnitude"
     sparsity: float = 0.5
-    structure: NMStructure | None = None
+    structure: NMStructure | BlockStructure | None = None
     scope: str = "layer"
     targets: tuple[str, ...] = ()
     ignore: tuple[str, ...] = DEFAULT_IGNORE
@@ -92,7 +110,11 @@ class PruneStep:
         object.__setattr__(self, "update_options", update_options)
         object.__setattr__(self, "options", tuple(sorted({**described_options(method_options),
                                                           **described_options(update_options)}.items())))
-        if self.structure is not None and abs(self.sparsity - self.structure.sparsity) > 1e-9:
+        if isinstance(self.structure, BlockStructure) and not row.block:
+            able = [name for name in method_names() if get_method(name).block]
+            raise UserError(f"method={self.method} cannot choose block masks ({self.structure}); use "
+                            f"method={'|'.join(able)} for block structures")
+        if isinstance(self.structure, NMStructure) and abs(self.sparsity - self.structure.sparsity) > 1e-9:
             raise UserError(f"structure {self.structure} fixes sparsity at {self.structure.sparsity:g}, "
                             f"but sparsity={self.sparsity:g} was asked; leave sparsity out for N:M")
         for pattern in (*self.targets, *self.ignore, *(name for name, _ in self.layer_sparsity)):
@@ -187,21 +209,34 @@ def validate_sparsity(sparsity: float) -> float:
     return float(sparsity)
 
 
-def parse_structure(text: str | None) -> NMStructure | None:
-    """Parse "unstructured" / "0:0" / None -> None, and "N:M" (0 < N < M) -> NMStructure."""
+def parse_structure(text: str | None) -> NMStructure | BlockStructure | None:
+    """Parse "unstructured" / "0:0" / None -> None, "N:M" (0 < N < M) -> NMStructure, "block:RxC" ->
+    BlockStructure (block:1x1 is unstructured)."""
     if text is None:
         return None
     value = str(text).strip().lower()
     if value in ("", UNSTRUCTURED, "0:0"):
         return None
+    if value.startswith("block:"):
+        return parse_block(text)
     match = re.fullmatch(r"(\d+):(\d+)", value)
     if not match:
-        raise UserError(f"malformed structure {text!r}; use 'unstructured' or N:M such as 2:4 or 4:8")
+        raise UserError(f"malformed structure {text!r}; use 'unstructured', N:M such as 2:4 or block:RxC such as "
+                        "block:1x4")
     n, m = int(match.group(1)), int(match.group(2))
     if not 0 < n < m:
         raise UserError(f"impossible N:M structure {text!r}: need 0 < N < M (keep N of every M weights); "
                         "write e.g. 2:4")
     return NMStructure(n, m)
+
+
+def parse_block(text: str) -> BlockStructure | None:
+    """"block:RxC" (R, C >= 1) -> BlockStructure; block:1x1 is unstructured (None)."""
+    match = re.fullmatch(r"block:(\d+)x(\d+)", str(text).strip().lower())
+    if not match or int(match.group(1)) < 1 or int(match.group(2)) < 1:
+        raise UserError(f"malformed block structure {text!r}; write block:RxC with R, C >= 1, e.g. block:1x4")
+    rows, columns = int(match.group(1)), int(match.group(2))
+    return None if rows == columns == 1 else BlockStructure(rows, columns)
 
 
 def parse_flag(name: str, value: bool | str) -> bool:
@@ -259,7 +294,7 @@ def shortcut_plan(method: str | None, sparsity: float | None, structure: str | N
         raise UserError(f"sparsity/structure given without method; add method={'|'.join(method_names())}")
     nm = parse_structure(structure)
     if sparsity is None:
-        if nm is None:
+        if not isinstance(nm, NMStructure):
             raise UserError(f"method={method} needs a target; add sparsity=FRACTION (e.g. 0.5) or structure=N:M")
         sparsity = nm.sparsity
     step = PruneStep(method=validate_method(method), sparsity=validate_sparsity(sparsity), structure=nm,
@@ -290,7 +325,7 @@ def plan_from_arguments(method: str | None = None, sparsity: float | None = None
 
 
 __all__ = [
-    "SCOPES", "UNSTRUCTURED", "DEFAULT_IGNORE", "NMStructure", "OwlConfig", "PruneStep",
+    "SCOPES", "UNSTRUCTURED", "DEFAULT_IGNORE", "NMStructure", "BlockStructure", "OwlConfig", "PruneStep",
     "PruningPlan", "CalibrationConfig", "validate_method", "validate_sparsity", "parse_structure",
-    "parse_flag", "parse_integer", "compile_pattern", "matches_any", "shortcut_plan", "plan_from_arguments",
+    "parse_block", "parse_flag", "parse_integer", "compile_pattern", "matches_any", "shortcut_plan", "plan_from_arguments",
 ]
