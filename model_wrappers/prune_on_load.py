@@ -12,7 +12,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..harness_ext.pruning.engine import prune
-from ..harness_ext.pruning.plan import CalibrationConfig, PruningPlan, parse_flag, parse_integer, plan_from_arguments
+from ..harness_ext.pruning.plan import (
+    BlockStructure,
+    CalibrationConfig,
+    PruningPlan,
+    parse_flag,
+    parse_integer,
+    plan_from_arguments,
+)
 from ..harness_ext.pruning.report import PruneReport, measure_sparsity
 
 LOGGER = logging.getLogger("lm_eval.models.sparse_hf")  # under lm-eval's handler and format
@@ -39,6 +46,12 @@ class PruneOnLoad:
                                                  seqlen=parse_integer("seqlen", seqlen),
                                                  seed=parse_integer("seed", seed),
                                                  true_sequential=parse_flag("true_sequential", true_sequential)))
+
+    def block_structure(self) -> BlockStructure | None:
+        """The block structure every step of the plan shares (for the `bsr` runtime kernel), else None."""
+        structures = {step.structure for step in self.plan.steps} if self.plan is not None else set()
+        single = structures.pop() if len(structures) == 1 else None
+        return single if isinstance(single, BlockStructure) else None
 
     def apply(self, model: Any, tokenizer: Any, wrapper: str) -> PruneReport:
         """Prune `model` in place (or only measure it) and log the measured sparsity as `wrapper`."""

@@ -21,6 +21,7 @@ from ..harness_ext.checkpoints import load_checkpoint, read_record
 from ..harness_ext.errors import UserError
 from ..harness_ext.models import model_family, parse_dtype, resolve_model_path
 from ..harness_ext.pruning.methods import option_fields
+from ..harness_ext.runtime.choose import apply_runtime, parse_runtime, runtime_shapes
 from .prune_on_load import PruneOnLoad
 
 UNKNOWN_ARGUMENT = re.compile(r"got an unexpected keyword argument '(\w+)'")
@@ -58,7 +59,7 @@ class SparseHFLM(HFLM):
     def __init__(self, pretrained: Any = None, method: str | None = None, sparsity: float | None = None,
                  structure: str | None = None, scope: str = "layer", recipe: str | None = None,
                  update: str | None = None, calibration: str = "c4", nsamples: int = 128, seqlen: int = 2048, seed: int = 0,
-                 true_sequential: bool | str = False, **kwargs: Any) -> None:
+                 true_sequential: bool | str = False, runtime: str = "dense", **kwargs: Any) -> None:
         """`method`: a registered pruning method (docs/pruning.md lists them); `update`: a weight update on the
         method's mask (admm); any method or update option by its name (`ria_exponent=0.5`, `admm_iterations=20`);
         `sparsity`: zero fraction per pruned layer in [0, 1);
@@ -66,12 +67,14 @@ class SparseHFLM(HFLM):
         magnitude threshold over all pruned layers); `recipe`: a SparseML / llm-compressor recipe file;
         `calibration` (c4 | wikitext2 | FILE), `nsamples`, `seqlen` (tokens), `seed`: Wanda/SparseGPT data;
         `true_sequential`: one forward per block, each layer pruned from the already pruned layers' outputs
-        (faster, holds the calibration activations; see docs/pruning.md).
+        (faster, holds the calibration activations; see docs/pruning.md);
+        `runtime`: dense | sparse | auto | a kernel name: which kernel runs each pruned layer (docs/runtime.md).
         """
         if pretrained is None:
             raise UserError("model_args has no pretrained=MODEL (a checkpoint folder, hub id or short name such as "
                             "smollm2-135m); check its spelling")
         options = {name: kwargs.pop(name) for name in list(kwargs) if name in option_fields()}
+        runtime = parse_runtime(runtime)
         pruning = PruneOnLoad.from_model_args(method, sparsity, structure, scope, recipe, calibration, nsamples,
                                               seqlen, seed, true_sequential, update=update, options=options)
         requested_dtype = parse_dtype(kwargs.get("dtype", "auto"))
@@ -91,6 +94,8 @@ class SparseHFLM(HFLM):
             raise UserError(f"dtype={kwargs['dtype']} was asked but the model loaded as {self.model.dtype}; "
                             "pass dtype=auto or convert the checkpoint")
         self.sparsity_report = pruning.apply(self.model, self.tokenizer, "sparse-hf")
+        self.runtime_report = apply_runtime(self.model, runtime, runtime_shapes(self.batch_size),
+                                            pruning.block_structure())
 
     def _get_backend(self, config: Any, backend: str = "default", trust_remote_code: bool | None = False) -> None:
         """HFLM's backend choice, refused (before any weights load) where it cannot fit the model's family."""
@@ -107,6 +112,8 @@ class SparseHFLM(HFLM):
 
     def get_model_info(self) -> dict:
         """HFLM's model info plus `sparsity` (what was pruned, the zeros measured in the weights) and, for a
-        fine-tuned checkpoint, `finetune` (its record: mode, data, steps, precision, zeros before/after)."""
+        fine-tuned checkpoint, `finetune` (its record: mode, data, steps, precision, zeros before/after), and
+        `runtime` (the kernel chosen per pruned layer, its timings and any run-time fallback)."""
         finetuned = {"finetune": self.finetune_record} if self.finetune_record else {}
-        return {**super().get_model_info(), "sparsity": self.sparsity_report.to_dict(), **finetuned}
+        return {**super().get_model_info(), "sparsity": self.sparsity_report.to_dict(), **finetuned,
+                "runtime": self.runtime_report.to_dict()}
