@@ -18,14 +18,14 @@ A kernel packs an (out, in) weight into its own storage and multiplies a (tokens
 from __future__ import annotations
 
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 
 from ..pruning.plan import BlockStructure
+from ..pruning.reproducible import one_cpu_thread
 
 
 @dataclass(frozen=True)
@@ -62,23 +62,10 @@ def _sparse_bytes(matrix: torch.Tensor) -> int:
     return _tensor_bytes(matrix.crow_indices(), matrix.col_indices(), matrix.values())
 
 
-@contextmanager
-def _one_cpu_thread(device: torch.device) -> Iterator[None]:
-    """Run MKL's sparse routines on one thread: on the shared 2-core machine they were 15-50x slower with two
-    threads than with one (0.8 ms vs 45 ms for a 1536 x 576, 95 % sparse layer at 128 tokens)."""
-    threads = torch.get_num_threads()
-    if device.type != "cpu" or threads == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def _torch_sparse_matmul(matrix: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    with _one_cpu_thread(x.device):
+    """x @ W^T for a torch CSR/BSR W. On one CPU thread: on the shared 2-core machine MKL's sparse routines were
+    15-50x slower with two threads than with one (0.8 ms vs 45 ms, 1536 x 576 at 95 %, 128 tokens)."""
+    with one_cpu_thread():
         return torch.sparse.mm(matrix, x.t().contiguous()).t()
 
 
