@@ -96,8 +96,9 @@ def parse_spec(data: Any, source: str = "<dict>", base_dir: Path | None = None) 
     sparsities = [_sparsity(fields, i, s) for i, s in enumerate(fields.items("sparsities", False))]
     structures = [_structure(fields, i, s)
                   for i, s in enumerate(fields.items("structures", False, (UNSTRUCTURED,)))]
-    if any(m.recipe is None for m in methods) and UNSTRUCTURED in structures and not sparsities:
-        fields.fail("sparsities", "is required for unstructured pruning (e.g. [0.5]); or list only N:M structures")
+    free = [s for s in structures if s == UNSTRUCTURED or s.startswith("block:")]
+    if any(m.recipe is None for m in methods) and free and not sparsities:
+        fields.fail("sparsities", f"is required for {free[0]} pruning (e.g. [0.5]); or list only N:M structures")
     dtypes = [_choice(fields, f"dtypes[{i}]", d, DTYPES)
               for i, d in enumerate(fields.items("dtypes", False, ("float32",)))]
     tasks = [_task(fields, i, entry) for i, entry in enumerate(fields.items("tasks"))]

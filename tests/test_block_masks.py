@@ -91,3 +91,17 @@ def test_block_that_does_not_tile_a_layer_is_refused_before_pruning(tiny_llama):
     with pytest.raises(UserError, match="block:1x3 tiles do not divide"):
         prune(model, shortcut_plan("magnitude", 0.5, "block:1x3"), CalibrationConfig())
     assert all(torch.equal(before[name], weight_matrix(layer)) for name, layer in find_target_layers(model).items())
+
+
+def test_block_structure_in_a_grid_spec_makes_a_cell_per_sparsity():
+    from sparse_bench.leaderboards.cells import expand_cells, pruned_model_groups
+    from sparse_bench.leaderboards.spec_parser import parse_spec
+
+    spec = parse_spec({"models": ["m"], "methods": ["wanda"], "sparsities": [0.5, 0.8],
+                       "structures": ["unstructured", "block:1x4"], "tasks": ["t"]})
+    cells = [cell for cell in expand_cells(spec) if cell.block]
+    assert [(cell.structure_label, cell.sparsity) for cell in cells] == [("block:1x4", 0.5), ("block:1x4", 0.8)]
+    assert str(cells[0].plan().steps[0].structure) == "block:1x4" and cells[0].plan().steps[0].sparsity == 0.5
+    assert len(pruned_model_groups(expand_cells(spec))) == 5  # dense, 2 unstructured, 2 block: none shared
+    with pytest.raises(UserError, match="sparsities.*block:1x4"):
+        parse_spec({"models": ["m"], "methods": ["wanda"], "structures": ["block:1x4"], "tasks": ["t"]})
