@@ -80,7 +80,8 @@ class Panel:
 class Column:
     """One table column: `text(result)` is its cell; `phase` the phase that measures it; `identity` columns
     lead every task table (what the cell is), the others follow the task's metrics; `summary` puts it in the
-    summary table; `number` and `panel` draw it in plots.py."""
+    summary table; `number` and `panel` draw it in plots.py; an `optional` column is left out of a table where
+    no cell measured it (the runtime columns of a grid measured with dense kernels only)."""
 
     name: str
     text: Callable[[CellResult], str]
@@ -89,6 +90,7 @@ class Column:
     summary: bool = False
     number: Callable[[CellResult], Any] | None = None
     panel: Panel | None = None
+    optional: bool = False
 
 
 def _ppl(result: CellResult) -> Any:
@@ -120,6 +122,17 @@ COLUMNS: tuple[Column, ...] = (
            number=lambda r: measured(r, "latency", "forward_ms"), panel=Panel("cost", "ms per forward")),
     Column("tokens/s", lambda r: fmt(measured(r, "latency", "generate_tokens_per_s"), 3), "latency"),
     Column("peak MiB", lambda r: mebibytes(measured(r, "latency", "peak_memory_bytes")), "latency"),
+    Column("runtime", lambda r: fmt(measured(r, "runtime_latency", "runtime")), "latency", optional=True),
+    Column("ms/forward runtime", lambda r: fmt(measured(r, "runtime_latency", "forward_ms")), "latency",
+           optional=True),
+    Column("tokens/s runtime", lambda r: fmt(measured(r, "runtime_latency", "generate_tokens_per_s"), 3), "latency",
+           optional=True),
+    Column("prefill speedup", lambda r: fmt(measured(r, "runtime_latency", "prefill_speedup"), 3), "latency",
+           number=lambda r: measured(r, "runtime_latency", "prefill_speedup"), optional=True),
+    Column("decode speedup", lambda r: fmt(measured(r, "runtime_latency", "decode_speedup"), 3), "latency",
+           number=lambda r: measured(r, "runtime_latency", "decode_speedup"), optional=True),
+    Column("peak MiB runtime", lambda r: mebibytes(measured(r, "runtime_latency", "peak_memory_bytes")), "latency",
+           optional=True),
     Column("prune s", lambda r: "-" if not r.prune else fmt(r.prune.get("prune_seconds")), summary=True),
 )
 

@@ -59,12 +59,25 @@ def measure_perplexity(run: LoadedCell) -> dict[str, Any]:
 
 
 def measure_latency(run: LoadedCell) -> dict[str, Any]:
-    """Forward latency, generation speed and peak memory (latency.py), when the spec asks for them."""
+    """Forward latency, generation speed and peak memory (harness_ext/runtime/latency.py) with dense kernels and,
+    when the spec's latency names a runtime, with it too, alternating in this run (`runtime_latency`: its
+    numbers, the speedups over dense and the per-layer kernel report). Runs last: it swaps sparse layers in."""
     from ..harness_ext.runtime.latency import measure_latency as latency_of
+    from ..harness_ext.runtime.latency import measure_runtime
 
     settings = run.spec.latency
-    return {"latency": None if settings is None else latency_of(
-        run.lm.model, settings.batch, settings.seqlen, settings.new_tokens, settings.repeats, run.spec.seed)}
+    if settings is None or settings.runtime == "dense" or run.cell.is_dense:
+        return {"latency": None if settings is None else latency_of(
+            run.lm.model, settings.batch, settings.seqlen, settings.new_tokens, settings.repeats, run.spec.seed),
+            "runtime_latency": None}
+    result = measure_runtime(run.lm.model, settings.runtime, settings.batch, settings.seqlen, settings.new_tokens,
+                             settings.repeats, run.cell.block, rounds=2, seed=run.spec.seed)
+    chosen = result["chosen"]
+    return {"latency": result["dense"], "runtime_latency": {
+        "runtime": settings.runtime, "forward_ms": chosen["forward_ms"],
+        "generate_tokens_per_s": chosen["generate_tokens_per_s"], "peak_memory_bytes": chosen["peak_memory_bytes"],
+        "weights_bytes": chosen["weights_bytes"], "prefill_speedup": result["prefill_speedup"],
+        "decode_speedup": result["decode_speedup"], "report": result["runtime_report"]}}
 
 
 def measure_size(run: LoadedCell) -> dict[str, Any]:
@@ -86,8 +99,8 @@ class Measure:
 MEASURES: dict[str, Measure] = {measure.name: measure for measure in (
     Measure("evaluate", ("evaluations", "metrics", "higher_is_better"), measure_evaluation),
     Measure("perplexity", ("perplexity", "agreement"), measure_perplexity),
-    Measure("latency", ("latency",), measure_latency),
     Measure("size", ("size",), measure_size),
+    Measure("latency", ("latency", "runtime_latency"), measure_latency),  # last: a runtime swaps layers
 )}
 
 __all__ = ["LoadedCell", "Measure", "MEASURES", "measure_evaluation", "measure_perplexity", "measure_latency",

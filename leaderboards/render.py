@@ -82,12 +82,19 @@ def task_row(grid: Grid, result: CellResult, task: str, metrics: list[str], prim
     return row
 
 
+def drop_unmeasured(rows) -> list[dict[str, Any]]:
+    """The rows without the optional columns (columns.Column.optional) that no row measured."""
+    rows = list(rows)
+    empty = [c.name for c in COLUMNS if c.optional and all(row.get(c.name) in ("-", FAILED) for row in rows)]
+    return [{name: text for name, text in row.items() if name not in empty} for row in rows]
+
+
 def task_rows(grid: Grid, task: str) -> tuple[list[dict[str, Any]], str | None]:
     """(rows of the task's table, primary metric) over the cells that finished."""
     metrics = task_metrics(grid, task)
     primary = metrics[0] if metrics else None
     results = [r for r in grid.ok() if task in r.metrics]
-    rows = [task_row(grid, result, task, metrics, primary) for result in results]
+    rows = drop_unmeasured(task_row(grid, result, task, metrics, primary) for result in results)
     if primary:
         higher = next((r.higher_is_better.get(task, {}).get(primary) for r in results
                        if primary in r.higher_is_better.get(task, {})), True)

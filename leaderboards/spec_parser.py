@@ -16,6 +16,7 @@ from ..harness_ext.errors import UserError
 from ..harness_ext.pruning.methods import split_grid_name
 from ..harness_ext.pruning.plan import UNSTRUCTURED, CalibrationConfig, parse_structure, plan_from_arguments
 from ..harness_ext.recipes.yaml_loader import load_yaml
+from ..harness_ext.runtime.choose import parse_runtime
 from ..harness_ext.typed_values import WrongValue, check_flag, check_number
 from .cells import expand_cells
 from .spec import DTYPES, GridSpec, LatencySpec, MethodSpec, PerplexitySpec, TaskSpec
@@ -244,11 +245,16 @@ def _perplexity(fields: _Fields, base_dir: Path) -> PerplexitySpec | None:
 def _latency(fields: _Fields) -> LatencySpec | None:
     if "latency" in fields.data and fields.data["latency"] is None:
         return None
-    entry = _Fields(fields.get("latency", {}), "latency", fields.source, ("batch", "seqlen", "new_tokens", "repeats"))
+    entry = _Fields(fields.get("latency", {}), "latency", fields.source,
+                    ("batch", "seqlen", "new_tokens", "repeats", "runtime"))
     defaults = LatencySpec()
+    try:
+        runtime = parse_runtime(entry.get("runtime", defaults.runtime))
+    except UserError as error:
+        entry.fail("runtime", str(error))
     return LatencySpec(batch=entry.integer("batch", defaults.batch), seqlen=entry.integer("seqlen", defaults.seqlen),
                        new_tokens=entry.integer("new_tokens", defaults.new_tokens),
-                       repeats=entry.integer("repeats", defaults.repeats))
+                       repeats=entry.integer("repeats", defaults.repeats), runtime=runtime)
 
 
 __all__ = ["GRID_KEYS", "load_spec", "parse_spec"]

@@ -199,3 +199,23 @@ def test_bad_runtime_model_arg_fails_before_loading(tmp_path):
 
     with pytest.raises(UserError, match="unknown runtime 'gpu'"):
         SparseHFLM(pretrained=str(tmp_path / "never-loaded"), runtime="gpu")
+
+
+def test_leaderboard_latency_measure_with_a_runtime_reports_both_sides(tiny_llama):
+    from types import SimpleNamespace
+
+    from sparse_bench.leaderboards.cells import expand_cells
+    from sparse_bench.leaderboards.measures import MEASURES, LoadedCell
+    from sparse_bench.leaderboards.spec_parser import parse_spec
+
+    spec = parse_spec({"models": ["m"], "methods": ["magnitude"], "sparsities": [0.9], "tasks": ["t"],
+                       "latency": {"seqlen": 8, "new_tokens": 2, "repeats": 1, "runtime": "sparse"}})
+    cell = expand_cells(spec)[1]
+    run = LoadedCell(cell, spec, None, None, None, None, lm=SimpleNamespace(model=_pruned_tiny(tiny_llama)))
+    record = MEASURES["latency"].function(run)
+    runtime = record["runtime_latency"]
+    assert runtime["runtime"] == "sparse" and runtime["report"]["sparse_layers"] == 14
+    assert runtime["prefill_speedup"] == pytest.approx(record["latency"]["forward_ms"] / runtime["forward_ms"])
+    assert list(MEASURES)[-1] == "latency"  # it swaps sparse layers in, so it runs after every other measure
+    with pytest.raises(UserError, match="latency.runtime"):
+        parse_spec({"models": ["m"], "tasks": ["t"], "latency": {"runtime": "turbo"}})

@@ -129,25 +129,26 @@ def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def measure_runtime(model: nn.Module, runtime: str, batch: int = 1, seqlen: int = 128, new_tokens: int = 32,
-                    repeats: int = 5, block: BlockStructure | None = None, rounds: int = 1) -> dict[str, Any]:
+                    repeats: int = 5, block: BlockStructure | None = None, rounds: int = 1,
+                    seed: int = 0) -> dict[str, Any]:
     """`measure_latency` with dense kernels, then `apply_runtime(runtime)` at these shapes (decode: 1 row per
     generated token at batch 1; prefill: batch x seqlen rows), then `measure_latency` again; with `rounds` > 1
     the two alternate that many times (dense, runtime, dense, ...: machine noise hits both sides) and the
     medians are kept. The last runtime measurement runs after the dense layers are freed, so its memory is the
     runtime's own. Returns both measurements, the speedups (dense time / runtime time: > 1 is faster) and the
     runtime's per-layer report. The model keeps the chosen runtime afterwards."""
-    dense_runs = [measure_latency(model, batch, seqlen, new_tokens, repeats)]
+    dense_runs = [measure_latency(model, batch, seqlen, new_tokens, repeats, seed)]
     report = apply_runtime(model, runtime, RuntimeShapes(decode_tokens=1, prefill_tokens=batch * seqlen), block,
                            keep_dense=rounds > 1)
     chosen_runs = []
     for round_index in range(rounds):
         if round_index:
             report.use_dense(model, True)
-            dense_runs.append(measure_latency(model, batch, seqlen, new_tokens, repeats))
+            dense_runs.append(measure_latency(model, batch, seqlen, new_tokens, repeats, seed))
             report.use_dense(model, False)
         if round_index == rounds - 1:
             report.release_dense()
-        chosen_runs.append(measure_latency(model, batch, seqlen, new_tokens, repeats))
+        chosen_runs.append(measure_latency(model, batch, seqlen, new_tokens, repeats, seed))
     dense, chosen = _median_run(dense_runs), _median_run(chosen_runs)
     decode = None
     if dense["generate_tokens_per_s"] and chosen["generate_tokens_per_s"]:
