@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from ..harness_ext.errors import UserError
-from ..harness_ext.pruning.plan import UNSTRUCTURED, BlockStructure, NMStructure, PruningPlan, parse_structure, plan_from_arguments
+from ..harness_ext.pruning.plan import (
+    UNSTRUCTURED,
+    BlockStructure,
+    NMStructure,
+    PruningPlan,
+    parse_structure,
+    plan_from_arguments,
+)
 from .spec import GridSpec, MethodSpec
 
 DENSE = "dense"

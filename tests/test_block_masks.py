@@ -12,8 +12,8 @@ from sparse_bench.harness_ext.pruning.magnitude import magnitude_mask
 from sparse_bench.harness_ext.pruning.masks import block_sums
 from sparse_bench.harness_ext.pruning.plan import BlockStructure, CalibrationConfig, parse_structure, shortcut_plan
 from sparse_bench.harness_ext.pruning.sparsegpt import sparsegpt_prune
-from sparse_bench.harness_ext.pruning.wanda import wanda_mask
 from sparse_bench.harness_ext.pruning.targets import find_target_layers, weight_matrix
+from sparse_bench.harness_ext.pruning.wanda import wanda_mask
 
 
 def _tiles_whole(keep: torch.Tensor, structure: BlockStructure) -> bool:

@@ -58,7 +58,7 @@ def _summary(report) -> str:
 @click.option("--update", type=click.Choice(update_names()),
               help="Weight update run on the method's mask (e.g. admm).")
 @click.option("--sparsity", type=float, help="Fraction of weights to zero per layer, in [0, 1).")
-@click.option("--structure", default=None, help="unstructured (default) or N:M such as 2:4.")
+@click.option("--structure", default=None, help="unstructured (default), N:M such as 2:4, or block:RxC such as block:1x4.")
 @click.option("--scope", type=click.Choice(SCOPES), default="layer", show_default=True,
               help="global: one magnitude threshold across all target layers.")
 @click.option("--recipe", type=click.Path(dir_okay=False, path_type=Path),
