@@ -199,7 +199,8 @@ def choose_layer(name: str, linear: nn.Linear, mode: str, shapes: RuntimeShapes,
     names = ("dense",) + ((mode,) if mode in SPARSE_KERNELS else SPARSE_KERNELS)
     timings, reasons = _time_candidates(weight, names, shapes, block, repeats)
     if "dense" not in timings:
-        raise UserError(f"runtime: the dense kernel failed on {name}: {reasons['dense']}")
+        raise UserError(f"runtime: the dense kernel failed on {name}: {reasons['dense']}; check that the model "
+                        "runs at all (e.g. with runtime=dense)")
     if mode in SPARSE_KERNELS and mode in reasons:
         raise UserError(f"runtime={mode} cannot run {name}: {reasons[mode]}; use runtime=auto, which picks per layer")
     if len(timings) == 1:

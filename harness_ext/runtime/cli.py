@@ -13,7 +13,7 @@ from .kernels import SPARSE_KERNELS
 
 def _positive(name: str, value: int) -> int:
     if value < 1:
-        raise UserError(f"--{name} must be >= 1, got {value}")
+        raise UserError(f"--{name} must be >= 1, got {value}; leave it out for the default")
     return value
 
 
