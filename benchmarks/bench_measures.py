@@ -83,21 +83,21 @@ def cost(args) -> str:
     import torch
 
     from sparse_bench.harness_ext.agreement import AgreementMeter
-    from sparse_bench.harness_ext.models import load_model, resolve_model_path
+    from sparse_bench.harness_ext.models import find_or_prepare_model, load_model
     from sparse_bench.harness_ext.perplexity import token_perplexity
     from sparse_bench.harness_ext.pruning.engine import prune
-    from sparse_bench.harness_ext.pruning.plan import plan_from_arguments
+    from sparse_bench.harness_ext.pruning.request import shortcut_plan
 
     data_dir = Path(os.environ.get("SPARSE_BENCH_DATA_DIR", REPO.parent / "shared" / "data"))
     text = (data_dir / "wikitext2" / "wiki.test.raw").read_text(encoding="utf-8")[:args.max_tokens * 16]
-    model, tokenizer = load_model(resolve_model_path("smollm2-135m"), "float32", "cpu")
+    model, tokenizer = load_model(find_or_prepare_model("smollm2-135m"), "float32", "cpu")
     window = (args.seqlen, args.max_tokens)
     _, dense_s = cpu_timed(token_perplexity, model, tokenizer, text, *window)
     builder = TimedObserver(AgreementMeter(None, args.top_k))
     _, dense_build_s = cpu_timed(token_perplexity, model, tokenizer, text, *window, on_logits=builder)
     reference = builder.observer.built_reference({})
     pruned = copy.deepcopy(model)
-    prune(pruned, plan_from_arguments("magnitude", 0.5), progress=False)
+    prune(pruned, shortcut_plan("magnitude", 0.5), progress=False)
     _, pruned_s = cpu_timed(token_perplexity, pruned, tokenizer, text, *window)
     meter = TimedObserver(AgreementMeter(reference))
     _, pruned_agree_s = cpu_timed(token_perplexity, pruned, tokenizer, text, *window, on_logits=meter)

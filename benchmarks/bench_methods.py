@@ -47,7 +47,8 @@ def worker(args: argparse.Namespace) -> None:
     from sparse_bench.harness_ext.perplexity import read_text, token_perplexity
     from sparse_bench.harness_ext.pruning.engine import prune
     from sparse_bench.harness_ext.pruning.methods import split_grid_name
-    from sparse_bench.harness_ext.pruning.plan import CalibrationConfig, shortcut_plan
+    from sparse_bench.harness_ext.pruning.plan import CalibrationConfig
+    from sparse_bench.harness_ext.pruning.request import shortcut_plan
 
     torch.manual_seed(0)
     model, tokenizer = load_model(args.model, "float32", "cpu")

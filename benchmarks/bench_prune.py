@@ -76,7 +76,8 @@ def worker(args: argparse.Namespace) -> None:
     from sparse_bench.harness_ext.pruning.calibration import Stopwatch, default_batch_size, layer_sequential, run_block
     from sparse_bench.harness_ext.pruning.calibration_data import calibration_tokens
     from sparse_bench.harness_ext.pruning.engine import prune
-    from sparse_bench.harness_ext.pruning.plan import CalibrationConfig, shortcut_plan
+    from sparse_bench.harness_ext.pruning.plan import CalibrationConfig
+    from sparse_bench.harness_ext.pruning.request import shortcut_plan
 
     torch.manual_seed(0)
     baseline_rss = rss_bytes()  # interpreter + libraries
@@ -155,11 +156,11 @@ def write_calibration_tokens(args: argparse.Namespace, folder: Path) -> Path:
 
 
 def run_peer(peer_python: Path, case: str, token_file: Path, args: argparse.Namespace, env: dict) -> dict:
-    from sparse_bench.harness_ext.models import resolve_model_path
+    from sparse_bench.harness_ext.models import find_or_prepare_model
 
     method, _, structure = CASES[case]
     return run_json([str(peer_python), str(REPO / "benchmarks" / "bench_prune_llmc.py"),
-                     "--model", resolve_model_path(args.model), "--tokens", str(token_file), "--method", method,
+                     "--model", find_or_prepare_model(args.model), "--tokens", str(token_file), "--method", method,
                      "--structure", structure or "0:0", "--eval-text", args.eval_text,
                      "--eval-tokens", str(args.eval_tokens), "--seqlen", str(args.seqlen)], env)
 

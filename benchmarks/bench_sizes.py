@@ -27,7 +27,7 @@ from sparse_bench.harness_ext.checkpoints import checkpoint_sizes, load_checkpoi
 from sparse_bench.harness_ext.checkpoints.encoding import int_view
 from sparse_bench.harness_ext.models import load_model, parse_dtype
 from sparse_bench.harness_ext.pruning.engine import prune
-from sparse_bench.harness_ext.pruning.plan import shortcut_plan
+from sparse_bench.harness_ext.pruning.request import shortcut_plan
 
 
 def timed(function, *args, **kwargs):

@@ -48,7 +48,7 @@ def run_method(method: str, args: argparse.Namespace) -> dict:
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    from sparse_bench.harness_ext.models import resolve_model_path
+    from sparse_bench.harness_ext.models import find_or_prepare_model
     from sparse_bench.model_wrappers.registration import register_with_lm_eval
     from sparse_bench.model_wrappers.sparse_hf import SparseHFLM
 
@@ -57,7 +57,7 @@ def run_method(method: str, args: argparse.Namespace) -> dict:
         import torch
 
         torch.set_num_threads(args.threads)
-    model_dir = resolve_model_path(args.model)
+    model_dir = find_or_prepare_model(args.model)
     pruning = {} if method == "dense" else {"method": method, "sparsity": args.sparsity,
                                             "nsamples": args.nsamples, "seqlen": args.seqlen}
     peak_rss_reset()

@@ -36,7 +36,8 @@ def worker(args: argparse.Namespace) -> None:
     from sparse_bench.harness_ext.models import load_model
     from sparse_bench.harness_ext.perplexity import read_text, token_perplexity
     from sparse_bench.harness_ext.pruning.engine import prune
-    from sparse_bench.harness_ext.pruning.plan import CalibrationConfig, shortcut_plan
+    from sparse_bench.harness_ext.pruning.plan import CalibrationConfig
+    from sparse_bench.harness_ext.pruning.request import shortcut_plan
     from sparse_bench.harness_ext.pruning.targets import find_target_layers, weight_matrix
 
     torch.set_num_threads(args.threads)

@@ -77,7 +77,8 @@ def our_side(args: argparse.Namespace, model_dir: Path, work: Path) -> tuple[dic
 
     from sparse_bench.harness_ext.pruning.calibration_data import calibration_tokens
     from sparse_bench.harness_ext.pruning.engine import model_context, prune
-    from sparse_bench.harness_ext.pruning.plan import CalibrationConfig, shortcut_plan
+    from sparse_bench.harness_ext.pruning.plan import CalibrationConfig
+    from sparse_bench.harness_ext.pruning.request import shortcut_plan
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)

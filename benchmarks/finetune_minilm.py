@@ -35,7 +35,7 @@ def prune_to(path: Path, sparsity: float, out: Path) -> Path:
 
     from sparse_bench.harness_ext.checkpoints import load_checkpoint, save_checkpoint
     from sparse_bench.harness_ext.pruning.engine import prune
-    from sparse_bench.harness_ext.pruning.plan import shortcut_plan
+    from sparse_bench.harness_ext.pruning.request import shortcut_plan
 
     model, tokenizer = load_checkpoint(AutoModel, path), AutoTokenizer.from_pretrained(path)
     report = prune(model, shortcut_plan("magnitude", sparsity, scope="global"), None, tokenizer, progress=False)

@@ -24,7 +24,8 @@ from tabulate import tabulate
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from sparse_bench.harness_ext.pruning.engine import prune
-from sparse_bench.harness_ext.pruning.plan import CalibrationConfig, shortcut_plan
+from sparse_bench.harness_ext.pruning.plan import CalibrationConfig
+from sparse_bench.harness_ext.pruning.request import shortcut_plan
 from sparse_bench.harness_ext.pruning.targets import find_target_layers
 
 CELLS = [("magnitude", 0.5, None), ("magnitude", None, "2:4"), ("wanda", 0.5, None), ("wanda", None, "2:4"),

@@ -89,10 +89,10 @@ def token_counter(name: str | None):
         return None
     from transformers import AutoTokenizer
 
-    from .models import resolve_model_path
+    from .models import find_or_prepare_model
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name))
+        tokenizer = AutoTokenizer.from_pretrained(find_or_prepare_model(name))
     except (OSError, ValueError) as error:
         raise UserError(f"cannot load the tokenizer {name!r} ({str(error).splitlines()[0]}); pass the evaluated "
                         "model's directory or hub id to --tokenizer") from None

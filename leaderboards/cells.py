@@ -15,14 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from ..harness_ext.errors import UserError
-from ..harness_ext.pruning.plan import (
-    UNSTRUCTURED,
-    BlockStructure,
-    NMStructure,
-    PruningPlan,
-    parse_structure,
-    plan_from_arguments,
-)
+from ..harness_ext.pruning.plan import PruningPlan
+from ..harness_ext.pruning.request import parse_request
+from ..harness_ext.pruning.values import UNSTRUCTURED, BlockStructure, NMStructure, parse_structure
 from .spec import GridSpec, MethodSpec
 
 DENSE = "dense"
@@ -76,15 +71,15 @@ class Cell:
         return str(self.nm) if self.nm else f"{self.sparsity:g}" if self.sparsity is not None else RECIPE
 
     def plan(self) -> PruningPlan | None:
-        """The pruning plan (None for dense); recipes are parsed by the recipes module."""
+        """The pruning plan (None for dense), built by the request layer from the cell's options, as model_args
+        and CLI flags are."""
         if self.method is None:
             return None
         if self.method.recipe:
-            return plan_from_arguments(recipe=self.method.recipe)
-        structure = self.nm or self.block
-        return plan_from_arguments(self.method.method, self.sparsity, str(structure) if structure else None,
-                                   scope=self.method.scope, source="leaderboard", update=self.method.update,
-                                   options=dict(self.method.options))
+            return parse_request({"recipe": self.method.recipe}, source="leaderboard").plan
+        given = {"method": self.method.method, "sparsity": self.sparsity, "structure": str(self.nm or self.block) if self.nm or self.block else None,
+                 "scope": self.method.scope, "update": self.method.update, **dict(self.method.options)}
+        return parse_request(given, source="leaderboard").plan
 
     def describe(self) -> dict[str, Any]:
         """The cell as result files and grid.json record it (`structure` = `structure_label`)."""

@@ -213,7 +213,7 @@ def run_grid(spec: GridSpec, out_dir: Path, shard: tuple[int, int] = (0, 1), cac
     """Run this shard's cells of `spec` into `out_dir` (see the module docstring); returns what happened."""
     from tqdm import tqdm
 
-    from ..harness_ext.models import resolve_model_path, sparse_bench_home
+    from ..harness_ext.models import find_or_prepare_model, sparse_bench_home
     from ..model_wrappers.registration import register_with_lm_eval
 
     out_dir = Path(out_dir)
@@ -231,7 +231,7 @@ def run_grid(spec: GridSpec, out_dir: Path, shard: tuple[int, int] = (0, 1), cac
     register_with_lm_eval()
     quiet_library_progress_bars()
     tasks = GridTasks(spec, needs_builtin_tasks(spec))
-    resolve = functools.cache(lambda model: (path := resolve_model_path(model), model_fingerprint(path)))
+    resolve = functools.cache(lambda model: (path := find_or_prepare_model(model), model_fingerprint(path)))
     env = environment()
     bar = tqdm(todo, desc=f"grid {spec.name}", unit="cell", disable=not progress)
     for cell, previous in bar:

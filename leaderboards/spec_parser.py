@@ -14,13 +14,21 @@ from typing import Any
 
 from ..harness_ext.errors import UserError
 from ..harness_ext.pruning.methods import split_grid_name
-from ..harness_ext.pruning.plan import UNSTRUCTURED, CalibrationConfig, parse_structure, plan_from_arguments
+from ..harness_ext.pruning.options import BY_NAME, PLAN, parse_option
+from ..harness_ext.pruning.plan import CalibrationConfig
+from ..harness_ext.pruning.request import parse_request
+from ..harness_ext.pruning.values import UNSTRUCTURED, parse_structure
 from ..harness_ext.recipes.yaml_loader import load_yaml
 from ..harness_ext.runtime.choose import parse_runtime
 from ..harness_ext.typed_values import WrongValue, check_flag, check_number
 from .cells import expand_cells
 from .spec import DTYPES, GridSpec, LatencySpec, MethodSpec, PerplexitySpec, TaskSpec
 
+# A methods entry takes every plan option of the table (options.py) by its name but the grid's own axes
+# (`sparsities`, `structures`); a method's options may also be grouped under `options:`.
+ENTRY_OPTIONS = tuple(name for name, row in BY_NAME.items()
+                      if row.group == PLAN and name not in ("method", "scope", "update", "sparsity", "structure"))
+METHOD_KEYS = ("method", "scope", "recipe", "update", "options", *ENTRY_OPTIONS)
 SPEC_HINT = "fix that key in the grid spec (docs/leaderboard.md lists the keys and their values)"
 
 
@@ -159,16 +167,20 @@ def _method(fields: _Fields, index: int, value: Any, base_dir: Path) -> MethodSp
     where = f"methods[{index}]"
     if isinstance(value, str):
         value = {"method": value}
-    entry = _Fields(value, where, fields.source, ("method", "scope", "recipe", "update", "options"))
+    entry = _Fields(value, where, fields.source, METHOD_KEYS)
     recipe = entry.get("recipe")
     if recipe is not None:
         if entry.get("method") is not None:
             entry.fail("recipe", "give either method or recipe, not both")
+        ignored = [key for key in entry.data if key != "recipe"]
+        if ignored:
+            entry.fail(ignored[0], f"a recipe already defines the pruning, so {', '.join(ignored)} would be ignored; "
+                       "give the recipe or these options, not both")
         recipe_path = (base_dir / str(recipe)).resolve()
         if not recipe_path.is_file():
             entry.fail("recipe", f"recipe file {recipe_path} not found")
         try:  # a bad recipe is reported now, before any model loads
-            plan_from_arguments(recipe=str(recipe_path))
+            parse_request({"recipe": str(recipe_path)}, source="leaderboard")
         except UserError as error:
             entry.fail("recipe", str(error))
         digest = hashlib.sha256(recipe_path.read_bytes()).hexdigest()
@@ -185,6 +197,12 @@ def _method(fields: _Fields, index: int, value: Any, base_dir: Path) -> MethodSp
     options = entry.get("options", {})
     if not isinstance(options, dict):
         entry.fail("options", f"must be a mapping of method options such as {{ria_exponent: 0.5}}, got {options!r}")
+    for key in ENTRY_OPTIONS:
+        if entry.get(key) is not None:
+            try:  # typed now (lists become tuples): a cell is hashable and its label stable
+                options = {**options, key: parse_option(key, entry.get(key))}
+            except UserError as error:
+                entry.fail(key, str(error))
     return MethodSpec(method=method, scope=str(entry.get("scope", "layer")), update=update,
                       options=tuple(sorted(options.items())))
 

@@ -1,8 +1,9 @@
 """The pruning model_args shared by `sparse-hf` and `sparse-encoder`: parsed before loading, applied after.
 
-    method, sparsity, structure, scope, recipe, calibration, nsamples, seqlen, seed, true_sequential
-
-mean what they mean everywhere (docs/pruning.md); see `PruneOnLoad.from_model_args`.
+Every option of the one table (harness_ext/pruning/options.py; docs/pruning.md lists them) is a model_args
+key with the meaning it has on the CLI, in grid specs and in recipes; lists (`targets`, `ignore`) are
+separated by `;` because lm-eval splits model_args on commas. The work is the request layer's
+(`parse_request`, `prune_on_load`); this adds lm-eval's logging.
 """
 
 from __future__ import annotations
@@ -11,57 +12,37 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from ..harness_ext.pruning.engine import prune
-from ..harness_ext.pruning.plan import (
-    BlockStructure,
-    CalibrationConfig,
-    PruningPlan,
-    parse_flag,
-    parse_integer,
-    plan_from_arguments,
-)
-from ..harness_ext.pruning.report import PruneReport, measure_sparsity
+from ..harness_ext.pruning.options import option_names
+from ..harness_ext.pruning.report import PruneReport
+from ..harness_ext.pruning.request import PruneRequest, parse_request, prune_on_load
+from ..harness_ext.pruning.values import BlockStructure
 
 LOGGER = logging.getLogger("lm_eval.models.sparse_hf")  # under lm-eval's handler and format
 
 
 @dataclass
 class PruneOnLoad:
-    """What to prune once the model is loaded (`plan` None: nothing, measure only) and with which data."""
+    """The parsed pruning request of one model_args string."""
 
-    plan: PruningPlan | None
-    calibration: CalibrationConfig
+    request: PruneRequest
 
     @classmethod
-    def from_model_args(cls, method: str | None = None, sparsity: float | None = None, structure: str | None = None,
-                        scope: str = "layer", recipe: str | None = None, calibration: str = "c4",
-                        nsamples: int = 128, seqlen: int = 2048, seed: int = 0,
-                        true_sequential: bool | str = False, update: str | None = None,
-                        options: dict[str, Any] | None = None) -> "PruneOnLoad":
-        """Parse the pruning model_args (text from lm-eval or typed values); UserError on any bad value.
-        `update` and `options` (method options by name) are as in `plan_from_arguments`."""
-        return cls(plan=plan_from_arguments(method, sparsity, structure, scope, recipe, update=update,
-                                            options=options),
-                   calibration=CalibrationConfig(data=str(calibration), nsamples=parse_integer("nsamples", nsamples),
-                                                 seqlen=parse_integer("seqlen", seqlen),
-                                                 seed=parse_integer("seed", seed),
-                                                 true_sequential=parse_flag("true_sequential", true_sequential)))
+    def from_model_args(cls, model_args: dict[str, Any]) -> "PruneOnLoad":
+        """Take (pop) the pruning options out of `model_args` (text from lm-eval or typed values) and parse them;
+        the rest stays for the model. UserError on any bad, unknown or ignored option."""
+        given = {name: model_args.pop(name) for name in list(model_args) if name in option_names()}
+        return cls(parse_request(given, source="model_args"))
 
     def block_structure(self) -> BlockStructure | None:
         """The block structure every step of the plan shares (for the `bsr` runtime kernel), else None."""
-        structures = {step.structure for step in self.plan.steps} if self.plan is not None else set()
+        plan = self.request.plan
+        structures = {step.structure for step in plan.steps} if plan is not None else set()
         single = structures.pop() if len(structures) == 1 else None
         return single if isinstance(single, BlockStructure) else None
 
     def apply(self, model: Any, tokenizer: Any, wrapper: str) -> PruneReport:
         """Prune `model` in place (or only measure it) and log the measured sparsity as `wrapper`."""
-        if self.plan is not None and self.plan.steps:
-            report = prune(model, self.plan, self.calibration, tokenizer=tokenizer)
-        else:  # nothing to prune (no arguments, or a recipe that only holds masks): measure as loaded
-            report = measure_sparsity(model)
-            if self.plan is not None:
-                report.plan = self.plan.describe()
-                report.warnings.extend(self.plan.notes)
+        report = prune_on_load(model, tokenizer, self.request)
         LOGGER.info("%s: measured sparsity %.4f (%d of %d weights are zero in %d prunable layers); %d non-zero "
                     "parameters in the model", wrapper, report.overall_sparsity, report.zeros, report.numel,
                     len(report.layers), report.nonzero_params)

@@ -35,11 +35,11 @@ def register_models() -> None:
 def with_resolved_model_name(metadata: dict | None) -> dict | None:
     """lm-eval hands the model args to task loaders as metadata (Billsum reads the tokenizer named there):
     turn a short name such as `pretrained=smollm2-135m` into the checkpoint directory it stands for."""
-    from ..harness_ext.models import SHORT_NAMES, resolve_model_path
+    from ..harness_ext.models import SHORT_NAMES, find_or_prepare_model
 
     if not metadata or metadata.get("pretrained") not in SHORT_NAMES:
         return metadata
-    return {**metadata, "pretrained": resolve_model_path(metadata["pretrained"])}
+    return {**metadata, "pretrained": find_or_prepare_model(metadata["pretrained"])}
 
 
 TASK_MANAGER_MODULE = "lm_eval.tasks.manager"

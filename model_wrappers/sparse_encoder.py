@@ -20,7 +20,7 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
 from ..harness_ext.errors import UserError
-from ..harness_ext.models import load_model, model_family, resolve_model_path
+from ..harness_ext.models import find_or_prepare_model, load_model, model_family
 from ..harness_ext.pruning.engine import model_context
 from ..harness_ext.pseudo_likelihood import (
     check_masked_lm,
@@ -54,10 +54,14 @@ class SparseEncoderLM(LM):
                  max_batch_size: Any = None, **pruning_args: Any) -> None:
         """`pretrained`: directory, hub id or short name of an encoder with a masked-LM head; `dtype`,
         `device` as for sparse-hf; `batch_size` / `max_batch_size` are accepted from lm-eval's CLI but unused
-        (scoring batches hold a fixed budget of logits); the other arguments are sparse-hf's pruning ones."""
+        (scoring batches hold a fixed budget of logits); the other arguments are the pruning options
+        (docs/pruning.md)."""
         super().__init__()
-        pruning = PruneOnLoad.from_model_args(**pruning_args)
-        path = resolve_model_path(pretrained)
+        pruning = PruneOnLoad.from_model_args(pruning_args)
+        if pruning_args:
+            raise UserError(f"model_args: {', '.join(map(repr, pruning_args))} is an option of neither sparse-encoder "
+                            "nor pruning (docs/pruning.md lists them); check its spelling")
+        path = find_or_prepare_model(pretrained)
         check_encoder_only(path)
         self.model, self.tokenizer = load_model(path, dtype, device)
         self.mask_id = check_masked_lm(self.model, self.tokenizer)

@@ -19,8 +19,7 @@ from lm_eval.models.huggingface import HFLM  # importing lm_eval.models first re
 
 from ..harness_ext.checkpoints import load_checkpoint, read_record
 from ..harness_ext.errors import UserError
-from ..harness_ext.models import model_family, parse_dtype, resolve_model_path
-from ..harness_ext.pruning.methods import option_fields
+from ..harness_ext.models import find_or_prepare_model, model_family, parse_dtype
 from ..harness_ext.runtime.choose import apply_runtime, parse_runtime, runtime_shapes
 from .prune_on_load import PruneOnLoad
 
@@ -56,30 +55,21 @@ def check_backend(config: Any, backend: str) -> None:
 class SparseHFLM(HFLM):
     """HFLM + pruning on load + measured sparsity in the results."""
 
-    def __init__(self, pretrained: Any = None, method: str | None = None, sparsity: float | None = None,
-                 structure: str | None = None, scope: str = "layer", recipe: str | None = None,
-                 update: str | None = None, calibration: str = "c4", nsamples: int = 128, seqlen: int = 2048, seed: int = 0,
-                 true_sequential: bool | str = False, runtime: str = "dense", **kwargs: Any) -> None:
-        """`method`: a registered pruning method (docs/pruning.md lists them); `update`: a weight update on the
-        method's mask (admm); any method or update option by its name (`ria_exponent=0.5`, `admm_iterations=20`);
-        `sparsity`: zero fraction per pruned layer in [0, 1);
-        `structure`: unstructured | N:M (keep N of every M, e.g. 2:4); `scope`: layer | global (global: one
-        magnitude threshold over all pruned layers); `recipe`: a SparseML / llm-compressor recipe file;
-        `calibration` (c4 | wikitext2 | FILE), `nsamples`, `seqlen` (tokens), `seed`: Wanda/SparseGPT data;
-        `true_sequential`: one forward per block, each layer pruned from the already pruned layers' outputs
-        (faster, holds the calibration activations; see docs/pruning.md);
-        `runtime`: dense | sparse | auto | a kernel name: which kernel runs each pruned layer (docs/runtime.md).
+    def __init__(self, pretrained: Any = None, runtime: str = "dense", **kwargs: Any) -> None:
+        """`pretrained`: a checkpoint folder, hub id or short name; the pruning options of docs/pruning.md
+        (`method`, `sparsity`, `structure`, `scope`, `targets`, `ignore`, `owl`, each method's and update's
+        options, `recipe`, `calibration`, `nsamples`, `seqlen`, `seed`, `true_sequential`); `runtime`: dense |
+        sparse | auto | a kernel name, which kernel runs each pruned layer (docs/runtime.md); every other key
+        is lm-eval's hf model's.
         """
         if pretrained is None:
             raise UserError("model_args has no pretrained=MODEL (a checkpoint folder, hub id or short name such as "
                             "smollm2-135m); check its spelling")
-        options = {name: kwargs.pop(name) for name in list(kwargs) if name in option_fields()}
+        pruning = PruneOnLoad.from_model_args(kwargs)
         runtime = parse_runtime(runtime)
-        pruning = PruneOnLoad.from_model_args(method, sparsity, structure, scope, recipe, calibration, nsamples,
-                                              seqlen, seed, true_sequential, update=update, options=options)
         requested_dtype = parse_dtype(kwargs.get("dtype", "auto"))
         if isinstance(pretrained, str):
-            pretrained = resolve_model_path(pretrained)
+            pretrained = find_or_prepare_model(pretrained)
         try:
             super().__init__(pretrained=pretrained, **kwargs)
         except TypeError as error:  # an unknown model_args key reaches the model class's constructor

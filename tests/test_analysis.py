@@ -170,7 +170,7 @@ def test_pruned_model_reports_the_sparsity_applied(tiny_model_dirs):
 
 def test_engine_pruned_model_reports_the_engine_sparsity(tiny_model_dirs):
     from sparse_bench.harness_ext.pruning.engine import prune
-    from sparse_bench.harness_ext.pruning.plan import shortcut_plan
+    from sparse_bench.harness_ext.pruning.request import shortcut_plan
 
     model = load(tiny_model_dirs, "llama")
     report = prune(model, shortcut_plan("magnitude", 0.5), progress=False).to_dict()

@@ -35,7 +35,7 @@ def test_default_model_checkpoint(dense_analysis):
 def test_default_model_in_memory_and_pruned(dense_analysis):
     from sparse_bench.harness_ext.models import load_model
     from sparse_bench.harness_ext.pruning.engine import prune
-    from sparse_bench.harness_ext.pruning.plan import shortcut_plan
+    from sparse_bench.harness_ext.pruning.request import shortcut_plan
 
     model, _ = load_model("smollm2-135m", "float32")
     in_memory = analyze(model)

@@ -10,9 +10,11 @@ from sparse_bench.harness_ext.errors import UserError
 from sparse_bench.harness_ext.pruning.engine import prune
 from sparse_bench.harness_ext.pruning.magnitude import magnitude_mask
 from sparse_bench.harness_ext.pruning.masks import block_sums
-from sparse_bench.harness_ext.pruning.plan import BlockStructure, CalibrationConfig, parse_structure, shortcut_plan
+from sparse_bench.harness_ext.pruning.plan import CalibrationConfig
+from sparse_bench.harness_ext.pruning.request import shortcut_plan
 from sparse_bench.harness_ext.pruning.sparsegpt import sparsegpt_prune
 from sparse_bench.harness_ext.pruning.targets import find_target_layers, weight_matrix
+from sparse_bench.harness_ext.pruning.values import BlockStructure, parse_structure
 from sparse_bench.harness_ext.pruning.wanda import wanda_mask
 
 

@@ -404,7 +404,7 @@ def test_engine_n_m_masks_get_the_n_m_encoding(tiny_model_dirs, tmp_path, kind, 
     """The pruning engine's 2:4 (along the input dimension: last for Linear, first for GPT-2's Conv1D)."""
     from sparse_bench.harness_ext.checkpoints.encoding import choose_encoding
     from sparse_bench.harness_ext.pruning.engine import prune
-    from sparse_bench.harness_ext.pruning.plan import shortcut_plan
+    from sparse_bench.harness_ext.pruning.request import shortcut_plan
 
     model = AUTO[kind].from_pretrained(tiny_model_dirs[kind])
     report = prune(model, shortcut_plan("magnitude", None, "2:4"), progress=False)

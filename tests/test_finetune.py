@@ -17,7 +17,7 @@ from sparse_bench.harness_ext.finetune import run as finetune_run
 from sparse_bench.harness_ext.finetune.trainer import DivergedError
 from sparse_bench.harness_ext.models import load_model
 from sparse_bench.harness_ext.pruning.engine import prune
-from sparse_bench.harness_ext.pruning.plan import shortcut_plan
+from sparse_bench.harness_ext.pruning.request import shortcut_plan
 from sparse_bench.harness_ext.pruning.targets import find_target_layers
 
 TINY_RUN = {"data": "mrpc", "max_steps": 2, "batch_size": 4, "limit": 8, "eval_limit": 4, "max_length": 128,

@@ -10,7 +10,7 @@ from sparse_bench.harness_ext.checkpoints import load_checkpoint, save_checkpoin
 from sparse_bench.harness_ext.finetune import FinetuneConfig, finetune
 from sparse_bench.harness_ext.models import load_model
 from sparse_bench.harness_ext.pruning.engine import prune
-from sparse_bench.harness_ext.pruning.plan import shortcut_plan
+from sparse_bench.harness_ext.pruning.request import shortcut_plan
 from sparse_bench.harness_ext.pruning.targets import find_target_layers
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="QLoRA and fp16-amp need a CUDA GPU")

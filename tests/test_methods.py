@@ -18,7 +18,9 @@ from sparse_bench.harness_ext.pruning.calibration import InputStatistics
 from sparse_bench.harness_ext.pruning.calibration_data import calibration_tokens
 from sparse_bench.harness_ext.pruning.engine import prune
 from sparse_bench.harness_ext.pruning.masks import prune_count
-from sparse_bench.harness_ext.pruning.plan import CalibrationConfig, NMStructure, OwlConfig, plan_from_arguments
+from sparse_bench.harness_ext.pruning.method_types import Target
+from sparse_bench.harness_ext.pruning.plan import CalibrationConfig, NMStructure, OwlConfig
+from sparse_bench.harness_ext.pruning.request import parse_request
 from sparse_bench.harness_ext.pruning.sparsegpt import sparsegpt_prune
 from sparse_bench.harness_ext.pruning.targets import find_target_layers, weight_matrix
 
@@ -41,6 +43,14 @@ def real_inputs(tiny_model_dirs):
         inputs = block.input_layernorm(model.model.embed_tokens(tokens))
         return block.self_attn.q_proj.weight.double().numpy().copy(), \
             inputs.reshape(-1, inputs.shape[-1]).double().numpy()
+
+
+def plan_from_arguments(method=None, sparsity=None, structure=None, scope=None, update=None, options=None, owl=None):
+    """The plan these model_args describe, through the request layer (method options by name)."""
+    owl_options = {} if owl is None else {"owl": True, "owl_m": owl.m, "owl_lambda": owl.lmbda}
+    given = {"method": method, "sparsity": sparsity, "structure": structure, "scope": scope, "update": update,
+             **(options or {}), **owl_options}
+    return parse_request(given, source="model_args").plan
 
 
 def _engine_weight(dirs, method, structure=None, **arguments):
@@ -233,7 +243,7 @@ def test_gradual_admm_matches_the_paper_schedule(tiny_model_dirs, real_inputs, s
     keep, expected = _numpy_admm(weight, hessian, keep_at, prune_iterations=15)
     stats = InputStatistics(weight.shape[1], True, torch.device("cpu"))
     stats.add(torch.from_numpy(inputs).float().reshape(1, *inputs.shape))
-    target = methods.Target(((weight.shape[0], 0.5),), NMStructure(2, 4) if structure else None)
+    target = Target(((weight.shape[0], 0.5),), NMStructure(2, 4) if structure else None)
     result = admm_gradual_prune(torch.from_numpy(weight), stats, target, AdmmGradualOptions())
     assert (result.keep.numpy() == keep).mean() > 0.999
     assert int((~result.keep).sum()) == weight.size // 2

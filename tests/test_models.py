@@ -25,13 +25,13 @@ def test_parse_dtype_rejects_unknown_names(name):
         models.parse_dtype(name)
 
 
-def test_resolve_model_path(tmp_path):
-    assert models.resolve_model_path(str(tmp_path)) == str(tmp_path)
-    assert models.resolve_model_path("HuggingFaceTB/SmolLM2-135M") == "HuggingFaceTB/SmolLM2-135M"
+def test_find_or_prepare_model(tmp_path):
+    assert models.find_or_prepare_model(str(tmp_path)) == str(tmp_path)
+    assert models.find_or_prepare_model("HuggingFaceTB/SmolLM2-135M") == "HuggingFaceTB/SmolLM2-135M"
     with pytest.raises(UserError, match="does not exist"):
-        models.resolve_model_path(str(tmp_path / "missing"))
+        models.find_or_prepare_model(str(tmp_path / "missing"))
     with pytest.raises(UserError, match="does not exist"):
-        models.resolve_model_path("./models/nothing-here")
+        models.find_or_prepare_model("./models/nothing-here")
 
 
 def test_short_name_resolves_to_prepared_dir(tmp_path, monkeypatch):
@@ -39,7 +39,7 @@ def test_short_name_resolves_to_prepared_dir(tmp_path, monkeypatch):
     target = tmp_path / "models" / models.DEFAULT_MODEL_DIRNAME
     target.mkdir(parents=True)
     (target / "config.json").write_text("{}")
-    assert models.resolve_model_path("smollm2-135m") == str(target)
+    assert models.find_or_prepare_model("smollm2-135m") == str(target)
 
 
 def test_missing_gguf_wheel_says_how_to_install(monkeypatch):

@@ -20,8 +20,8 @@ from sparse_bench.harness_ext.pruning.plan import (
     OwlConfig,
     PruneStep,
     PruningPlan,
-    shortcut_plan,
 )
+from sparse_bench.harness_ext.pruning.request import shortcut_plan
 from sparse_bench.harness_ext.pruning.sparsegpt import inverse_hessian_factor, sparsegpt_prune
 from sparse_bench.harness_ext.pruning.targets import find_target_layers, weight_matrix
 from sparse_bench.harness_ext.pruning.wanda import wanda_mask

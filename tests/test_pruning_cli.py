@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from transformers import AutoModelForCausalLM
 
 from sparse_bench.harness_ext.cli import main
-from sparse_bench.harness_ext.pruning.report import measure_sparsity
+from sparse_bench.harness_ext.pruning.report import report_as_loaded
 
 CALIBRATION = ["--calibration", "c4", "--nsamples", "4", "--seqlen", "32", "--no-progress"]
 
@@ -22,7 +22,7 @@ def test_prune_writes_a_stock_loadable_checkpoint(tiny_llama, tmp_path):
     assert record["overall_sparsity"] == 0.5 and record["calibration"]["nsamples"] == 4
     assert record["plan"]["steps"][0]["structure"] == "2:4"
     reloaded = AutoModelForCausalLM.from_pretrained(out)
-    assert measure_sparsity(reloaded).overall_sparsity == 0.5
+    assert report_as_loaded(reloaded).overall_sparsity == 0.5
 
 
 def test_prune_true_sequential_flag(tiny_llama, tmp_path):

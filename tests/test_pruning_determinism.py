@@ -50,7 +50,8 @@ _DIGEST_SCRIPT = r"""
 import hashlib, json, sys, torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from sparse_bench.harness_ext.pruning.engine import prune
-from sparse_bench.harness_ext.pruning.plan import CalibrationConfig, NMStructure, shortcut_plan
+from sparse_bench.harness_ext.pruning.plan import CalibrationConfig, NMStructure
+from sparse_bench.harness_ext.pruning.request import shortcut_plan
 from sparse_bench.harness_ext.pruning.targets import find_target_layers, weight_matrix
 torch.set_num_threads(int(sys.argv[2]))
 digests = {}

@@ -16,7 +16,8 @@ from sparse_bench.harness_ext.pruning.calibration import Stopwatch, layer_sequen
 from sparse_bench.harness_ext.pruning.calibration_data import calibration_tokens
 from sparse_bench.harness_ext.pruning.engine import prune
 from sparse_bench.harness_ext.pruning.masks import prune_count
-from sparse_bench.harness_ext.pruning.plan import CalibrationConfig, OwlConfig, shortcut_plan
+from sparse_bench.harness_ext.pruning.plan import CalibrationConfig, OwlConfig
+from sparse_bench.harness_ext.pruning.request import shortcut_plan
 from sparse_bench.harness_ext.pruning.targets import find_target_layers, weight_matrix
 
 METHODS = {  # name -> (shortcut_plan arguments, true_sequential)

@@ -9,7 +9,7 @@ from transformers import AutoModel, AutoModelForCausalLM
 from transformers.pytorch_utils import Conv1D
 
 from sparse_bench.harness_ext.errors import UserError
-from sparse_bench.harness_ext.pruning.report import measure_sparsity
+from sparse_bench.harness_ext.pruning.report import report_as_loaded
 from sparse_bench.harness_ext.pruning.targets import find_target_layers, transformer_blocks, weight_matrix
 
 
@@ -76,17 +76,17 @@ def test_architecture_without_blocks_is_a_user_error():
     assert list(find_target_layers(model, ["0"])) == ["0"]  # explicit targets still work
 
 
-def test_measure_sparsity_counts_exact_zeros_and_tied_weights_once(tiny_model_dirs):
+def test_report_as_loaded_counts_exact_zeros_and_tied_weights_once(tiny_model_dirs):
     model = _load(tiny_model_dirs, "llama")
     assert model.lm_head.weight is model.model.embed_tokens.weight
-    report = measure_sparsity(model)
+    report = report_as_loaded(model)
     assert report.zeros == 0 and report.overall_sparsity == 0.0
     unique_total = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
     assert report.total_params == unique_total == report.nonzero_params
     with torch.no_grad():
         model.model.layers[0].mlp.down_proj.weight[:, :10] = 0  # 64 rows x 10
         model.model.embed_tokens.weight[0] = 0  # not a target, but counted in nonzero_params once
-    report = measure_sparsity(model)
+    report = report_as_loaded(model)
     assert report.layers["model.layers.0.mlp.down_proj"].zeros == 640
     assert report.zeros == 640
     assert report.nonzero_params == unique_total - 640 - model.config.hidden_size

@@ -20,7 +20,8 @@ from sparse_bench.harness_ext.pruning.calibration import (
 )
 from sparse_bench.harness_ext.pruning.calibration_data import calibration_tokens
 from sparse_bench.harness_ext.pruning.engine import prune
-from sparse_bench.harness_ext.pruning.plan import CalibrationConfig, shortcut_plan
+from sparse_bench.harness_ext.pruning.plan import CalibrationConfig
+from sparse_bench.harness_ext.pruning.request import shortcut_plan
 from sparse_bench.harness_ext.pruning.targets import find_target_layers, weight_matrix
 from sparse_bench.harness_ext.pruning.true_sequential import prune_in_one_forward, shared_input_groups
 from sparse_bench.harness_ext.pruning.wanda import wanda_mask

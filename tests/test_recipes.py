@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from sparse_bench.harness_ext.pruning.plan import BlockStructure, NMStructure, OwlConfig, PruneStep, shortcut_plan
+from sparse_bench.harness_ext.pruning.plan import BlockStructure, NMStructure, OwlConfig, PruneStep
+from sparse_bench.harness_ext.pruning.request import shortcut_plan
 from sparse_bench.harness_ext.recipes import load_recipe, read_recipe
 
 RECIPES = Path(__file__).parent / "data" / "recipes"

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from sparse_bench.harness_ext.cli import main
-from sparse_bench.harness_ext.pruning.plan import shortcut_plan
+from sparse_bench.harness_ext.pruning.request import shortcut_plan
 from sparse_bench.harness_ext.recipes import load_recipe
 
 RECIPES = Path(__file__).parent / "data" / "recipes"

@@ -9,7 +9,8 @@ import torch
 
 from sparse_bench.harness_ext.models import load_model
 from sparse_bench.harness_ext.pruning.engine import prune
-from sparse_bench.harness_ext.pruning.plan import CalibrationConfig, shortcut_plan
+from sparse_bench.harness_ext.pruning.plan import CalibrationConfig
+from sparse_bench.harness_ext.pruning.request import shortcut_plan
 from sparse_bench.harness_ext.recipes import load_recipe, read_recipe
 from sparse_bench.harness_ext.recipes.check import layer_plan
 

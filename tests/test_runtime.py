@@ -18,7 +18,9 @@ from transformers import AutoModelForCausalLM
 from sparse_bench.harness_ext.cli import main
 from sparse_bench.harness_ext.errors import UserError
 from sparse_bench.harness_ext.pruning.engine import prune
-from sparse_bench.harness_ext.pruning.plan import BlockStructure, CalibrationConfig, shortcut_plan
+from sparse_bench.harness_ext.pruning.plan import CalibrationConfig
+from sparse_bench.harness_ext.pruning.request import shortcut_plan
+from sparse_bench.harness_ext.pruning.values import BlockStructure
 from sparse_bench.harness_ext.runtime import choose
 from sparse_bench.harness_ext.runtime.choose import AUTO_MARGIN, RuntimeShapes, apply_runtime, parse_runtime
 from sparse_bench.harness_ext.runtime.kernels import KERNELS, unavailable

@@ -78,7 +78,7 @@ def test_short_model_names_reach_task_loaders_as_checkpoint_directories(monkeypa
     import sparse_bench.harness_ext.models as models
     from sparse_bench.model_wrappers.registration import with_resolved_model_name
 
-    monkeypatch.setattr(models, "resolve_model_path", lambda name: f"/prepared/{name}")
+    monkeypatch.setattr(models, "find_or_prepare_model", lambda name: f"/prepared/{name}")
     assert with_resolved_model_name({"pretrained": "smollm2-135m", "sparsity": 0.5}) == {
         "pretrained": "/prepared/smollm2-135m", "sparsity": 0.5}
     assert with_resolved_model_name({"pretrained": "org/model"}) == {"pretrained": "org/model"}

@@ -7,6 +7,6 @@
 See docs/analysis.md for the JSON schema and the command `sparse-bench analyze`.
 """
 
-from .measure import DEFAULT_THRESHOLDS, analyze, parse_thresholds
+from .magnitude_counts import DEFAULT_THRESHOLDS, analyze, parse_thresholds
 
 __all__ = ["DEFAULT_THRESHOLDS", "analyze", "parse_thresholds"]

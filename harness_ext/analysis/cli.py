@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from .measure import DEFAULT_THRESHOLDS, analyze, parse_thresholds
+from .magnitude_counts import DEFAULT_THRESHOLDS, analyze, parse_thresholds
 from .report import comparison_markdown, load_analysis, markdown_summary, write_report
 
 

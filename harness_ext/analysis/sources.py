@@ -57,7 +57,7 @@ class WeightSource:
 @contextlib.contextmanager
 def open_weights(model_or_path) -> Iterator[WeightSource]:
     """A `WeightSource` for an `nn.Module`, a checkpoint directory, a .safetensors / .bin file, or a name
-    that `resolve_model_path` knows (short name, hub id in the local cache). Raises UserError if not found."""
+    that `find_or_prepare_model` knows (short name, hub id in the local cache). Raises UserError if not found."""
     if isinstance(model_or_path, torch.nn.Module):
         yield module_weights(model_or_path)
         return
@@ -92,9 +92,9 @@ def module_weights(model: torch.nn.Module) -> WeightSource:
 
 def locate_checkpoint(name_or_path) -> Path:
     """A local checkpoint path for a path, a short name or a hub id (local cache only when offline)."""
-    from ..models import resolve_model_path
+    from ..models import find_or_prepare_model
 
-    resolved = resolve_model_path(str(name_or_path))
+    resolved = find_or_prepare_model(str(name_or_path))
     path = Path(resolved).expanduser()
     if path.exists():
         return path

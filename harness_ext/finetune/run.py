@@ -17,7 +17,7 @@ import torch
 from ..checkpoints import read_record, save_checkpoint
 from ..checkpoints.save import _check_replaceable
 from ..errors import UserError
-from ..models import resolve_model_path
+from ..models import find_or_prepare_model
 from ..pruning.targets import find_target_layers
 from .config import FinetuneConfig
 from .data import load_training_data
@@ -106,7 +106,7 @@ def finetune(model_name: str, config: FinetuneConfig, out_dir: str | Path, resum
     config.validate(torch.cuda.is_available())
     out_dir = Path(out_dir).expanduser().resolve()
     _check_replaceable(out_dir)
-    path = resolve_model_path(model_name)
+    path = find_or_prepare_model(model_name)
     causal = is_causal_lm(AutoConfig.from_pretrained(path))
     if config.mode == "qlora" and not causal:
         raise UserError("--mode qlora fine-tunes causal LMs; use --mode lora or full for an encoder")

@@ -36,7 +36,7 @@ import torch
 from ..errors import UserError
 from .calibration import InputStatistics
 from .masks import layer_mask, nm_mask
-from .methods import Options, PruneResult, Target, segments_of
+from .method_types import Options, PruneResult, Target, segments_of
 from .reproducible import one_cpu_thread
 
 MaskAt = Callable[[int, torch.Tensor], torch.Tensor]

@@ -8,37 +8,39 @@ from pathlib import Path
 import click
 
 from ..errors import UserError
-from .methods import method_names, option_fields, update_names
-from .plan import DEFAULT_IGNORE, SCOPES, CalibrationConfig, OwlConfig, plan_from_arguments
+from .options import OPTIONS, PruneOption
+from .request import PruneRequest, parse_request
 
-DEFAULTS = CalibrationConfig()
-CLICK_TYPES = {"int": int, "float": float, "bool": click.BOOL}
+CLICK_TYPES = {"number": float, "integer": int, "text": str, "patterns": str}
 
 
 def _emit_json(data: dict) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
-def method_option_flags(command):
-    """One flag per option of the registry's methods and updates (`ria_exponent` -> `--ria-exponent`)."""
-    for name, (field, owners) in reversed(list(option_fields().items())):
-        kind = field.type if isinstance(field.type, str) else field.type.__name__
-        command = click.option(f"--{name.replace('_', '-')}", name, type=CLICK_TYPES.get(kind, str), default=None,
-                               help=f"{owners} option (default {field.default}).")(command)
+def _click_option(row: PruneOption):
+    """The `sparse-bench prune` flag of one row of the options table (options.py); absent = not given."""
+    default = "" if row.default in (None, ()) else f" (default {row.default})"
+    if row.kind == "flag":
+        return click.option(f"{row.flag}/--no-{row.flag[2:]}", row.name, default=None, help=f"{row.help}{default}.")
+    kind = click.Choice(row.choices()) if row.choices else CLICK_TYPES[row.kind]
+    return click.option(row.flag, row.name, type=kind, default=None, multiple=row.kind == "patterns",
+                        help=f"{row.help}{default}{' (repeatable)' if row.kind == 'patterns' else ''}.")
+
+
+def request_options(command):
+    """Every option of the table as a flag, in the table's order (`ria_exponent` -> `--ria-exponent`)."""
+    for row in reversed(OPTIONS):
+        command = _click_option(row)(command)
     return command
 
 
-def _build_plan(method, sparsity, structure, scope, recipe, update, targets, ignore, owl, owl_m, owl_lambda,
-                method_options):
-    options = {"targets": tuple(targets), "ignore": tuple(ignore) or DEFAULT_IGNORE}
-    if owl:
-        options["owl"] = OwlConfig(m=owl_m, lmbda=owl_lambda)
-    given = {name: value for name, value in method_options.items() if value is not None}
-    plan = plan_from_arguments(method, sparsity, structure, scope=scope, recipe=recipe, source="cli", update=update,
-                               options=given, **({} if recipe else options))
-    if plan is None:
+def request_from_flags(flags: dict) -> PruneRequest:
+    """The request `prune`'s table flags describe (unset flags are not given); UserError when nothing is asked."""
+    request = parse_request({name: value for name, value in flags.items() if value not in (None, ())}, source="cli")
+    if request.plan is None:
         raise UserError("nothing to prune; give --method (with --sparsity or --structure) or --recipe")
-    return plan
+    return request
 
 
 def _summary(report) -> str:
@@ -54,39 +56,16 @@ def _summary(report) -> str:
 
 @click.command("prune", context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("model")
-@click.option("--method", type=click.Choice(method_names()), help="Pruning method (or give --recipe).")
-@click.option("--update", type=click.Choice(update_names()),
-              help="Weight update run on the method's mask (e.g. admm).")
-@click.option("--sparsity", type=float, help="Fraction of weights to zero per layer, in [0, 1).")
-@click.option("--structure", default=None, help="unstructured (default), N:M such as 2:4, or block:RxC such as block:1x4.")
-@click.option("--scope", type=click.Choice(SCOPES), default="layer", show_default=True,
-              help="global: one magnitude threshold across all target layers.")
-@click.option("--recipe", type=click.Path(dir_okay=False, path_type=Path),
-              help="SparseML / llm-compressor recipe file instead of --method.")
-@click.option("--target", "targets", multiple=True, help="Layer name or re:REGEX to prune (repeatable).")
-@click.option("--ignore", "ignore", multiple=True, help="Layer name or re:REGEX to keep (default lm_head).")
-@click.option("--calibration", default=DEFAULTS.data, show_default=True, help="c4, wikitext2 or a .txt/.jsonl FILE.")
-@click.option("--nsamples", type=int, default=DEFAULTS.nsamples, show_default=True)
-@click.option("--seqlen", type=int, default=DEFAULTS.seqlen, show_default=True,
-              help="Calibration tokens per sample (capped at the model's context).")
-@click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True)
-@click.option("--batch-size", type=int, default=None, help="Calibration samples per forward (speed/memory only).")
-@click.option("--true-sequential", is_flag=True,
-              help="One forward per block; each layer pruned from the pruned layers' outputs (faster, more memory).")
-@click.option("--owl", is_flag=True, help="OWL outlier-weighted per-block sparsity.")
-@click.option("--owl-m", type=float, default=OwlConfig.m, show_default=True, help="OWL outlier threshold M.")
-@click.option("--owl-lambda", type=float, default=OwlConfig.lmbda, show_default=True, help="OWL spread lambda.")
 @click.option("--dtype", default="auto", show_default=True, help="float32, float16, bfloat16 or auto.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Directory to write the pruned Hugging Face checkpoint to.")
 @click.option("--save-format", type=click.Choice(["dense", "compressed"]), default="dense", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the measured report as JSON.")
+@click.option("--batch-size", type=int, default=None, help="Calibration samples per forward (speed/memory only).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
-@method_option_flags
-def prune_command(model, method, update, sparsity, structure, scope, recipe, targets, ignore, calibration, nsamples,
-                  seqlen, seed, batch_size, true_sequential, owl, owl_m, owl_lambda, dtype, device, out_dir,
-                  save_format, as_json, progress, **method_options):
+@request_options
+def prune_command(model, dtype, device, out_dir, save_format, as_json, batch_size, progress, **options):
     """Prune MODEL (a directory, hub id or short name) and save it; prints the measured sparsity.
 
     \b
@@ -97,18 +76,15 @@ def prune_command(model, method, update, sparsity, structure, scope, recipe, tar
       sparse-bench prune smollm2-135m --method magnitude --scope global --sparsity 0.9 --out out/mag90
       sparse-bench prune smollm2-135m --recipe recipe.yaml --out out/recipe --save-format compressed
     """
-    plan = _build_plan(method, sparsity, structure, scope, recipe, update, targets, ignore, owl, owl_m, owl_lambda,
-                       method_options)
-    calibration_config = CalibrationConfig(data=calibration, nsamples=nsamples, seqlen=seqlen, seed=seed,
-                                           true_sequential=true_sequential)
+    request = request_from_flags(options)
     if batch_size is not None and batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {batch_size}; leave it out for the default")
     from ..checkpoints import save_checkpoint
     from ..models import load_model
-    from .engine import prune
+    from .request import prune_on_load
 
     loaded, tokenizer = load_model(model, dtype, device)
-    report = prune(loaded, plan, calibration_config, tokenizer, progress=progress, batch_size=batch_size)
+    report = prune_on_load(loaded, tokenizer, request, progress=progress, batch_size=batch_size)
     saved = save_checkpoint(loaded, tokenizer, out_dir, prune_record=report.to_dict(), save_format=save_format)
     if as_json:
         _emit_json({**report.to_dict(), "out_dir": str(saved)})

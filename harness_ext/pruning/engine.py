@@ -26,12 +26,14 @@ from .calibration import BlockStep, InputStatistics, Stopwatch, default_batch_si
 from .calibration_data import calibration_tokens
 from .magnitude import prune_global_magnitude
 from .masks import check_structure_shape, prune_count
-from .methods import HESSIAN, NONE, Target, get_method, get_update, method_names, statistic_needed
+from .method_types import HESSIAN, NONE, Target
+from .methods import get_method, get_update, method_names, statistic_needed
 from .owl import outlier_ratio, owl_sparsities
-from .plan import BlockStructure, CalibrationConfig, NMStructure, PruneStep, PruningPlan, matches_any
+from .plan import CalibrationConfig, PruneStep, PruningPlan
 from .report import LayerSparsity, PruneReport, count_parameters, layer_sparsity
-from .targets import find_target_layers, weight_matrix
+from .targets import find_target_layers, matches_any, weight_matrix
 from .true_sequential import prune_in_one_forward, shared_input_groups
+from .values import BlockStructure, NMStructure
 from .wanda import wanda_scores
 
 

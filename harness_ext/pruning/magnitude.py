@@ -13,8 +13,8 @@ from typing import Sequence
 import torch
 
 from .masks import prune_count, scores_mask, target_mask
-from .methods import NoOptions, PruneResult, Target
-from .plan import NMStructure
+from .method_types import NoOptions, PruneResult, Target
+from .values import NMStructure
 
 _HIGH_SHIFT = 15          # float32 bits of |w| fit in 31 bits: 16 high bits, then 15 low bits
 _LOW_BINS = 1 << _HIGH_SHIFT

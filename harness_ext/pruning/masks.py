@@ -13,8 +13,8 @@ from typing import Callable
 import torch
 
 from ..errors import UserError
-from .methods import Target, segments_of
-from .plan import BlockStructure, NMStructure
+from .method_types import Target, segments_of
+from .values import BlockStructure, NMStructure
 
 
 def prune_count(numel: int, sparsity: float) -> int:

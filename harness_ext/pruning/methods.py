@@ -5,11 +5,7 @@ options (a dataclass that validates itself) and a one-line description. The plan
 dispatch, the recipe modifier mapping, the `prune` CLI choices and flags, `sparse-hf` model_args, grid specs
 and the docs table all read these rows; no method name appears anywhere else.
 
-A method's function: `prune(weight, statistics, target, options) -> PruneResult`
-- `weight`: (out, in) float64 working copy; several layers that read one input arrive stacked by rows;
-- `statistics`: the layer input's `InputStatistics` (None for methods that need none);
-- `target`: row segments [(rows, sparsity)] (one per stacked layer) and the N:M structure or None;
-- returns a keep-mask (out, in) and, for methods that update weights, the new weight.
+A method's function is `prune(weight, statistics, target, options) -> PruneResult` (method_types.py).
 An update (`update=admm`) refits the kept weights of any method's mask: `refit(weight, hessian, keep, options)`.
 
 Adding a method: write its file (function + options dataclass), add one `Method(...)` row to `_rows()` below,
@@ -21,50 +17,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Mapping
 
 import torch
 
 from ..errors import UserError
-
-NONE, NORMS, HESSIAN = "none", "input norms", "Hessian"
-STATISTIC_ORDER = (NONE, NORMS, HESSIAN)  # a Hessian also gives the norms (its diagonal)
-
-
-class Target(NamedTuple):
-    """What one (possibly stacked) weight must lose: row segments [(rows, sparsity)] and the N:M structure."""
-
-    segments: tuple[tuple[int, float], ...]
-    structure: Any  # NMStructure | None
-
-
-class PruneResult(NamedTuple):
-    """A keep-mask (out, in), True = kept; `weight` the updated weight (None: the method only masks); notes
-    are reported to the user (e.g. dampening raised)."""
-
-    keep: torch.Tensor
-    weight: torch.Tensor | None = None
-    notes: tuple[str, ...] = ()  # about this group of layers; the engine prefixes their names
-
-
-class Options:
-    """Base of every options dataclass: typed fields with defaults; `check()` raises UserError on a bad value.
-
-    Field names are global across methods (model_args and CLI flags use them as is), so each method prefixes
-    its own (`ria_exponent`, `admm_iterations`); SparseGPT keeps its historical `block_size` and `dampening`.
-    """
-
-    def check(self, target_structure: Any) -> None:
-        """Raise UserError for a value outside its range or a combination that does not apply."""
-
-    def note(self, target_structure: Any) -> str | None:
-        """What the user must know about the result with these options (reported once per step), or None."""
-        return None
-
-
-@dataclass(frozen=True)
-class NoOptions(Options):
-    pass
+from . import admm, magnitude, ria, sparsegpt, wanda
+from .method_types import HESSIAN, NONE, NORMS, STATISTIC_ORDER, NoOptions, Options, PruneResult
+from .values import NMStructure, parse_flag
 
 
 @dataclass(frozen=True)
@@ -100,8 +60,6 @@ class Update:
 
 
 def _rows() -> tuple[tuple[Method, ...], tuple[Update, ...]]:
-    from . import admm, magnitude, ria, sparsegpt, wanda
-
     methods = (
         Method("magnitude", NONE, magnitude.magnitude_prune, NoOptions,
                "|W|; one threshold per layer, or across all layers with scope=global", scopes=("layer", "global"),
@@ -194,8 +152,6 @@ def _coerce(name: str, field: dataclasses.Field, value: Any) -> Any:
     """A value given as text (model_args, CLI) or YAML as the field's type; UserError if it is not one."""
     kind = field.type if isinstance(field.type, str) else field.type.__name__
     if kind == "bool":
-        from .plan import parse_flag
-
         return parse_flag(name, value)
     try:
         if kind == "int":
@@ -212,7 +168,7 @@ def _coerce(name: str, field: dataclasses.Field, value: Any) -> Any:
     return value
 
 
-def build_options(row: Method | Update, given: Mapping[str, Any], structure: Any) -> Options:
+def build_options(row: Method | Update, given: Mapping[str, Any], structure: NMStructure | None) -> Options:
     """The row's options dataclass from the given values (defaults for the rest), checked."""
     names = {field.name: field for field in dataclasses.fields(row.options)}
     options = row.options(**{key: _coerce(key, names[key], value) for key, value in given.items() if key in names})
@@ -221,7 +177,7 @@ def build_options(row: Method | Update, given: Mapping[str, Any], structure: Any
 
 
 def resolve_options(method: str, update: str | None, given: Mapping[str, Any],
-                    structure: Any) -> tuple[Options, Options | None]:
+                    structure: NMStructure | None) -> tuple[Options, Options | None]:
     """(method options, update options) from one flat mapping of option names; UserError for an unknown name
     or an option that belongs to another method or update."""
     method_row = get_method(method)
@@ -275,18 +231,9 @@ def split_grid_name(text: str) -> tuple[str, str | None]:
     return method, update or None
 
 
-def segments_of(target: Target) -> Sequence[tuple[int, int, float]]:
-    """(first row, end row, sparsity) of each stacked layer."""
-    bounds, start = [], 0
-    for rows, sparsity in target.segments:
-        bounds.append((start, start + rows, sparsity))
-        start += rows
-    return bounds
-
-
-__all__ = ["NONE", "NORMS", "HESSIAN", "Target", "PruneResult", "Options", "NoOptions", "Method", "Update",
-           "method_names", "update_names", "get_method", "get_update", "method_for_modifier", "recipe_method_names", "statistic_needed", "option_fields",
-           "build_options", "resolve_options", "described_options", "table_rows", "markdown_table", "split_grid_name", "segments_of"]
+__all__ = ["Method", "Update", "method_names", "update_names", "get_method", "get_update", "method_for_modifier",
+           "recipe_method_names", "statistic_needed", "option_fields", "build_options", "resolve_options",
+           "described_options", "table_rows", "markdown_table", "split_grid_name"]
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """What pruning did, measured from the weights: zeros per layer and overall, non-zero parameters, times, memory.
 
-`measure_sparsity` only counts (for checkpoints that were pruned elsewhere); the engine fills the same
+`report_as_loaded` only counts (for checkpoints that were pruned elsewhere); the engine fills the same
 report after pruning. Sparsity is always counted as exact zeros in the weights, never taken from the plan.
 """
 
@@ -13,8 +13,7 @@ import torch
 from torch import nn
 
 from ..memory import peak_rss_bytes
-from .plan import DEFAULT_IGNORE
-from .targets import find_target_layers
+from .targets import DEFAULT_IGNORE, find_target_layers
 
 
 @dataclass
@@ -101,7 +100,7 @@ def layer_sparsity(layers: dict[str, nn.Module],
             for name, module in layers.items()}
 
 
-def measure_sparsity(model: nn.Module, targets: Iterable[str] = (),
+def report_as_loaded(model: nn.Module, targets: Iterable[str] = (),
                      ignore: Iterable[str] = DEFAULT_IGNORE) -> PruneReport:
     """Measure (never change) the sparsity of `model`'s prunable layers, as `prune` would report it."""
     layers = find_target_layers(model, targets, ignore)
@@ -111,4 +110,4 @@ def measure_sparsity(model: nn.Module, targets: Iterable[str] = (),
 
 
 __all__ = ["LayerSparsity", "PruneReport", "count_parameters", "layer_sparsity",
-           "measure_sparsity"]
+           "report_as_loaded"]

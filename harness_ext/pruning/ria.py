@@ -27,8 +27,8 @@ import torch
 from ..errors import UserError
 from .calibration import InputStatistics
 from .masks import nm_mask, target_mask
-from .methods import Options, PruneResult, Target, segments_of
-from .plan import NMStructure
+from .method_types import Options, PruneResult, Target, segments_of
+from .values import NMStructure
 
 REALLOCATION_NOTE = ("ria_reallocation: N:M holds in a permuted input-channel order that is not folded into the "
                      "weights; in the stored order the layers are not N:M (mask quality, not a deployable N:M "

@@ -28,9 +28,9 @@ import torch
 from ..errors import UserError
 from .calibration import InputStatistics
 from .masks import block_sums, expand_blocks, prune_count, prune_lowest
-from .methods import Options, PruneResult, Target
-from .plan import BlockStructure, NMStructure
+from .method_types import Options, PruneResult, Target
 from .reproducible import one_cpu_thread
+from .values import BlockStructure, NMStructure
 
 MAX_DAMPENING = 1.0  # after 0.01 -> 0.1 -> 1.0 the Hessian is dominated by the identity; stop there
 

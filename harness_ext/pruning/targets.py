@@ -1,6 +1,6 @@
 """Which layers get pruned: the transformer blocks of a model and the Linear / GPT-2 Conv1D layers inside them.
 
-Target and ignore entries (see plan.py) are matched against module names:
+Target and ignore entries are matched against module names:
 - an exact module name or a `re:` regex (fullmatch), e.g. `model.layers.0.mlp.down_proj`, `re:.*self_attn.*`;
   a match on a container (a block, `...mlp`) selects every prunable layer under it;
 - a class name, `Linear` or `Conv1D`, selects every layer of that class (llm-compressor's habit).
@@ -10,13 +10,31 @@ With no targets, every prunable layer inside the transformer blocks is a target:
 
 from __future__ import annotations
 
+import re
 from typing import Iterable
 
 import torch
 from torch import nn
 
 from ..errors import UserError
-from .plan import DEFAULT_IGNORE, compile_pattern
+
+DEFAULT_IGNORE = ("lm_head",)  # every way in adds the user's ignore entries to this
+
+
+def compile_pattern(pattern: str) -> re.Pattern[str]:
+    """A target/ignore entry as a regex: `re:EXPR` is EXPR, anything else an exact module name."""
+    if pattern.startswith("re:"):
+        try:
+            return re.compile(pattern[3:])
+        except re.error as error:
+            raise UserError(f"bad regex {pattern!r}: {error}; fix the pattern after re:") from None
+    return re.compile(re.escape(pattern))
+
+
+def matches_any(name: str, patterns: Iterable[str]) -> bool:
+    """True if module `name` matches one of the target/ignore patterns (regexes must match the whole name)."""
+    return any(compile_pattern(pattern).fullmatch(name) for pattern in patterns)
+
 
 try:  # GPT-2 style models use a transposed Linear: weight shape (in_features, out_features)
     from transformers.pytorch_utils import Conv1D
@@ -107,4 +125,5 @@ def find_target_layers(model: nn.Module, targets: Iterable[str] = (),
     return {name: module for name, module in prunable.items() if name in selected}
 
 
-__all__ = ["PRUNABLE_TYPES", "is_prunable", "weight_matrix", "transformer_blocks", "find_target_layers"]
+__all__ = ["DEFAULT_IGNORE", "PRUNABLE_TYPES", "compile_pattern", "matches_any", "is_prunable", "weight_matrix",
+           "transformer_blocks", "find_target_layers"]

@@ -10,8 +10,8 @@ import torch
 
 from .calibration import InputStatistics
 from .masks import scores_mask, target_mask
-from .methods import NoOptions, PruneResult, Target
-from .plan import NMStructure
+from .method_types import NoOptions, PruneResult, Target
+from .values import NMStructure
 
 
 def wanda_scores(weight: torch.Tensor, column_norms: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,8 @@ from string import Template
 
 from ..errors import UserError
 from ..pruning.methods import get_method
-from ..pruning.plan import PruningPlan, shortcut_plan
+from ..pruning.plan import PruningPlan
+from ..pruning.request import shortcut_plan
 from .loader import load_recipe
 
 FORMATS = ("llmcompressor", "sparseml-stage", "sparseml")

@@ -14,8 +14,8 @@ from torch import nn
 
 from ..errors import UserError
 from ..pruning.masks import check_structure_shape
-from ..pruning.plan import PruneStep, matches_any
-from ..pruning.targets import find_target_layers, weight_matrix
+from ..pruning.plan import PruneStep
+from ..pruning.targets import find_target_layers, matches_any, weight_matrix
 from .loader import LoadedRecipe
 from .modifiers import StepSource
 from .yaml_loader import recipe_error

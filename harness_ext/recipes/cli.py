@@ -12,7 +12,8 @@ from tabulate import tabulate
 from ..errors import UserError
 from ..io import write_text_atomic
 from ..pruning.methods import recipe_method_names
-from ..pruning.plan import PruningPlan, shortcut_plan
+from ..pruning.plan import PruningPlan
+from ..pruning.request import shortcut_plan
 from .authoring import FORMATS, check_round_trip, render_recipe
 from .loader import FORMAT_NAMES, LoadedRecipe, read_recipe
 from .yaml_loader import parse_value

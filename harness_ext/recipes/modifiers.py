@@ -22,16 +22,9 @@ from typing import Any
 
 from ..errors import UserError
 from ..pruning.methods import get_method
-from ..pruning.plan import (
-    DEFAULT_IGNORE,
-    BlockStructure,
-    NMStructure,
-    OwlConfig,
-    PruneStep,
-    compile_pattern,
-    parse_structure,
-    validate_sparsity,
-)
+from ..pruning.plan import OwlConfig, PruneStep
+from ..pruning.targets import DEFAULT_IGNORE, compile_pattern
+from ..pruning.values import BlockStructure, NMStructure, parse_structure, validate_sparsity
 from ..typed_values import WrongValue, check_flag, check_number
 from .fields import MODIFIERS, ModifierSpec, close_match, modifier_spec
 from .stages import ModifierEntry

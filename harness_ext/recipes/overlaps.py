@@ -12,7 +12,8 @@ import re
 from dataclasses import replace
 from pathlib import Path
 
-from ..pruning.plan import DEFAULT_IGNORE, PruneStep
+from ..pruning.plan import PruneStep
+from ..pruning.targets import DEFAULT_IGNORE
 from .modifiers import StepSource
 from .yaml_loader import recipe_error
 

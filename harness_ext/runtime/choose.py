@@ -25,8 +25,8 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from ..pruning.plan import DEFAULT_IGNORE, BlockStructure
-from ..pruning.targets import find_target_layers
+from ..pruning.targets import DEFAULT_IGNORE, find_target_layers
+from ..pruning.values import BlockStructure
 from .kernels import KERNELS, SPARSE_KERNELS, unavailable
 from .sparse_linear import REGIMES, SparseLinear
 

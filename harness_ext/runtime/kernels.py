@@ -24,8 +24,8 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from ..pruning.plan import BlockStructure
 from ..pruning.reproducible import one_cpu_thread
+from ..pruning.values import BlockStructure
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ import psutil
 import torch
 from torch import nn
 
-from ..pruning.plan import BlockStructure
+from ..pruning.values import BlockStructure
 from .choose import RuntimeShapes, apply_runtime
 from .sparse_linear import SparseLinear
 

@@ -17,7 +17,7 @@ import logging
 import torch
 from torch import nn
 
-from ..pruning.plan import BlockStructure
+from ..pruning.values import BlockStructure
 from .kernels import KERNELS
 
 LOGGER = logging.getLogger("sparse_bench.runtime")
