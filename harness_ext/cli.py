@@ -34,6 +34,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
                         "Put two runs' per-sample outputs side by side with their ROUGE."),
     "finetune": ("sparse_bench.harness_ext.finetune.cli:finetune_command",
                  "Fine-tune a pruned model (full, LoRA, QLoRA; fp32 or AMP) with every zero kept."),
+    "latency": ("sparse_bench.harness_ext.runtime.cli:latency_command",
+                "Prefill and decode speed with dense kernels and with sparse kernels where they win."),
     "leaderboard": ("sparse_bench.leaderboards.cli:leaderboard_group",
                     "Run a model x method x sparsity x dtype grid and render leaderboards."),
 }

@@ -17,7 +17,7 @@ from typing import Any
 from ..harness_ext.errors import UserError
 from ..harness_ext.pruning.plan import PruningPlan
 from ..harness_ext.pruning.request import parse_request
-from ..harness_ext.pruning.values import UNSTRUCTURED, NMStructure, parse_structure
+from ..harness_ext.pruning.values import UNSTRUCTURED, BlockStructure, NMStructure, parse_structure
 from .spec import GridSpec, MethodSpec
 
 DENSE = "dense"
@@ -30,13 +30,15 @@ class Cell:
 
     `method` None is the dense baseline; a method with a recipe prunes as the recipe says. `sparsity` is the
     target fraction (0.0 for dense, None for recipes, the pattern's own for N:M); `nm` the N:M pattern, None
-    for unstructured, dense and recipe cells."""
+    for unstructured, dense and recipe cells; `block` the R x C tiles of a block-structured cell (which has its
+    own sparsity), else None."""
 
     model: str
     dtype: str
     method: MethodSpec | None
     sparsity: float | None
     nm: NMStructure | None = None
+    block: BlockStructure | None = None
 
     @property
     def is_dense(self) -> bool:
@@ -52,16 +54,20 @@ class Cell:
 
     @property
     def structure_label(self) -> str:
-        """"dense", "recipe", "unstructured" or the N:M pattern ("2:4"), as result files and tables name it."""
+        """"dense", "recipe", "unstructured", the N:M pattern ("2:4") or the block ("block:1x4"), as result files
+        and tables name it."""
         if self.is_dense:
             return DENSE
         if self.is_recipe:
             return RECIPE
-        return str(self.nm) if self.nm else UNSTRUCTURED
+        return str(self.nm or self.block or UNSTRUCTURED)
 
     @property
     def target_label(self) -> str:
-        """The pruning target in a name: the sparsity (`0.5`) or the N:M pattern (`2:4`)."""
+        """The pruning target in a name: the sparsity (`0.5`), the N:M pattern (`2:4`) or both block and
+        sparsity (`block:1x4 0.5`)."""
+        if self.block:
+            return f"{self.block} {self.sparsity:g}"
         return str(self.nm) if self.nm else f"{self.sparsity:g}" if self.sparsity is not None else RECIPE
 
     def plan(self) -> PruningPlan | None:
@@ -71,7 +77,7 @@ class Cell:
             return None
         if self.method.recipe:
             return parse_request({"recipe": self.method.recipe}, source="leaderboard").plan
-        given = {"method": self.method.method, "sparsity": self.sparsity, "structure": str(self.nm) if self.nm else None,
+        given = {"method": self.method.method, "sparsity": self.sparsity, "structure": str(self.nm or self.block) if self.nm or self.block else None,
                  "scope": self.method.scope, "update": self.method.update, **dict(self.method.options)}
         return parse_request(given, source="leaderboard").plan
 
@@ -108,7 +114,7 @@ def _short_hash(data: Any) -> str:
 
 def expand_cells(spec: GridSpec) -> list[Cell]:
     """Every cell of the grid in a fixed order: per model and dtype, dense first, then methods x structures x
-    sparsities in spec order (N:M once, ignoring sparsities; recipes once)."""
+    sparsities in spec order (N:M once, ignoring sparsities; block structures at every sparsity; recipes once)."""
     cells: list[Cell] = []
     for model in spec.models:
         for dtype in spec.dtypes:
@@ -120,6 +126,8 @@ def expand_cells(spec: GridSpec) -> list[Cell]:
                 for structure in map(parse_structure, spec.structures):
                     if structure is None:
                         cells.extend(Cell(model, dtype, method, s) for s in spec.sparsities)
+                    elif isinstance(structure, BlockStructure):
+                        cells.extend(Cell(model, dtype, method, s, block=structure) for s in spec.sparsities)
                     else:
                         cells.append(Cell(model, dtype, method, structure.sparsity, structure))
     return list(dict.fromkeys(cells))
@@ -147,7 +155,7 @@ def pruned_model_groups(cells: list[Cell]) -> list[list[Cell]]:
     """Cells grouped by the pruned model they load (a dtype sweep of one mask is one group), in grid order."""
     groups: dict[tuple, list[Cell]] = {}
     for cell in cells:
-        groups.setdefault((cell.model, cell.method, cell.sparsity, cell.nm), []).append(cell)
+        groups.setdefault((cell.model, cell.method, cell.sparsity, cell.nm, cell.block), []).append(cell)
     return list(groups.values())
 
 

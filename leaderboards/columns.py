@@ -87,7 +87,8 @@ class Panel:
 class Column:
     """One table column: `text(result)` is its cell; `phase` the phase that measures it; `identity` columns
     lead every task table (what the cell is), the others follow the task's metrics; `summary` puts it in the
-    summary table; `number` and `panel` draw it in plots.py."""
+    summary table; `number` and `panel` draw it in plots.py; `only_if_recorded` leaves it out of a table where
+    no cell recorded what it shows (the runtime columns of a grid measured with dense kernels only)."""
 
     name: str
     text: Callable[[CellResult], str]
@@ -104,6 +105,10 @@ class Column:
             return True
         return any(self.only_if_recorded(r) is not None and not skip_reason(self.only_if_recorded(r))
                    for r in results)
+
+
+def _runtime(result: CellResult) -> Any:
+    return result.get("runtime_latency")
 
 
 def _ppl(result: CellResult) -> Any:
@@ -153,6 +158,17 @@ COLUMNS: tuple[Column, ...] = (
            number=lambda r: measured(r, "latency", "forward_ms"), panel=Panel("cost", "ms per forward")),
     Column("tokens/s", lambda r: fmt(measured(r, "latency", "generate_tokens_per_s"), 3), "latency"),
     Column("peak MiB", lambda r: mebibytes(measured(r, "latency", "peak_memory_bytes")), "latency"),
+    Column("runtime", lambda r: fmt(measured(r, "runtime_latency", "runtime")), "latency", only_if_recorded=_runtime),
+    Column("ms/forward runtime", lambda r: fmt(measured(r, "runtime_latency", "forward_ms")), "latency",
+           only_if_recorded=_runtime),
+    Column("tokens/s runtime", lambda r: fmt(measured(r, "runtime_latency", "generate_tokens_per_s"), 3), "latency",
+           only_if_recorded=_runtime),
+    Column("prefill speedup", lambda r: fmt(measured(r, "runtime_latency", "prefill_speedup"), 3), "latency",
+           number=lambda r: measured(r, "runtime_latency", "prefill_speedup"), only_if_recorded=_runtime),
+    Column("decode speedup", lambda r: fmt(measured(r, "runtime_latency", "decode_speedup"), 3), "latency",
+           number=lambda r: measured(r, "runtime_latency", "decode_speedup"), only_if_recorded=_runtime),
+    Column("peak MiB runtime", lambda r: mebibytes(measured(r, "runtime_latency", "peak_memory_bytes")), "latency",
+           only_if_recorded=_runtime),
     Column("prune s", lambda r: "-" if not r.prune else fmt(r.prune.get("prune_seconds")), summary=True),
     Column("block zeros", lambda r: fmt(((r.get("analysis") or {}).get("block_linear") or {}).get("zero_fraction")),
            "analysis", only_if_recorded=lambda r: r.get("analysis")),

@@ -85,18 +85,33 @@ def measure_pseudo_perplexity(run: LoadedCell) -> dict[str, Any]:
 
 
 def measure_latency(run: LoadedCell) -> dict[str, Any]:
-    """Forward latency, generation speed (causal LMs) and peak memory (latency.py), when the spec asks."""
-    from .latency import measure_latency as latency_of
+    """Forward latency, generation speed (causal LMs) and peak memory (harness_ext/runtime/latency.py) with dense
+    kernels and, when the spec's latency names a runtime, with it too, alternating in this run (`runtime_latency`:
+    its numbers, the speedups over dense and the per-layer kernel report). Runs last: a runtime swaps layers in."""
+    from ..harness_ext.runtime.latency import measure_latency as latency_of
+    from ..harness_ext.runtime.latency import measure_runtime
 
     settings = run.spec.latency
     if settings is None:
-        return {"latency": None}
+        return {"latency": None, "runtime_latency": None}
     no_generation = run.evaluator.causal_skip_reason()
-    latency = latency_of(run.lm.model, settings.batch, settings.seqlen, settings.new_tokens, settings.repeats,
-                         run.spec.seed, generate=not no_generation)
+    shapes = (settings.batch, settings.seqlen, settings.new_tokens, settings.repeats)
+    if settings.runtime == "dense" or run.cell.is_dense:
+        latency, runtime_latency = latency_of(run.lm.model, *shapes, run.spec.seed, generate=not no_generation), None
+    else:
+        result = measure_runtime(run.lm.model, settings.runtime, *shapes, run.cell.block, rounds=2,
+                                 seed=run.spec.seed, generate=not no_generation)
+        chosen, latency = result["chosen"], result["dense"]
+        runtime_latency = {
+            "runtime": settings.runtime, "forward_ms": chosen["forward_ms"],
+            "generate_tokens_per_s": chosen["generate_tokens_per_s"], "peak_memory_bytes": chosen["peak_memory_bytes"],
+            "weights_bytes": chosen["weights_bytes"], "prefill_speedup": result["prefill_speedup"],
+            "decode_speedup": result["decode_speedup"], "report": result["runtime_report"]}
     if no_generation:
-        latency["generate_tokens_per_s"] = skipped(no_generation)
-    return {"latency": latency}
+        for record in (latency, runtime_latency):
+            if record is not None:
+                record["generate_tokens_per_s"] = skipped(no_generation)
+    return {"latency": latency, "runtime_latency": runtime_latency}
 
 
 def measure_analysis(run: LoadedCell) -> dict[str, Any]:
@@ -136,9 +151,9 @@ MEASURES: dict[str, Measure] = {measure.name: measure for measure in (
     Measure("evaluate", ("evaluations", "metrics", "higher_is_better"), measure_evaluation),
     Measure("perplexity", ("perplexity", "agreement"), measure_perplexity),
     Measure("pseudo_perplexity", ("pseudo_perplexity",), measure_pseudo_perplexity),
-    Measure("latency", ("latency",), measure_latency),
     Measure("size", ("size",), measure_size),
     Measure("analysis", ("analysis",), measure_analysis),
+    Measure("latency", ("latency", "runtime_latency"), measure_latency),  # last: a runtime swaps layers
 )}
 
 __all__ = ["LoadedCell", "Measure", "MEASURES", "measure_evaluation", "measure_perplexity", "measure_latency",

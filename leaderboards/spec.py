@@ -64,12 +64,15 @@ class PerplexitySpec:
 
 @dataclass(frozen=True)
 class LatencySpec:
-    """Latency protocol: forward of `batch` x `seqlen` tokens; greedy generation of `new_tokens` at batch 1."""
+    """Latency protocol: forward of `batch` x `seqlen` tokens; greedy generation of `new_tokens` at batch 1.
+    `runtime` (dense | sparse | auto | a kernel, harness_ext/runtime): other than dense, the cell is measured
+    with dense kernels and with that runtime, alternating, in the same run (the runtime columns)."""
 
     batch: int = 1
     seqlen: int = 128
     new_tokens: int = 32
     repeats: int = 5
+    runtime: str = "dense"
 
 
 @dataclass(frozen=True)

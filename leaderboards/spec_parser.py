@@ -19,6 +19,7 @@ from ..harness_ext.pruning.plan import CalibrationConfig
 from ..harness_ext.pruning.request import parse_request
 from ..harness_ext.pruning.values import UNSTRUCTURED, parse_structure
 from ..harness_ext.recipes.yaml_loader import load_yaml
+from ..harness_ext.runtime.choose import parse_runtime
 from ..harness_ext.typed_values import WrongValue, check_flag, check_number
 from .cells import expand_cells
 from .spec import DTYPES, AnalysisSpec, GridSpec, LatencySpec, MethodSpec, PerplexitySpec, TaskSpec
@@ -104,8 +105,9 @@ def parse_spec(data: Any, source: str = "<dict>", base_dir: Path | None = None) 
     sparsities = [_sparsity(fields, i, s) for i, s in enumerate(fields.items("sparsities", False))]
     structures = [_structure(fields, i, s)
                   for i, s in enumerate(fields.items("structures", False, (UNSTRUCTURED,)))]
-    if any(m.recipe is None for m in methods) and UNSTRUCTURED in structures and not sparsities:
-        fields.fail("sparsities", "is required for unstructured pruning (e.g. [0.5]); or list only N:M structures")
+    free = [s for s in structures if s == UNSTRUCTURED or s.startswith("block:")]
+    if any(m.recipe is None for m in methods) and free and not sparsities:
+        fields.fail("sparsities", f"is required for {free[0]} pruning (e.g. [0.5]); or list only N:M structures")
     dtypes = [_choice(fields, f"dtypes[{i}]", d, DTYPES)
               for i, d in enumerate(fields.items("dtypes", False, ("float32",)))]
     tasks = [_task(fields, i, entry) for i, entry in enumerate(fields.items("tasks"))]
@@ -274,11 +276,16 @@ def _analysis(fields: _Fields) -> AnalysisSpec | None:
 def _latency(fields: _Fields) -> LatencySpec | None:
     if "latency" in fields.data and fields.data["latency"] is None:
         return None
-    entry = _Fields(fields.get("latency", {}), "latency", fields.source, ("batch", "seqlen", "new_tokens", "repeats"))
+    entry = _Fields(fields.get("latency", {}), "latency", fields.source,
+                    ("batch", "seqlen", "new_tokens", "repeats", "runtime"))
     defaults = LatencySpec()
+    try:
+        runtime = parse_runtime(entry.get("runtime", defaults.runtime))
+    except UserError as error:
+        entry.fail("runtime", str(error))
     return LatencySpec(batch=entry.integer("batch", defaults.batch), seqlen=entry.integer("seqlen", defaults.seqlen),
                        new_tokens=entry.integer("new_tokens", defaults.new_tokens),
-                       repeats=entry.integer("repeats", defaults.repeats))
+                       repeats=entry.integer("repeats", defaults.repeats), runtime=runtime)
 
 
 __all__ = ["GRID_KEYS", "load_spec", "parse_spec"]

@@ -15,6 +15,7 @@ from typing import Any
 from ..harness_ext.pruning.options import option_names
 from ..harness_ext.pruning.report import PruneReport
 from ..harness_ext.pruning.request import PruneRequest, parse_request, prune_on_load
+from ..harness_ext.pruning.values import BlockStructure
 
 LOGGER = logging.getLogger("lm_eval.models.sparse_hf")  # under lm-eval's handler and format
 
@@ -31,6 +32,13 @@ class PruneOnLoad:
         the rest stays for the model. UserError on any bad, unknown or ignored option."""
         given = {name: model_args.pop(name) for name in list(model_args) if name in option_names()}
         return cls(parse_request(given, source="model_args"))
+
+    def block_structure(self) -> BlockStructure | None:
+        """The block structure every step of the plan shares (for the `bsr` runtime kernel), else None."""
+        plan = self.request.plan
+        structures = {step.structure for step in plan.steps} if plan is not None else set()
+        single = structures.pop() if len(structures) == 1 else None
+        return single if isinstance(single, BlockStructure) else None
 
     def apply(self, model: Any, tokenizer: Any, wrapper: str) -> PruneReport:
         """Prune `model` in place (or only measure it) and log the measured sparsity as `wrapper`."""

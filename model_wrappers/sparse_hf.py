@@ -20,6 +20,7 @@ from lm_eval.models.huggingface import HFLM  # importing lm_eval.models first re
 from ..harness_ext.checkpoints import load_checkpoint, read_record
 from ..harness_ext.errors import UserError
 from ..harness_ext.models import find_or_prepare_model, model_family, parse_dtype
+from ..harness_ext.runtime.choose import apply_runtime, parse_runtime, runtime_shapes
 from .prune_on_load import PruneOnLoad
 
 UNKNOWN_ARGUMENT = re.compile(r"got an unexpected keyword argument '(\w+)'")
@@ -54,16 +55,18 @@ def check_backend(config: Any, backend: str) -> None:
 class SparseHFLM(HFLM):
     """HFLM + pruning on load + measured sparsity in the results."""
 
-    def __init__(self, pretrained: Any = None, **kwargs: Any) -> None:
+    def __init__(self, pretrained: Any = None, runtime: str = "dense", **kwargs: Any) -> None:
         """`pretrained`: a checkpoint folder, hub id or short name; the pruning options of docs/pruning.md
         (`method`, `sparsity`, `structure`, `scope`, `targets`, `ignore`, `owl`, each method's and update's
-        options, `recipe`, `calibration`, `nsamples`, `seqlen`, `seed`, `true_sequential`); every other key
+        options, `recipe`, `calibration`, `nsamples`, `seqlen`, `seed`, `true_sequential`); `runtime`: dense |
+        sparse | auto | a kernel name, which kernel runs each pruned layer (docs/runtime.md); every other key
         is lm-eval's hf model's.
         """
         if pretrained is None:
             raise UserError("model_args has no pretrained=MODEL (a checkpoint folder, hub id or short name such as "
                             "smollm2-135m); check its spelling")
         pruning = PruneOnLoad.from_model_args(kwargs)
+        runtime = parse_runtime(runtime)
         requested_dtype = parse_dtype(kwargs.get("dtype", "auto"))
         if isinstance(pretrained, str):
             pretrained = find_or_prepare_model(pretrained)
@@ -81,6 +84,8 @@ class SparseHFLM(HFLM):
             raise UserError(f"dtype={kwargs['dtype']} was asked but the model loaded as {self.model.dtype}; "
                             "pass dtype=auto or convert the checkpoint")
         self.sparsity_report = pruning.apply(self.model, self.tokenizer, "sparse-hf")
+        self.runtime_report = apply_runtime(self.model, runtime, runtime_shapes(self.batch_size),
+                                            pruning.block_structure())
 
     def _get_backend(self, config: Any, backend: str = "default", trust_remote_code: bool | None = False) -> None:
         """HFLM's backend choice, refused (before any weights load) where it cannot fit the model's family."""
@@ -97,6 +102,8 @@ class SparseHFLM(HFLM):
 
     def get_model_info(self) -> dict:
         """HFLM's model info plus `sparsity` (what was pruned, the zeros measured in the weights) and, for a
-        fine-tuned checkpoint, `finetune` (its record: mode, data, steps, precision, zeros before/after)."""
+        fine-tuned checkpoint, `finetune` (its record: mode, data, steps, precision, zeros before/after), and
+        `runtime` (the kernel chosen per pruned layer, its timings and any run-time fallback)."""
         finetuned = {"finetune": self.finetune_record} if self.finetune_record else {}
-        return {**super().get_model_info(), "sparsity": self.sparsity_report.to_dict(), **finetuned}
+        return {**super().get_model_info(), "sparsity": self.sparsity_report.to_dict(), **finetuned,
+                "runtime": self.runtime_report.to_dict()}

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sparse_bench.harness_ext.pruning.plan import NMStructure, OwlConfig, PruneStep
+from sparse_bench.harness_ext.pruning.plan import BlockStructure, NMStructure, OwlConfig, PruneStep
 from sparse_bench.harness_ext.pruning.request import shortcut_plan
 from sparse_bench.harness_ext.recipes import load_recipe, read_recipe
 
@@ -35,6 +35,10 @@ EXPECTED_STEPS = {
     "sparseml_v1_2of4.yaml": (
         PruneStep("magnitude", 0.5, NMStructure(2, 4),
                   targets=("re:model.layers.*.mlp.*_proj", "re:model.layers.*.self_attn.[qkvo]_proj")),),
+    "sparseml_v1_block4_list.yaml": (
+        PruneStep("magnitude", 0.8, BlockStructure(1, 4),
+                  targets=("re:model.layers.*.mlp.(gate|up|down)_proj", "re:model.layers.*.self_attn.[qkvo]_proj")),),
+    "sparseml_v1_block4_name.yaml": (PruneStep("magnitude", 0.5, BlockStructure(1, 4)),),
     "sparseml_v1_obert.yaml": (
         PruneStep("sparsegpt", 0.8, targets=tuple(f"re:bert.encoder.layer.*.{name}" for name in (
             "attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
@@ -137,10 +141,12 @@ def test_unquoted_nm_is_read_as_text_not_base60():
 @pytest.mark.parametrize("text, structure", [
     ('mask_structure: "4:8"', NMStructure(4, 8)), ("mask_structure: 4:8", NMStructure(4, 8)),
     ("mask_structure: '0:0'", None), ("mask_structure: 0:0", None), ("mask_structure: unstructured", None),
-    ("mask_structure: tensorrt", NMStructure(2, 4)),
+    ("mask_structure: tensorrt", NMStructure(2, 4)), ("mask_structure: [1, 4]", BlockStructure(1, 4)),
+    ("mask_structure: [2, 2]", BlockStructure(2, 2)), ("mask_structure: [1, 1]", None),
+    ("mask_structure: block", BlockStructure(1, 4)), ("mask_structure: 'block:4x1'", BlockStructure(4, 1)),
 ])
 def test_mask_structure_spellings(tmp_path, text, structure):
-    sparsity = structure.sparsity if structure else 0.5
+    sparsity = structure.sparsity if isinstance(structure, NMStructure) else 0.5
     plan = _plan_of(tmp_path, f"{WANDA}      sparsity: {sparsity}\n      {text}\n")
     assert plan.steps[0].structure == structure
 

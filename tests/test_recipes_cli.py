@@ -90,7 +90,7 @@ def test_explain_nm_width_not_divisible(tmp_path, tiny_llama):
     result = run("explain", recipe, "--model", tiny_llama)
     assert result.exit_code == 2
     assert f"{recipe}:3: WandaPruningModifier in s_stage mask 3:5: layer model.layers.0.self_attn.q_proj " \
-           "has 64 input columns, not a multiple of M=5" in result.stderr
+           "has 64 input features, not a multiple of M=5" in result.stderr
 
 
 def test_explain_constant_only_says_nothing_is_pruned(tiny_llama):

@@ -34,7 +34,7 @@ from .calibration import (
 )
 from .calibration_data import calibration_tokens
 from .magnitude import prune_global_magnitude
-from .masks import check_nm_shape, prune_count
+from .masks import check_structure_shape, prune_count
 from .method_types import HESSIAN, NONE, PruneResult, Target
 from .methods import get_method, get_update, method_names, statistic_needed
 from .owl import outlier_ratio, owl_sparsities
@@ -42,6 +42,7 @@ from .plan import CalibrationConfig, PruneStep, PruningPlan
 from .report import LayerSparsity, PruneReport
 from .targets import find_target_layers, matches_any, transformer_blocks, weight_matrix
 from .true_sequential import prune_in_one_forward, shared_input_groups
+from .values import BlockStructure, NMStructure
 from .wanda import wanda_scores
 
 
@@ -64,8 +65,9 @@ class LayerJob:
 def _check_step(step: PruneStep) -> None:
     """Combinations the engine cannot honour, refused before any weight changes."""
     if step.structure is not None and (step.layer_sparsity or step.owl or step.scope == "global"):
-        raise UserError(f"N:M structure {step.structure} fixes every layer's sparsity; it cannot be combined "
-                        "with layer_sparsity, OWL or scope=global")
+        fixes = "fixes every layer's sparsity" if isinstance(step.structure, NMStructure) else "ranks tiles per layer"
+        raise UserError(f"structure {step.structure} {fixes}; it cannot be combined with layer_sparsity, OWL or "
+                        "scope=global")
     if step.scope == "global" and (step.layer_sparsity or step.owl):
         raise UserError("scope=global sets one threshold for all layers; drop layer_sparsity / OWL or use "
                         "scope=layer")
@@ -77,7 +79,7 @@ def _layer_target(name: str, step: PruneStep) -> tuple[float | None, bool]:
             return value, True
     if step.scope == "global":
         return None, False
-    return (step.structure.sparsity if step.structure else step.sparsity), False
+    return (step.structure.sparsity if isinstance(step.structure, NMStructure) else step.sparsity), False
 
 
 def plan_layers(model: nn.Module, plan: PruningPlan) -> list[LayerJob]:
@@ -93,7 +95,7 @@ def plan_layers(model: nn.Module, plan: PruningPlan) -> list[LayerJob]:
                                 "plan; give each layer to one step (use ignore)")
             owner[name] = (index, module)
             if step.structure is not None:
-                check_nm_shape(weight_matrix(module).shape[1], step.structure, name)
+                check_structure_shape(tuple(weight_matrix(module).shape), step.structure, name)
     order = {name: position for position, (name, _) in enumerate(model.named_modules())}
     jobs = []
     for name in sorted(owner, key=order.__getitem__):
@@ -233,8 +235,14 @@ def _streamed_without_data(model: nn.Module, jobs: list[LayerJob], weights: Bloc
 def _minimum_zeros(job: LayerJob) -> int:
     """Zeros the method guarantees in this layer (more appear where weights already were zero)."""
     rows, columns = weight_matrix(job.module).shape
-    if job.step.structure is not None:
-        return rows * columns // job.step.structure.m * (job.step.structure.m - job.step.structure.n)
+    structure = job.step.structure
+    if isinstance(structure, NMStructure):
+        return rows * columns // structure.m * (structure.m - structure.n)
+    if isinstance(structure, BlockStructure):
+        tile_rows, tile_columns = rows // structure.rows, columns // structure.columns
+        if get_method(job.step.method).comparison == "row":
+            return tile_rows * prune_count(tile_columns, job.sparsity) * structure.size
+        return prune_count(tile_rows * tile_columns, job.sparsity) * structure.size
     if get_method(job.step.method).comparison == "row":
         return rows * prune_count(columns, job.sparsity)
     return prune_count(rows * columns, job.sparsity)

@@ -2,7 +2,8 @@
 
 Every function takes `scores` shaped like the weight in (out_features, in_features) orientation and returns a
 bool mask of that shape, True = keep. Ties are broken by position (stable sort), so masks are deterministic.
-Counts: a group of `n` weights at sparsity `s` loses `prune_count(n, s)` = round-half-up(n * s) weights.
+Counts: a group of `n` weights at sparsity `s` loses `prune_count(n, s)` = round-half-up(n * s) weights; with a
+block structure the groups count R x C tiles, each scored by the sum of its members' scores.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import torch
 
 from ..errors import UserError
 from .method_types import Target, segments_of
-from .values import NMStructure
+from .values import BlockStructure, NMStructure
 
 
 def prune_count(numel: int, sparsity: float) -> int:
@@ -50,23 +51,52 @@ def row_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
     return prune_lowest(scores, prune_count(scores.shape[-1], sparsity))
 
 
-def check_nm_shape(columns: int, structure: NMStructure, layer: str = "layer") -> None:
-    if columns % structure.m:
+def check_structure_shape(shape: tuple[int, int], structure: NMStructure | BlockStructure,
+                          layer: str = "layer") -> None:
+    """UserError unless N:M groups (along the inputs) or R x C blocks tile the (out, in) weight exactly."""
+    rows, columns = shape
+    if isinstance(structure, BlockStructure):
+        if rows % structure.rows or columns % structure.columns:
+            raise UserError(f"{layer} is {rows} x {columns}, which {structure} tiles do not divide; ignore this "
+                            "layer or pick another block shape")
+    elif columns % structure.m:
         raise UserError(f"{layer} has {columns} input features, not a multiple of M={structure.m}: "
                         f"{structure} cannot apply; ignore this layer or pick another M")
+
+
+def block_sums(scores: torch.Tensor, structure: BlockStructure) -> torch.Tensor:
+    """(out/R, in/C) sums of the scores of each R x C tile of an (out, in) score matrix."""
+    rows, columns = scores.shape
+    tiles = scores.reshape(rows // structure.rows, structure.rows, columns // structure.columns, structure.columns)
+    return tiles.sum(dim=(1, 3))
+
+
+def expand_blocks(keep: torch.Tensor, structure: BlockStructure) -> torch.Tensor:
+    """A per-tile (out/R, in/C) mask back to the (out, in) weight's shape."""
+    return keep.repeat_interleave(structure.rows, 0).repeat_interleave(structure.columns, 1)
+
+
+def block_mask(scores: torch.Tensor, sparsity: float, structure: BlockStructure, per_row: bool) -> torch.Tensor:
+    """Prune the lowest-sum `sparsity` fraction of R x C tiles, per row of tiles (`per_row`) or per layer."""
+    check_structure_shape(tuple(scores.shape), structure)
+    sums = block_sums(scores, structure)
+    keep = row_mask(sums, sparsity) if per_row else layer_mask(sums, sparsity)
+    return expand_blocks(keep, structure)
 
 
 def nm_mask(scores: torch.Tensor, structure: NMStructure) -> torch.Tensor:
     """Keep the `n` highest scores in every group of `m` consecutive inputs of each row."""
     rows, columns = scores.shape
-    check_nm_shape(columns, structure)
+    check_structure_shape((rows, columns), structure)
     groups = scores.reshape(rows, columns // structure.m, structure.m)
     return prune_lowest(groups, structure.m - structure.n).reshape(rows, columns)
 
 
-def scores_mask(scores: torch.Tensor, sparsity: float, structure: NMStructure | None,
+def scores_mask(scores: torch.Tensor, sparsity: float, structure: NMStructure | BlockStructure | None,
                 per_row: bool) -> torch.Tensor:
-    """N:M when a structure is given, else unstructured per row (`per_row`) or per layer."""
+    """N:M or blocks when a structure is given, else unstructured; per row (`per_row`) or per layer."""
+    if isinstance(structure, BlockStructure):
+        return block_mask(scores, sparsity, structure, per_row)
     if structure is not None:
         return nm_mask(scores, structure)
     return row_mask(scores, sparsity) if per_row else layer_mask(scores, sparsity)
@@ -82,5 +112,6 @@ def target_mask(weight: torch.Tensor, target: Target, score: Callable[[torch.Ten
     return keep
 
 
-__all__ = ["prune_count", "prune_lowest", "layer_mask", "row_mask", "check_nm_shape", "nm_mask", "scores_mask",
+__all__ = ["prune_count", "prune_lowest", "layer_mask", "row_mask", "check_structure_shape", "block_sums", "expand_blocks",
+           "block_mask", "nm_mask", "scores_mask",
            "target_mask"]

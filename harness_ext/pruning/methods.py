@@ -32,9 +32,10 @@ class Method:
     """One registry row. `statistic`: NONE, NORMS or HESSIAN. `comparison`: "row" (each output row loses its
     share) or "layer" (one ranking per layer), which fixes the exact number of zeros. `scopes`: "global" where
     one threshold across layers makes sense. `takes_update`: False where an update would redo the method's own
-    weight fit. `recipe_modifiers`: the SparseML / llm-compressor modifier classes it runs (recipes/fields.py
-    lists their fields); `recipe_fields`: recipe field -> option name. `sets_weights`: the method returns new
-    weights (a mask refinement cannot follow it: the weights were fitted to the method's own mask)."""
+    weight fit. `block`: the method can rank R x C tiles (structure=block:RxC). `recipe_modifiers`: the SparseML /
+    llm-compressor modifier classes it runs (recipes/fields.py lists their fields); `recipe_fields`: recipe field ->
+    option name. `sets_weights`: the method returns new weights (a mask refinement cannot follow it: the weights
+    were fitted to the method's own mask)."""
 
     name: str
     statistic: str
@@ -45,6 +46,7 @@ class Method:
     scopes: tuple[str, ...] = ("layer",)
     takes_update: bool = True
     sets_weights: bool = False
+    block: bool = False
     recipe_modifiers: tuple[str, ...] = ()
     recipe_fields: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
@@ -66,17 +68,19 @@ def _rows() -> tuple[tuple[Method, ...], tuple[Update, ...]]:
     methods = (
         Method("magnitude", NONE, magnitude.magnitude_prune, NoOptions,
                "|W|; one threshold per layer, or across all layers with scope=global", scopes=("layer", "global"),
-               recipe_modifiers=("MagnitudePruningModifier", "GMPruningModifier", "GlobalMagnitudePruningModifier",
+               block=True, recipe_modifiers=("MagnitudePruningModifier", "GMPruningModifier", "GlobalMagnitudePruningModifier",
                                  "ACDCPruningModifier")),
         Method("wanda", NORMS, wanda.wanda_prune, NoOptions,
-               "|W| x ||X_j||, each output row loses its share (Sun et al. 2023)", comparison="row",
+               "|W| x ||X_j||, each output row loses its share (Sun et al. 2023)", comparison="row", block=True,
                recipe_modifiers=("WandaPruningModifier",)),
         Method("sparsegpt", HESSIAN, sparsegpt.sparsegpt_method, sparsegpt.SparseGPTOptions,
                "OBS column sweep: w^2 / [H^-1]_jj pruned, error spread over later columns (Frantar & Alistarh 2023)",
-               sets_weights=True, recipe_modifiers=("SparseGPTModifier", "OBSPruningModifier", "MFACPruningModifier"),
+               sets_weights=True, block=True,
+               recipe_modifiers=("SparseGPTModifier", "OBSPruningModifier", "MFACPruningModifier"),
                recipe_fields={"block_size": "block_size", "dampening_frac": "dampening", "percdamp": "dampening"}),
         Method("ria", NORMS, ria.ria_prune, ria.RiaOptions,
-               "(|W|/row sum + |W|/column sum) x ||X_j||^a; N:M channel reallocation (Zhang et al. 2024)"),
+               "(|W|/row sum + |W|/column sum) x ||X_j||^a; N:M channel reallocation (Zhang et al. 2024)",
+               block=True),
         Method("admm", HESSIAN, admm.admm_gradual_prune, admm.AdmmGradualOptions,
                "ADMM reconstruction choosing the mask gradually (cubic schedule) from its own iterates (Boza 2024)",
                takes_update=False, sets_weights=True),

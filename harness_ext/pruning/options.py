@@ -67,7 +67,8 @@ OPTIONS: tuple[PruneOption, ...] = (
                 example="admm"),
     PruneOption("sparsity", "number", PLAN, None, "fraction of weights set to zero per layer, in [0, 1)",
                 recipe_fields=("sparsity", "final_sparsity"), example=0.5),
-    PruneOption("structure", "text", PLAN, "unstructured", "unstructured or N:M (keep N of every M), e.g. 2:4",
+    PruneOption("structure", "text", PLAN, "unstructured", "unstructured, N:M (keep N of every M), e.g. 2:4, or "
+                "block:RxC (whole R x C tiles), e.g. block:1x4",
                 recipe_fields=("mask_structure", "mask_type"), example="2:4"),
     PruneOption("scope", "text", PLAN, "layer", "global: one magnitude threshold across all target layers",
                 recipe_fields=("global_sparsity", "apply_globally"), choices=lambda: SCOPES, example="global"),

@@ -6,7 +6,7 @@ equal masks. Everything here is plain data and its validation; parsing user text
 
 Conventions
 -----------
-- `sparsity` and `NMStructure`: see values.py.
+- `sparsity`, `NMStructure` and `BlockStructure`: see values.py.
 - Targets are module names or `re:` regexes matched (fullmatch) against module names; empty means every
   Linear / GPT-2 Conv1D inside the transformer blocks. `ignore` uses the same syntax.
 """
@@ -19,7 +19,7 @@ from typing import Any
 from ..errors import UserError
 from .methods import described_options, get_method, get_update, method_names, resolve_options
 from .targets import DEFAULT_IGNORE, compile_pattern
-from .values import UNSTRUCTURED, NMStructure, validate_sparsity
+from .values import UNSTRUCTURED, BlockStructure, NMStructure, validate_sparsity
 
 SCOPES = ("layer", "global")
 
@@ -36,7 +36,8 @@ class OwlConfig:
 class PruneStep:
     """One pruning pass over a set of target layers with one method.
 
-    `sparsity` is the target zero fraction per layer (unstructured); for N:M it equals `structure.sparsity`.
+    `sparsity` is the target zero fraction per layer (unstructured or block); for N:M it equals
+    `structure.sparsity`.
     `layer_sparsity` overrides it per layer: (name or `re:` pattern, sparsity) pairs, first match wins.
     `update`: an update run on the method's mask (methods.py: it refits the weights or refines the mask), or None.
     `options`: the method's and the update's options by name (methods.py: each row's options dataclass), given
@@ -47,7 +48,7 @@ class PruneStep:
 
     method: str = "magnitude"
     sparsity: float = 0.5
-    structure: NMStructure | None = None
+    structure: NMStructure | BlockStructure | None = None
     scope: str = "layer"
     targets: tuple[str, ...] = ()
     ignore: tuple[str, ...] = DEFAULT_IGNORE
@@ -79,7 +80,11 @@ class PruneStep:
         object.__setattr__(self, "update_options", update_options)
         object.__setattr__(self, "options", tuple(sorted({**described_options(method_options),
                                                           **described_options(update_options)}.items())))
-        if self.structure is not None and abs(self.sparsity - self.structure.sparsity) > 1e-9:
+        if isinstance(self.structure, BlockStructure) and not row.block:
+            able = [name for name in method_names() if get_method(name).block]
+            raise UserError(f"method={self.method} cannot choose block masks ({self.structure}); use "
+                            f"method={'|'.join(able)} for block structures")
+        if isinstance(self.structure, NMStructure) and abs(self.sparsity - self.structure.sparsity) > 1e-9:
             raise UserError(f"structure {self.structure} fixes sparsity at {self.structure.sparsity:g}, "
                             f"but sparsity={self.sparsity:g} was asked; leave sparsity out for N:M")
         for pattern in (*self.targets, *self.ignore, *(name for name, _ in self.layer_sparsity)):
@@ -158,4 +163,4 @@ class CalibrationConfig:
                 "true_sequential": self.true_sequential}
 
 
-__all__ = ["SCOPES", "OwlConfig", "PruneStep", "PruningPlan", "CalibrationConfig"]
+__all__ = ["SCOPES", "OwlConfig", "PruneStep", "PruningPlan", "CalibrationConfig", "BlockStructure", "NMStructure"]

@@ -26,7 +26,7 @@ from .options import BY_NAME, CALIBRATION, PLAN, parse_option
 from .plan import CalibrationConfig, OwlConfig, PruneStep, PruningPlan
 from .report import PruneReport, report_as_loaded
 from .targets import DEFAULT_IGNORE
-from .values import parse_structure, validate_sparsity
+from .values import NMStructure, parse_structure, validate_sparsity
 
 OWL_SETTINGS = ("owl_m", "owl_lambda")
 
@@ -48,7 +48,7 @@ def shortcut_plan(method: str | None, sparsity: float | None, structure: str | N
         raise UserError(f"sparsity/structure given without method; add method={'|'.join(method_names())}")
     nm = parse_structure(structure)
     if sparsity is None:
-        if nm is None:
+        if not isinstance(nm, NMStructure):  # unstructured and block:RxC need a sparsity
             raise UserError(f"method={method} needs a target; add sparsity=FRACTION (e.g. 0.5) or structure=N:M")
         sparsity = nm.sparsity
     step = PruneStep(method=method, sparsity=validate_sparsity(sparsity), structure=nm, scope=scope,

@@ -47,7 +47,7 @@ class RiaOptions(Options):
         if not 0.0 < self.ria_exponent <= 2.0:
             raise UserError(f"ria_exponent must be in (0, 2] (the power of the input norm), got "
                             f"{self.ria_exponent}; the paper uses 0.5")
-        if self.ria_reallocation and target_structure is None:
+        if self.ria_reallocation and not isinstance(target_structure, NMStructure):
             raise UserError("ria_reallocation reorders channels for N:M groups; it needs structure=N:M "
                             "(e.g. 2:4), or drop ria_reallocation")
 

@@ -27,10 +27,10 @@ import torch
 
 from ..errors import UserError
 from .calibration import InputStatistics
-from .masks import prune_count, prune_lowest
+from .masks import block_sums, expand_blocks, prune_count, prune_lowest
 from .method_types import Options, PruneResult, Target
 from .reproducible import one_cpu_thread
-from .values import NMStructure
+from .values import BlockStructure, NMStructure
 
 MAX_DAMPENING = 1.0  # after 0.01 -> 0.1 -> 1.0 the Hessian is dominated by the identity; stop there
 
@@ -78,13 +78,18 @@ def _inverse_hessian_factor(hessian: torch.Tensor, dampening: float) -> tuple[to
 
 
 def _block_prune_flags(block: torch.Tensor, inverse_diagonal: torch.Tensor,
-                       segments: Sequence[tuple[int, int, int]]) -> torch.Tensor:
-    """Prune flags (columns, rows) for one block: per row segment, its `count` lowest w^2 / d^2 pruned."""
+                       segments: Sequence[tuple[int, int, int]], tiles: BlockStructure | None) -> torch.Tensor:
+    """Prune flags (columns, rows) for one block: per row segment, its `count` lowest w^2 / d^2 pruned
+    (with `tiles`: its `count` R x C tiles of lowest summed w^2 / d^2)."""
     scores = block.square() / inverse_diagonal.square().reshape(-1, 1)
     prune = torch.zeros_like(block, dtype=torch.bool)
+    transposed = None if tiles is None else BlockStructure(tiles.columns, tiles.rows)  # (columns, rows) layout
     for start, stop, count in segments:
         segment = scores[:, start:stop]
-        prune[:, start:stop] = ~prune_lowest(segment.reshape(1, -1), count).reshape(segment.shape)
+        if transposed is not None:
+            segment = block_sums(segment, transposed)
+        keep = prune_lowest(segment.reshape(1, -1), count).reshape(segment.shape)
+        prune[:, start:stop] = ~(keep if transposed is None else expand_blocks(keep, transposed))
     return prune
 
 
@@ -96,16 +101,21 @@ def _nm_prune_flags(group: torch.Tensor, inverse_diagonal: torch.Tensor, structu
 
 @torch.no_grad()
 def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, sparsities: Sequence[tuple[int, float]],
-                    structure: NMStructure | None, block_size: int, dampening: float) -> tuple[torch.Tensor, float]:
+                    structure: NMStructure | BlockStructure | None, block_size: int, dampening: float) -> tuple[torch.Tensor, float]:
     """Prune and reconstruct an (out, in) weight; returns (new weight in the input's dtype, dampening used).
 
     `sparsities` lists (rows, sparsity) segments covering the rows in order (one per stacked layer); each
-    segment loses exactly round(rows * in * sparsity) weights (unstructured) or m - n per N:M group.
+    segment loses exactly round(rows * in * sparsity) weights (unstructured), m - n per N:M group, or
+    round(tiles * sparsity) R x C tiles (block structure; the mask is chosen per column block as for
+    unstructured, ranking tiles by their summed w^2 / d^2, and the OBS update is unchanged).
     `hessian` is (in, in), used in float64; neither input is modified.
     """
     columns = weight.shape[1]
-    if structure is not None and block_size % structure.m:
-        block_size += structure.m - block_size % structure.m
+    nm = structure if isinstance(structure, NMStructure) else None
+    tiles = structure if isinstance(structure, BlockStructure) else None
+    step = nm.m if nm else tiles.columns if tiles else 1
+    if block_size % step:
+        block_size += step - block_size % step
     hessian = hessian.double().clone()
     dead = hessian.diagonal() == 0
     hessian[dead, dead] = 1.0
@@ -122,16 +132,17 @@ def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, sparsities: Seq
         block, factor = work[first:last], upper[first:last, first:last]
         inverse_diagonal = factor.diagonal()
         errors = torch.empty_like(block)
-        if structure is None:
-            segments = [(a, b, prune_count((b - a) * last, s) - prune_count((b - a) * first, s))
+        if nm is None:
+            size = tiles.size if tiles else 1
+            segments = [(a, b, prune_count((b - a) * last // size, s) - prune_count((b - a) * first // size, s))
                         for a, b, s in bounds]
-            prune = _block_prune_flags(block, inverse_diagonal, segments)
+            prune = _block_prune_flags(block, inverse_diagonal, segments, tiles)
         else:
             prune = torch.zeros_like(block, dtype=torch.bool)
         for j in range(last - first):
-            if structure is not None and j % structure.m == 0:
-                group = slice(j, j + structure.m)
-                prune[group] = _nm_prune_flags(block[group], inverse_diagonal[group], structure)
+            if nm is not None and j % nm.m == 0:
+                group = slice(j, j + nm.m)
+                prune[group] = _nm_prune_flags(block[group], inverse_diagonal[group], nm)
             row = block[j]
             kept = row.masked_fill(prune[j], 0.0)
             error = (row - kept) / inverse_diagonal[j]

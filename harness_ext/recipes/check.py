@@ -1,7 +1,7 @@
 """A recipe against a model, without calibration: which layers each step prunes, how much, and what fails.
 
 `layer_plan(recipe, model)` resolves every step's targets to layer names (each target and ignore pattern
-must match something: the error names the recipe line), checks that N:M fits every layer's input width,
+must match something: the error names the recipe line), checks that N:M groups or blocks tile every layer,
 and returns one row per pruned layer with the sparsity the recipe asks for and the zeros it implies.
 """
 
@@ -13,6 +13,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import UserError
+from ..pruning.masks import check_structure_shape
 from ..pruning.plan import PruneStep
 from ..pruning.targets import find_target_layers, matches_any, weight_matrix
 from .loader import LoadedRecipe
@@ -72,11 +73,11 @@ def _check_structure(recipe: LoadedRecipe, step: PruneStep, source: StepSource, 
     if step.structure is None:
         return
     for name, module in layers.items():
-        width = weight_matrix(module).shape[1]
-        if width % step.structure.m:
+        try:
+            check_structure_shape(tuple(weight_matrix(module).shape), step.structure, f"layer {name}")
+        except UserError as error:
             raise recipe_error(recipe.path, source.line, f"{source.modifier} mask {step.structure}",
-                               f"layer {name} has {width} input columns, not a multiple of M={step.structure.m}; "
-                               "ignore that layer or choose an M that divides its width")
+                               str(error)) from None
 
 
 def layer_plan(recipe: LoadedRecipe, model: nn.Module) -> list[LayerRow]:

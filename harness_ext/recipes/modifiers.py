@@ -4,7 +4,8 @@ Rules (also in docs/recipes.md):
 - sparsity: `sparsity` (one-shot modifiers), `final_sparsity` (gradual ones; `init_sparsity` and the
   schedule are reported, the final value is applied at once), `compression_sparsity` (AC/DC). A per-layer
   list pairs with explicitly named targets; SparseML's `{sparsity: [params]}` form gives per-layer values.
-- structure: `mask_structure` / `mask_type`: "unstructured", "0:0", "N:M" (quoted or not), "tensorrt" (2:4).
+- structure: `mask_structure` / `mask_type`: "unstructured", "0:0", "N:M" (quoted or not), "tensorrt" (2:4),
+  SparseML block masks `[R, C]` / "block" / "block4" (= [1, 4]) -> block:RxC.
   Block and channel masks ([1, 4], block4, channel, filter) are refused: the engine cannot prune that way.
 - targets: `targets` / `params`: names or `re:` regexes of modules or of `.weight` parameters (the suffix is
   dropped; a match on a block selects its layers); `__ALL__`, `__ALL_PRUNABLE__`, `Linear`, `Conv1D` or a
@@ -23,7 +24,7 @@ from ..errors import UserError
 from ..pruning.methods import get_method
 from ..pruning.plan import OwlConfig, PruneStep
 from ..pruning.targets import DEFAULT_IGNORE, compile_pattern
-from ..pruning.values import NMStructure, parse_structure, validate_sparsity
+from ..pruning.values import BlockStructure, NMStructure, parse_structure, validate_sparsity
 from ..typed_values import WrongValue, check_flag, check_number
 from .fields import MODIFIERS, ModifierSpec, close_match, modifier_spec
 from .stages import ModifierEntry
@@ -121,24 +122,32 @@ def _check_fields(fields: _Fields, spec: ModifierSpec) -> None:
                                + f"; {spec.name} fields: {', '.join(sorted(spec.known_fields))}")
 
 
-def parse_mask(fields: _Fields, name: str | None) -> NMStructure | None:
-    """mask_structure / mask_type -> None (unstructured) or NMStructure; refuses what the engine cannot do."""
+SPARSEML_BLOCKS = {"block": BlockStructure(1, 4), "block4": BlockStructure(1, 4)}  # SparseML's mask_type names
+
+
+def parse_mask(fields: _Fields, name: str | None) -> NMStructure | BlockStructure | None:
+    """mask_structure / mask_type -> None (unstructured), NMStructure or BlockStructure (SparseML's [R, C] lists,
+    `block` / `block4` = [1, 4]); refuses what the engine cannot do."""
     if name is None:
         return None
     value = fields.args[name]
     if isinstance(value, list):
-        if value in ([1, 1], [1, 1.0]):
-            return None
-        raise fields.error(name, f"block mask {value} (blocks of weights pruned together) is not supported: the "
-                                 "engine prunes single weights or N:M groups; use 'unstructured' or \"2:4\"")
-    if not isinstance(value, str):
-        raise fields.error(name, f"expected 'unstructured' or a quoted N:M such as \"2:4\", got {value!r}")
-    text = value.strip().lower()
+        if len(value) != 2 or not all(isinstance(side, int) and not isinstance(side, bool) for side in value):
+            raise fields.error(name, f"block mask {value} must be two whole numbers [rows, columns], e.g. [1, 4]")
+        text = f"block:{value[0]}x{value[1]}"
+    elif isinstance(value, str):
+        text = value.strip().lower()
+    else:
+        raise fields.error(name, f"expected 'unstructured', a quoted N:M such as \"2:4\" or a block such as "
+                                 f"[1, 4], got {value!r}")
     if text == "tensorrt":
         return NMStructure(2, 4)
-    if text.startswith("block") or text in ("channel", "filter"):
-        raise fields.error(name, f"{value!r} masks (whole blocks, channels or filters) are not supported: the "
-                                 "engine prunes single weights or N:M groups; use 'unstructured' or \"2:4\"")
+    if text in SPARSEML_BLOCKS:
+        return SPARSEML_BLOCKS[text]
+    if text in ("channel", "filter"):
+        raise fields.error(name, f"{value!r} masks (whole channels or filters) are not supported: the engine "
+                                 "prunes single weights, N:M groups or R x C blocks; use 'unstructured', \"2:4\" or "
+                                 "[1, 4]")
     try:
         return parse_structure(text)
     except UserError as error:
@@ -237,13 +246,13 @@ def _by_sparsity(fields: _Fields, name: str, notes: list[str]):
     return max(value for _, value in pairs), tuple((_descendants(p), v) for p, v in pairs), targets
 
 
-def _sparsity(fields: _Fields, spec: ModifierSpec, structure: NMStructure | None, targets: tuple[str, ...],
+def _sparsity(fields: _Fields, spec: ModifierSpec, structure: NMStructure | BlockStructure | None, targets: tuple[str, ...],
               notes: list[str]):
     """(sparsity, layer_sparsity, targets) from the modifier's sparsity field(s) and structure."""
     name = fields.one_of(*(candidate for candidate in SPARSITY_FIELDS if candidate in spec.used))
     pairs: tuple[tuple[str, float], ...] = ()
     if name is None:
-        if structure is None:
+        if not isinstance(structure, NMStructure):
             raise fields.error(None, f"no sparsity given: add {next(f for f in SPARSITY_FIELDS if f in spec.used)}"
                                      " (e.g. 0.5) or a mask_structure such as \"2:4\"")
         sparsity = structure.sparsity
@@ -254,7 +263,7 @@ def _sparsity(fields: _Fields, spec: ModifierSpec, structure: NMStructure | None
         sparsity, pairs, targets = _by_sparsity(fields, name, notes)
     else:
         sparsity = fields.sparsity(name)
-    if structure is not None and name is not None and abs(sparsity - structure.sparsity) > 1e-9:
+    if isinstance(structure, NMStructure) and name is not None and abs(sparsity - structure.sparsity) > 1e-9:
         raise fields.error(name, f"sparsity {sparsity:g} contradicts mask {structure} (which fixes sparsity at "
                                  f"{structure.sparsity:g}); use {structure.sparsity:g} or drop the mask")
     if sparsity == 0 and not any(value > 0 for _, value in pairs):
@@ -341,8 +350,8 @@ def _prune_step(fields: _Fields, spec: ModifierSpec, mapped: MappedModifier) -> 
     owl = _owl(fields, notes, per_layer=bool(pairs))
     if structure is not None and (owl or pairs):
         raise fields.error("mask_structure" if "mask_structure" in fields.args else "mask_type",
-                           f"N:M {structure} fixes every layer's sparsity at {structure.sparsity:g}; it cannot be "
-                           "combined with per-layer sparsities or OWL")
+                           f"mask {structure} is chosen per layer at one sparsity; it cannot be combined with "
+                           "per-layer sparsities or OWL")
     scope = _scope(fields, spec, spec.method, structure is not None, notes)
     if scope == "global" and pairs:
         raise fields.error(None, "global sparsity and per-layer sparsities contradict each other; choose one")

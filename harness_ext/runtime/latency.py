@@ -8,7 +8,11 @@
 - `peak_memory_bytes`: on CUDA, `torch.cuda.max_memory_allocated` during the measurement (weights +
   activations); on CPU, the process's peak resident set size sampled every 10 ms during the measurement
   (includes the Python runtime and lm-eval, so compare cells of one grid, not across machines).
-- `weights_bytes`: bytes of the parameters and buffers as loaded (dtype-dependent; zeros still stored).
+- `weights_bytes`: bytes of the parameters and buffers, plus the sparse storage of `SparseLinear` layers
+  (dtype-dependent; a dense layer stores its zeros).
+
+`measure_runtime` measures a model with dense kernels, applies a runtime (choose.py) and measures again in the
+same process: the speedups it reports are ratios of those two measurements, nothing else.
 
 Device and thread count are recorded with every measurement: latency means nothing without them.
 """
@@ -24,6 +28,10 @@ from typing import Any, Iterator
 import psutil
 import torch
 from torch import nn
+
+from ..pruning.values import BlockStructure
+from .choose import RuntimeShapes, apply_runtime
+from .sparse_linear import SparseLinear
 
 SAMPLE_INTERVAL_S = 0.01
 PROMPT_TOKENS = 16
@@ -76,9 +84,10 @@ def _timed(function, device: torch.device, repeats: int, **warm_up_overrides: An
 
 
 def weights_bytes(model: nn.Module) -> int:
-    """Bytes of the parameters and buffers held in memory (tied weights once)."""
+    """Bytes of the parameters, buffers and sparse weight storage held in memory (tied weights once)."""
     tensors = {id(t): t for t in [*model.parameters(), *model.buffers()]}
-    return sum(t.numel() * t.element_size() for t in tensors.values())
+    sparse = sum(module.weight_bytes() for module in model.modules() if isinstance(module, SparseLinear))
+    return sum(t.numel() * t.element_size() for t in tensors.values()) + sparse
 
 
 @torch.no_grad()
@@ -112,6 +121,45 @@ def measure_latency(model: nn.Module, batch: int = 1, seqlen: int = 128, new_tok
     }
 
 
+def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The last run's record with forward_ms and generate_tokens_per_s replaced by their medians over `runs`."""
+    merged = dict(runs[-1], rounds=len(runs))
+    merged["forward_ms"] = statistics.median(run["forward_ms"] for run in runs)
+    if runs[-1]["generate_tokens_per_s"] is not None:
+        merged["generate_tokens_per_s"] = statistics.median(run["generate_tokens_per_s"] for run in runs)
+    return merged
+
+
+def measure_runtime(model: nn.Module, runtime: str, batch: int = 1, seqlen: int = 128, new_tokens: int = 32,
+                    repeats: int = 5, block: BlockStructure | None = None, rounds: int = 1,
+                    seed: int = 0, generate: bool = True) -> dict[str, Any]:
+    """`measure_latency` (`generate`: time generation too) with dense kernels, then `apply_runtime(runtime)` at these shapes (decode: 1 row per
+    generated token at batch 1; prefill: batch x seqlen rows), then `measure_latency` again; with `rounds` > 1
+    the two alternate that many times (dense, runtime, dense, ...: machine noise hits both sides) and the
+    medians are kept. The last runtime measurement runs after the dense layers are freed, so its memory is the
+    runtime's own. Returns both measurements, the speedups (dense time / runtime time: > 1 is faster) and the
+    runtime's per-layer report. The model keeps the chosen runtime afterwards."""
+    dense_runs = [measure_latency(model, batch, seqlen, new_tokens, repeats, seed, generate)]
+    report = apply_runtime(model, runtime, RuntimeShapes(decode_tokens=1, prefill_tokens=batch * seqlen), block,
+                           keep_dense=rounds > 1)
+    chosen_runs = []
+    for round_index in range(rounds):
+        if round_index:
+            report.use_dense(model, True)
+            dense_runs.append(measure_latency(model, batch, seqlen, new_tokens, repeats, seed, generate))
+            report.use_dense(model, False)
+        if round_index == rounds - 1:
+            report.release_dense()
+        chosen_runs.append(measure_latency(model, batch, seqlen, new_tokens, repeats, seed, generate))
+    dense, chosen = _median_run(dense_runs), _median_run(chosen_runs)
+    decode = None
+    if dense["generate_tokens_per_s"] and chosen["generate_tokens_per_s"]:
+        decode = chosen["generate_tokens_per_s"] / dense["generate_tokens_per_s"]
+    return {"runtime": runtime, "dense": dense, "chosen": chosen,
+            "prefill_speedup": dense["forward_ms"] / chosen["forward_ms"], "decode_speedup": decode,
+            "runtime_report": report.to_dict()}
+
+
 def device_info(device: torch.device) -> dict[str, Any]:
     """Which hardware ran the numbers: device type and name, torch threads, CPU count."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
@@ -132,4 +180,5 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-__all__ = ["measure_latency", "peak_memory", "weights_bytes", "device_info"]
+__all__ = ["PROMPT_TOKENS", "WARM_UP_TOKENS", "measure_latency", "measure_runtime", "peak_memory", "weights_bytes",
+           "device_info"]
