@@ -54,7 +54,7 @@ def worker(args: argparse.Namespace) -> None:
     model, tokenizer = load_model(args.model, "float32", "cpu")
     name, sparsity, structure, options = cases()[args.worker]
     result = {"case": args.worker, "method": name, "structure": structure or "unstructured",
-              "load_average_at_start": os.getloadavg()[0]}
+              "load_average_at_start": os.getloadavg()[0], "torch_threads": torch.get_num_threads()}
     if name != "dense":
         method, update = split_grid_name(name)
         plan = shortcut_plan(method, sparsity, structure, update=update, options=options)
@@ -134,10 +134,11 @@ def write_results(args: argparse.Namespace, rows: dict[str, dict], minutes: floa
 
     loads = [row[key] for row in rows.values() for key in ("load_average_at_start", "load_average_at_end")
              if key in row]
+    threads = sorted({row["torch_threads"] for row in rows.values() if "torch_threads" in row})
     header = (f"# bench_methods: every method at 50 % and 2:4 (one run)\n\n"
               f"SmolLM2-135M-Instruct fp32, calibration C4 {args.nsamples} x {args.seqlen} (seed 0), WikiText-2 "
               f"test first {args.eval_tokens:,} tokens, windows of {args.seqlen}. One process per case, run one "
-              f"after another on {os.cpu_count()} CPU cores ({platform.machine()}); {len(rows)} cases in "
+              f"after another on {os.cpu_count()} CPU cores ({platform.machine()}), torch threads {threads}; {len(rows)} cases in "
               f"{minutes:.1f} min; 1-minute load average {min(loads, default=0):.1f}-{max(loads, default=0):.1f} "
               f"(per case in the JSON; above {os.cpu_count()} the machine was shared and the seconds are slow): "
               f"compare the ratios to SparseGPT measured in this same run, not the seconds. `ria-realloc-24` is N:M only in a permuted channel order (not folded into the "

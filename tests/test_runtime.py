@@ -207,13 +207,16 @@ def test_leaderboard_latency_measure_with_a_runtime_reports_both_sides(tiny_llam
     from types import SimpleNamespace
 
     from sparse_bench.leaderboards.cells import expand_cells
+    from sparse_bench.leaderboards.families import evaluator_for
     from sparse_bench.leaderboards.measures import MEASURES, LoadedCell
     from sparse_bench.leaderboards.spec_parser import parse_spec
 
     spec = parse_spec({"models": ["m"], "methods": ["magnitude"], "sparsities": [0.9], "tasks": ["t"],
                        "latency": {"seqlen": 8, "new_tokens": 2, "repeats": 1, "runtime": "sparse"}})
     cell = expand_cells(spec)[1]
-    run = LoadedCell(cell, spec, None, None, None, None, lm=SimpleNamespace(model=_pruned_tiny(tiny_llama)))
+    model = _pruned_tiny(tiny_llama)
+    run = LoadedCell(cell, spec, None, None, None, None, None, evaluator=evaluator_for(model.config),
+                     lm=SimpleNamespace(model=model))
     record = MEASURES["latency"].function(run)
     runtime = record["runtime_latency"]
     assert runtime["runtime"] == "sparse" and runtime["report"]["sparse_layers"] == 14
