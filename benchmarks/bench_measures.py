@@ -137,9 +137,9 @@ def rank(args) -> str:
     rows = []
     for result in grid.ok():
         agreement = result.get("agreement") or {}
-        bpb = result["metrics"].get("sparsebench_billsum_loglik", {}).get("bits_per_byte")
-        cell = result["cell"]
-        label = cell["method"] if cell["method"] == "dense" else f"{cell['method']} {cell['structure']}"
+        bpb = result.metrics.get("sparsebench_billsum_loglik", {}).get("bits_per_byte")
+        cell = result.cell
+        label = cell.method if cell.is_dense else f"{cell.method} {cell.structure}"
         rows.append((label, bpb, (result.get("perplexity") or {}).get("perplexity"), agreement.get("kl"),
                      agreement.get("top1_agreement")))
     if len(rows) < 3 or any(value is None for row in rows for value in row):

@@ -52,7 +52,8 @@ def worker(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
     model, tokenizer = load_model(args.model, "float32", "cpu")
     name, sparsity, structure, options = cases()[args.worker]
-    result = {"case": args.worker, "method": name, "structure": structure or "unstructured"}
+    result = {"case": args.worker, "method": name, "structure": structure or "unstructured",
+              "load_average_at_start": os.getloadavg()[0]}
     if name != "dense":
         method, update = split_grid_name(name)
         plan = shortcut_plan(method, sparsity, structure, update=update, options=options)
@@ -63,6 +64,7 @@ def worker(args: argparse.Namespace) -> None:
                       calibration_seconds=report.calibration_seconds, warnings=report.warnings[:3])
     text = read_text(args.eval_text)
     result["ppl"] = token_perplexity(model, tokenizer, text, args.seqlen, args.eval_tokens)["perplexity"]
+    result["load_average_at_end"] = os.getloadavg()[0]
     print(json.dumps(result))
 
 
@@ -129,13 +131,15 @@ def write_results(args: argparse.Namespace, rows: dict[str, dict], minutes: floa
     """PREFIX.md (table and goals) and PREFIX.json (every number) for the cases run so far."""
     from sparse_bench.harness_ext.io import write_json_atomic, write_text_atomic
 
+    loads = [row[key] for row in rows.values() for key in ("load_average_at_start", "load_average_at_end")
+             if key in row]
     header = (f"# bench_methods: every method at 50 % and 2:4 (one run)\n\n"
               f"SmolLM2-135M-Instruct fp32, calibration C4 {args.nsamples} x {args.seqlen} (seed 0), WikiText-2 "
               f"test first {args.eval_tokens:,} tokens, windows of {args.seqlen}. One process per case, run one "
               f"after another on {os.cpu_count()} CPU cores ({platform.machine()}); {len(rows)} cases in "
-              f"{minutes:.1f} min. The machine was shared with other jobs (1-minute load average per case in the "
-              f"JSON), so wall times are under load: compare the ratios to SparseGPT measured in this same run, "
-              f"not the seconds. `ria-realloc-24` is N:M only in a permuted channel order (not folded into the "
+              f"{minutes:.1f} min; 1-minute load average {min(loads, default=0):.1f}-{max(loads, default=0):.1f} "
+              f"(per case in the JSON; above {os.cpu_count()} the machine was shared and the seconds are slow): "
+              f"compare the ratios to SparseGPT measured in this same run, not the seconds. `ria-realloc-24` is N:M only in a permuted channel order (not folded into the "
               f"weights): mask quality, not a deployable 2:4 model.\n")
     text = "\n".join([header, "```", table(rows), "```", "", *[f"- {line}" for line in verdict(rows)], ""])
     out = Path(args.out)

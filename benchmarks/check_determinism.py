@@ -86,7 +86,9 @@ def markdown(rows: list[dict], args: argparse.Namespace) -> str:
         "the digests and perplexities must not.", "",
         tabulate(table, headers=["method", "target", "threads", "mask sha256", "weight sha256", "ppl", "prune s",
                                  "wall / Wanda's"], tablefmt="github", disable_numparse=True), "",
-        f"SparseGPT results identical across thread counts: **{'yes' if identical else 'NO'}**.", ""])
+        f"SparseGPT results identical across thread counts: **{'yes' if identical else 'NO'}**. "
+        f"Load average (1 min) at start and end of the run: {args.load[0]:.1f} and {args.load[1]:.1f} "
+        f"on {os.cpu_count()} cores.", ""])
 
 
 def main() -> None:
@@ -102,11 +104,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker:
         return worker(args)
-    rows = []
+    rows, load_at_start = [], os.getloadavg()[0]
     for method, target in CASES:
         for threads in ((1, 2) if method == "sparsegpt" else (2,)):
             rows.append(run_case(method, target, threads, args))
             print(json.dumps(rows[-1]), flush=True)
+    args.load = (load_at_start, os.getloadavg()[0])
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "determinism.json").write_text(json.dumps({"setting": vars(args), "rows": rows}, indent=2))
     text = markdown(rows, args)

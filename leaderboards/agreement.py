@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from ..harness_ext.agreement import AgreementMeter, build_reference, load_reference
-from .spec import Cell, GridSpec
+from .cells import Cell
+from .spec import GridSpec
 
 REFERENCE_DTYPE = "float32"
 

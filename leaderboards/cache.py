@@ -1,7 +1,7 @@
 """Pruned models cached on disk, and fingerprints of the models they come from.
 
 `CACHE/KEY/` is a dense checkpoint written by `save_checkpoint`, whose record holds the prune key and the prune
-report (`{"prune_key": ..., "report": PruneReport.to_dict()}`). KEY is the hash of `spec.prune_key` (model weights' sha256, method,
+report (`{"prune_key": ..., "report": PruneReport.to_dict()}`). KEY is the hash of `cells.prune_key` (model weights' sha256, method,
 scope, sparsity, structure, recipe hash, calibration with its seed, prune dtype), so a dtype sweep, a re-run or
 another grid with the same pruning prunes each model once. `save_checkpoint` writes under a temporary name and
 renames, so a killed run leaves no half entry.
@@ -26,7 +26,8 @@ from typing import Any
 from ..harness_ext.checkpoints import read_record, save_checkpoint
 from ..harness_ext.errors import UserError
 from ..harness_ext.io import sha256_file
-from .spec import Cell, GridSpec, prune_key
+from .cells import Cell, prune_key
+from .spec import GridSpec
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".json", ".model")
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import click
 
 from ..harness_ext.errors import UserError
-from .spec import expand_cells, load_spec, parse_shard, shard_cells
+from .cells import expand_cells, parse_shard, shard_cells
+from .spec_parser import load_spec
 
 SPECS_DIR = Path(__file__).resolve().parent / "specs"
 
@@ -106,7 +107,8 @@ def run_command(spec: str, out_dir: Path, shard: str, cache_root: Path | None, r
 
 def _render_summary(out_dir: Path) -> None:
     """Render OUT_DIR (markdown and plots), print the summary table and the leaderboard's path."""
-    from .render import load_grid, summary_table
+    from .grid_results import load_grid
+    from .render import summary_table
 
     _render(out_dir, "md", plots=True, echo=False)
     click.echo("\n" + summary_table(load_grid(out_dir)) + "\n")
@@ -157,7 +159,7 @@ def status_command(out_dir: Path, as_json: bool) -> None:
 
     from tabulate import tabulate
 
-    from .render import load_grid
+    from .grid_results import load_grid
     from .status import cell_states, counts
 
     states = cell_states(out_dir, [cell["cell_id"] for cell in load_grid(out_dir).cells])
@@ -186,7 +188,8 @@ def render_command(out_dir: Path, fmt_name: str, plots: bool) -> None:
 
 
 def _render(out_dir: Path, fmt_name: str, plots: bool, echo: bool) -> None:
-    from .render import load_grid, render
+    from .grid_results import load_grid
+    from .render import render
 
     plot_paths = None
     if plots:
@@ -214,7 +217,5 @@ def cells_command(spec: str, shard: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([{"cell_id": c.cell_id, **c.describe()} for c in cells], indent=2))
         return
-    from .runner import cell_label
-
     for cell in cells:
-        click.echo(f"{cell.cell_id}\t{cell_label(cell)}")
+        click.echo(f"{cell.cell_id}\t{cell.label}")

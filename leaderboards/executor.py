@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..harness_ext.errors import UserError
-from .runner import write_grid_file
+from .cells import expand_cells
 from .slurm import (
     QUEUED,
     RUNNING,
@@ -24,8 +24,9 @@ from .slurm import (
     submit_grid,
     task_end_reason,
 )
-from .spec import GridSpec, expand_cells
+from .spec import GridSpec
 from .status import FAILED, NOT_RUN, PARTIAL, CellState, cell_states, read_job
+from .store import write_grid_file
 
 EXECUTORS = ("local", "slurm")
 POLL_SECONDS = 5.0

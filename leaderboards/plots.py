@@ -14,19 +14,22 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from ..harness_ext.io import write_figure_atomic  # noqa: E402
-from .render import Grid, task_metrics, task_names  # noqa: E402
+from .cells import model_name  # noqa: E402
+from .columns import COLUMNS  # noqa: E402
+from .grid_results import Grid, task_metrics, task_names  # noqa: E402
+from .store import PLOTS, CellResult, subfolder  # noqa: E402
 
-Getter = Callable[[dict[str, Any]], Any]
+Getter = Callable[[CellResult], Any]
 MARKERS = {"2:4": "s", "4:8": "D"}
 
 
-def _series_key(result: dict[str, Any], grid: Grid) -> str:
-    cell, spec = result["cell"], grid.spec
-    parts = [cell["method"]]
+def _series_key(result: CellResult, grid: Grid) -> str:
+    cell, spec = result.cell, grid.spec
+    parts = [cell.method]
     if len(spec["dtypes"]) > 1:
-        parts.append(cell["dtype"])
+        parts.append(cell.dtype)
     if len(spec["models"]) > 1:
-        parts.append(Path(cell["model"].rstrip("/")).name)
+        parts.append(model_name(cell.model))
     return " ".join(parts)
 
 
@@ -36,23 +39,23 @@ def _number(value: Any) -> float | None:
 
 def _draw(axes, grid: Grid, getter: Getter, ylabel: str, log: bool = False) -> bool:
     """One metric vs measured sparsity (%) on `axes`; False if no cell has a finite value."""
-    results = [r for r in grid.ok() if _number(getter(r)) is not None and r.get("sparsity")]
+    results = [r for r in grid.ok() if _number(getter(r)) is not None and r.sparsity]
     if not results:
         return False
-    dense = {(r["cell"]["model"], r["cell"]["dtype"]): r for r in results if r["cell"]["method"] == "dense"}
-    series: dict[str, list[dict[str, Any]]] = {}
+    dense = {(r.cell.model, r.cell.dtype): r for r in results if r.cell.is_dense}
+    series: dict[str, list[CellResult]] = {}
     for result in results:
-        if result["cell"]["method"] != "dense":
+        if not result.cell.is_dense:
             series.setdefault(_series_key(result, grid), []).append(result)
-    x_of = lambda r: 100 * r["sparsity"]["overall_sparsity"]  # noqa: E731
+    x_of = lambda r: 100 * r.sparsity["overall_sparsity"]  # noqa: E731
     for label, members in series.items():
-        base = dense.get((members[0]["cell"]["model"], members[0]["cell"]["dtype"]))
-        line = sorted([m for m in members if m["cell"]["structure"] in ("unstructured", "recipe")], key=x_of)
+        base = dense.get((members[0].cell.model, members[0].cell.dtype))
+        line = sorted([m for m in members if m.cell.structure in ("unstructured", "recipe")], key=x_of)
         line = ([base] if base else []) + line
         drawn = axes.plot([x_of(r) for r in line], [getter(r) for r in line], marker="o", label=label)
         color = drawn[0].get_color()
         for result in members:
-            structure = result["cell"]["structure"]
+            structure = result.cell.structure
             if structure not in ("unstructured", "recipe"):
                 axes.scatter([x_of(result)], [getter(result)], color=color, marker=MARKERS.get(structure, "^"),
                              s=50, zorder=3)
@@ -78,36 +81,28 @@ def _save(figure, path: Path) -> Path:
 def make_plots(grid: Grid, out_dir: Path | None = None) -> dict[str, Path]:
     """Write OUT/plots/TASK.png per task, OUT/plots/cost.png (perplexity, size, latency) and OUT/plots/measures.png
     (KL and top-1 agreement with dense, BERTScore F1, repetition); returns {task, "cost" or "measures": path}."""
-    out_dir = Path(out_dir or grid.folder / "plots")
+    out_dir = Path(out_dir or subfolder(grid.folder, PLOTS))
     written: dict[str, Path] = {}
     for task in task_names(grid):
         metrics = task_metrics(grid, task)
         if not metrics:
             continue
         metric = metrics[0]
-        better = next((r["higher_is_better"][task].get(metric) for r in grid.ok()
-                       if task in r["higher_is_better"]), None)
+        better = next((r.higher_is_better[task].get(metric) for r in grid.ok()
+                       if task in r.higher_is_better), None)
         label = metric + {True: " (higher is better)", False: " (lower is better)"}.get(better, "")
         figure, axes = plt.subplots(figsize=(6, 4))
-        if _draw(axes, grid, lambda r, t=task, m=metric: r["metrics"].get(t, {}).get(m), label):
+        if _draw(axes, grid, lambda r, t=task, m=metric: r.metrics.get(t, {}).get(m), label):
             axes.set_title(f"{task}: {metric} vs sparsity", fontsize=10)
             written[task] = _save(figure, out_dir / f"{task}.png")
         else:
             plt.close(figure)
-    panels = [
-        (lambda r: (r.get("perplexity") or {}).get("perplexity"), "token perplexity (log)", True),
-        (lambda r: _mib((r.get("size") or {}).get("compressed_bytes")), "compressed checkpoint (MiB)", False),
-        (lambda r: (r.get("latency") or {}).get("forward_ms"), "ms per forward", False),
-    ]
-    _panel_figure(grid, panels, out_dir / "cost.png", written, "cost")
-    measures = [
-        (lambda r: (r.get("agreement") or {}).get("kl"), "KL(dense || cell), nats/token", False),
-        (lambda r: (r.get("agreement") or {}).get("top1_agreement"), "top-1 agreement with dense", False),
-    ]
+    _panel_figure(grid, column_panels("cost"), out_dir / "cost.png", written, "cost")
+    measures = column_panels("measures")
     for task in task_names(grid):
         for metric, label in (("bertscore_f1", "BERTScore F1"), ("repeated_4gram", "repeated 4-gram share")):
-            if any(metric in r["metrics"].get(task, {}) for r in grid.ok()):
-                measures.append((lambda r, t=task, m=metric: r["metrics"].get(t, {}).get(m), f"{task}\n{label}",
+            if any(metric in r.metrics.get(task, {}) for r in grid.ok()):
+                measures.append((lambda r, t=task, m=metric: r.metrics.get(t, {}).get(m), f"{task}\n{label}",
                                  False))
     _panel_figure(grid, measures, out_dir / "measures.png", written, "measures")
     return written
@@ -127,8 +122,10 @@ def _panel_figure(grid: Grid, panels: list[tuple[Getter, str, bool]], path: Path
     written[key] = _save(figure, path)
 
 
-def _mib(value: Any) -> float | None:
-    return value / 2**20 if isinstance(value, (int, float)) else None
+def column_panels(figure: str) -> list[tuple[Getter, str, bool]]:
+    """(getter, y label, log scale) of every column of columns.COLUMNS drawn in `figure`, in table order."""
+    return [(column.number, column.panel.label, column.panel.log) for column in COLUMNS
+            if column.panel and column.panel.figure == figure]
 
 
 __all__ = ["make_plots"]

@@ -28,8 +28,9 @@ from typing import Any
 
 from ..harness_ext.errors import UserError
 from ..harness_ext.io import write_json_atomic
-from .runner import _now, run_grid
-from .spec import Cell, GridSpec, pruned_model_groups, shard_cells
+from .cells import Cell, pruned_model_groups, shard_cells
+from .spec import GridSpec
+from .store import SLURM, job_file, subfolder, utc_now
 
 QUEUED, RUNNING = "queued", "running"
 # squeue's job states (%T) while a task still holds its cells; any other state has left the queue.
@@ -110,16 +111,12 @@ def queue_states() -> dict[str, str] | None:
 
 # --- markers in OUT ------------------------------------------------------------------------------------------
 
-def slurm_dir(out_dir: Path) -> Path:
-    return Path(out_dir) / "slurm"
-
-
 def submission_marker(out_dir: Path, token: str) -> Path:
-    return slurm_dir(out_dir) / f"submission_{token}.json"
+    return subfolder(out_dir, SLURM) / f"submission_{token}.json"
 
 
 def started_marker(out_dir: Path, job_id: str) -> Path:
-    return slurm_dir(out_dir) / f"started_{job_id}.json"
+    return subfolder(out_dir, SLURM) / f"started_{job_id}.json"
 
 
 def task_end_reason(out_dir: Path, job: dict[str, Any]) -> str:
@@ -166,8 +163,8 @@ def submit_grid(spec: GridSpec, out_dir: Path, cells: list[Cell], wanted: set[st
         return []
     out_dir = Path(out_dir).resolve()
     token = uuid.uuid4().hex
-    write_json_atomic(submission_marker(out_dir, token), {"host": socket.gethostname(), "submitted": _now()})
-    executor = submitit.AutoExecutor(folder=slurm_dir(out_dir), cluster="slurm")
+    write_json_atomic(submission_marker(out_dir, token), {"host": socket.gethostname(), "submitted": utc_now()})
+    executor = submitit.AutoExecutor(folder=subfolder(out_dir, SLURM), cluster="slurm")
     executor.update_parameters(
         name=f"sparse-bench-{spec.name}", timeout_min=options.time_min, mem_gb=options.mem_gb,
         cpus_per_task=options.cpus_per_task, slurm_partition=options.partition,
@@ -189,9 +186,9 @@ def submit_grid(spec: GridSpec, out_dir: Path, cells: list[Cell], wanted: set[st
     for job, shard in zip(jobs, shards):
         task = SubmittedTask(job.job_id, tuple(c.cell_id for c in shard_cells(cells, *shard)), str(job.paths.stderr))
         for cell_id in task.cell_ids:
-            write_json_atomic(Path(out_dir) / "jobs" / f"{cell_id}.json", {
+            write_json_atomic(job_file(out_dir, cell_id), {
                 "executor": "slurm", "job_id": task.job_id, "shard": list(shard), "stderr": task.stderr,
-                "stdout": str(job.paths.stdout), "submitted": _now(), "token": token})
+                "stdout": str(job.paths.stdout), "submitted": utc_now(), "token": token})
         submitted.append(task)
     return submitted
 
@@ -201,6 +198,8 @@ def run_array_task(spec: GridSpec, out_dir: Path, shard: tuple[int, int], cache_
     """What one array task runs on its node: the shared-filesystem check, then its cells (`run_grid`)."""
     import torch
 
+    from .runner import run_grid
+
     host = socket.gethostname()
     if not submission_marker(out_dir, token).is_file():
         raise UserError(f"{out_dir} is not on a filesystem that node {host} shares with the submitting host (the "
@@ -208,7 +207,7 @@ def run_array_task(spec: GridSpec, out_dir: Path, shard: tuple[int, int], cache_
     job_id = os.environ.get("SLURM_ARRAY_JOB_ID", os.environ.get("SLURM_JOB_ID", "?"))
     if "SLURM_ARRAY_TASK_ID" in os.environ:
         job_id = f"{job_id}_{os.environ['SLURM_ARRAY_TASK_ID']}"
-    write_json_atomic(started_marker(out_dir, job_id), {"host": host, "pid": os.getpid(), "started": _now()})
+    write_json_atomic(started_marker(out_dir, job_id), {"host": host, "pid": os.getpid(), "started": utc_now()})
     torch.set_num_threads(threads)
     summary = run_grid(spec, out_dir, shard, cache_root, retry_failed, progress=False)
     return {"ok": summary.ok, "partial": summary.partial, "failed": summary.failed, "done": summary.done}

@@ -19,8 +19,8 @@ from typing import Any
 
 import psutil
 
-from .runner import cells_dir, read_result
 from .slurm import QUEUED, RUNNING, queue_states, task_end_reason
+from .store import job_file, read_result, running_marker
 
 DONE, PARTIAL, FAILED, NOT_RUN, SUBMITTED = "done", "partial", "failed", "not run", "submitted"
 STATES = (DONE, QUEUED, RUNNING, PARTIAL, FAILED, SUBMITTED, NOT_RUN)
@@ -36,14 +36,10 @@ class CellState:
     job: str | None = None
 
 
-def jobs_dir(out_dir: Path) -> Path:
-    return Path(out_dir) / "jobs"
-
-
 def read_job(out_dir: Path, cell_id: str) -> dict[str, Any] | None:
     """The Slurm job record of a cell, or None."""
     try:
-        return json.loads((jobs_dir(out_dir) / f"{cell_id}.json").read_text(encoding="utf-8"))
+        return json.loads(job_file(out_dir, cell_id).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
 
@@ -57,18 +53,18 @@ def cell_states(out_dir: Path, cell_ids: list[str]) -> list[CellState]:
 
 
 def _state(out_dir: Path, cell_id: str, job: dict[str, Any] | None, queue: dict[str, str] | None) -> CellState:
-    result = read_result(cells_dir(out_dir) / f"{cell_id}.json")
+    result = read_result(out_dir, cell_id)
     job_id = job["job_id"] if job else None
-    if result and result["status"] == "ok":
+    if result and result.status == "ok":
         return CellState(cell_id, DONE, None, job_id)
     if job and queue is None:
         return CellState(cell_id, SUBMITTED, "squeue is not available here: state unknown", job_id)
     if job and job_id in queue:
         return CellState(cell_id, queue[job_id], None, job_id)
-    if result and not (job and result.get("started", "") < job.get("submitted", "")):
+    if result and not (job and result.started < job.get("submitted", "")):
         if not job and (local := _local_state(out_dir, cell_id)).state == RUNNING:
             return local  # a local run rewrites the cell's file after each phase: not finished yet
-        return CellState(cell_id, PARTIAL if result["status"] == "partial" else FAILED, result["reason"], job_id)
+        return CellState(cell_id, PARTIAL if result.status == "partial" else FAILED, result.reason, job_id)
     if job:  # no result, or one older than the last submission: the task ended without writing one
         return CellState(cell_id, FAILED, task_end_reason(out_dir, job), job_id)
     return _local_state(out_dir, cell_id)
@@ -78,7 +74,7 @@ def _local_state(out_dir: Path, cell_id: str) -> CellState:
     """A cell no Slurm job holds: running (its marker names a live process of this host), interrupted, or not
     run."""
     try:
-        marker = json.loads((cells_dir(out_dir) / f"{cell_id}.running").read_text(encoding="utf-8"))
+        marker = json.loads(running_marker(out_dir, cell_id).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return CellState(cell_id, NOT_RUN)
     pid = marker.get("pid")
@@ -111,6 +107,5 @@ __all__ = [
     "cell_states",
     "counts",
     "in_flight",
-    "jobs_dir",
     "read_job",
 ]

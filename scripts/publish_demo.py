@@ -6,9 +6,8 @@
 Replaces the text between `<!-- demo:NAME:start -->` and `<!-- demo:NAME:end -->` markers: `summary` (README:
 the run's summary table), `timing` (README and docs: the wall seconds of command 1 and of each cell's phases) and
 `full` (docs: the whole rendered leaderboard, its plots copied to docs/img/). Latency and wall times are this
-machine's. SparseGPT's statistics and solve are float64, so the Hessian's summation order changes no mask; the
-fp32 forwards can still differ in their last bits between thread counts, and benchmarks/results/determinism.md
-shows where that changed a SparseGPT 2:4 mask.
+machine's. SparseGPT's statistics and solve are float64 and its factorisations run on one thread, so its masks do
+not depend on the thread count (benchmarks/results/determinism.md).
 """
 
 from __future__ import annotations
@@ -26,8 +25,8 @@ from sparse_bench.leaderboards.render import load_grid, summary_table
 REPO = Path(__file__).resolve().parents[1]
 PHASES = ("prune", "load", "evaluate", "perplexity", "latency", "size")
 VARIES = ("Latency columns (`ms/forward`, `tokens/s`, `peak MiB`) and times (`prune s`, seconds) are this "
-          "machine's. The other numbers repeat on the same machine; between machines or thread counts SparseGPT "
-          "can differ slightly (benchmarks/results/determinism.md).")
+          "machine's. The other numbers do not depend on the thread count (benchmarks/results/determinism.md); "
+          "another CPU's fp32 kernels can still change last bits of a forward.")
 
 
 def replace_between(text: str, name: str, block: str) -> str:
@@ -52,8 +51,8 @@ def phase_table(grid) -> str:
     cells = [(cell, grid.results[cell["cell_id"]]) for cell in grid.cells]
     rows = []
     for phase in PHASES:
-        rows.append([phase] + [f"{(result or {}).get('timings', {}).get(phase, 0):.0f}" for _, result in cells])
-    rows.append(["whole cell"] + [f"{(result or {}).get('seconds', 0):.0f}" for _, result in cells])
+        rows.append([phase] + [f"{result.timings.get(phase, 0) if result else 0:.0f}" for _, result in cells])
+    rows.append(["whole cell"] + [f"{(result.seconds or 0) if result else 0:.0f}" for _, result in cells])
     labels = [cell_label_of(cell) for cell, _ in cells]
     return tabulate(rows, headers=["phase (wall s)", *labels], tablefmt="github", disable_numparse=True)
 

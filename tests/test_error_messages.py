@@ -18,7 +18,7 @@ import sparse_bench.model_wrappers
 import sparse_bench.tasks
 from sparse_bench.harness_ext.errors import UserError
 from sparse_bench.harness_ext.recipes import load_recipe
-from sparse_bench.leaderboards.spec import parse_spec
+from sparse_bench.leaderboards.spec_parser import parse_spec
 
 ERROR_TYPES = {"UserError", "DataError"}
 PACKAGES = (sparse_bench.harness_ext, sparse_bench.model_wrappers, sparse_bench.leaderboards, sparse_bench.tasks)

@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sparse_bench.harness_ext.cli import main
-from sparse_bench.leaderboards.spec import GRID_KEYS
+from sparse_bench.leaderboards.spec_parser import GRID_KEYS
 
 SPECS = sorted((Path(__file__).parents[1] / "leaderboards" / "specs").glob("*.yaml"))
 SEEDS = [path.read_bytes() for path in SPECS]

@@ -7,7 +7,8 @@ import pytest
 
 from sparse_bench.leaderboards.agreement import cell_agreement, reference_description, reference_file
 from sparse_bench.leaderboards.cache import model_fingerprint
-from sparse_bench.leaderboards.spec import expand_cells, parse_spec
+from sparse_bench.leaderboards.cells import expand_cells
+from sparse_bench.leaderboards.spec_parser import parse_spec
 
 
 def grid_spec(model: str, top_k: int):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from transformers import AutoModelForCausalLM
 
-from sparse_bench.leaderboards.measure import WARM_UP_TOKENS, measure_latency
+from sparse_bench.leaderboards.latency import WARM_UP_TOKENS, measure_latency
 
 
 def test_generation_is_timed_at_the_asked_length_after_a_short_warm_up(tiny_llama):

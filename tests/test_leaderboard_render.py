@@ -11,10 +11,11 @@ import pytest
 
 from sparse_bench.harness_ext.errors import UserError
 from sparse_bench.harness_ext.io import write_json_atomic
+from sparse_bench.leaderboards.cells import expand_cells
 from sparse_bench.leaderboards.plots import make_plots
 from sparse_bench.leaderboards.render import load_grid, render, task_rows
-from sparse_bench.leaderboards.runner import RESULT_FORMAT, result_path, write_grid_file
-from sparse_bench.leaderboards.spec import expand_cells, parse_spec
+from sparse_bench.leaderboards.spec_parser import parse_spec
+from sparse_bench.leaderboards.store import RESULT_FORMAT, result_path, write_grid_file, write_result
 
 SPEC = {"name": "t", "models": ["tiny"], "methods": ["magnitude", "wanda"], "sparsities": [0.5],
         "structures": ["unstructured", "2:4"], "tasks": [{"name": "loglik", "metrics": ["bits_per_byte"]},
@@ -49,11 +50,11 @@ def grid_dir(tmp_path):
     cells = expand_cells(spec)
     write_grid_file(tmp_path, spec, cells)
     for cell in cells:
-        key = (cell.method_label, cell.structure)
+        key = (cell.method_label, cell.structure_label)
         if key in QUALITY:
-            write_json_atomic(result_path(tmp_path, cell), fake_record(cell, *QUALITY[key]))
+            write_json_atomic(result_path(tmp_path, cell.cell_id), fake_record(cell, *QUALITY[key]))
         elif cell.method_label == "wanda":
-            write_json_atomic(result_path(tmp_path, cell), {
+            write_json_atomic(result_path(tmp_path, cell.cell_id), {
                 "format": RESULT_FORMAT, "cell_id": cell.cell_id, "cell": cell.describe(), "status": "failed",
                 "reason": "out of memory: could not allocate"})
     return tmp_path
@@ -103,7 +104,7 @@ def test_csv_and_json(grid_dir):
 
 
 def test_missing_cells_and_bad_folder(grid_dir, tmp_path_factory):
-    result_path(grid_dir, expand_cells(parse_spec(SPEC))[0]).unlink()
+    result_path(grid_dir, expand_cells(parse_spec(SPEC))[0].cell_id).unlink()
     text, _ = render(grid_dir, "md")
     assert "3 of 5 finished, 1 failed, 1 not run" in text
     with pytest.raises(UserError, match="no readable grid.json"):
@@ -125,16 +126,16 @@ def test_agreement_columns_error_reports_and_measures_plot(grid_dir):
     generation task, linked from its table, from the cells' logged samples."""
     grid = load_grid(grid_dir)
     for kl, result in zip((0.0, 0.5, 0.9, 0.3), grid.ok()):
-        result["agreement"] = {"kl": kl, "top1_agreement": 1 - kl / 2, "positions": 100, "top_k": 8,
+        result.measures["agreement"] = {"kl": kl, "top1_agreement": 1 - kl / 2, "positions": 100, "top_k": 8,
                                "reference": {"dtype": "float32", "device": "cpu", "file": "x"}}
-        result["metrics"]["gen"] = {"rouge1": 0.5 - kl / 4, "bertscore_f1": 0.9 - kl / 4, "repeated_4gram": kl}
-        result["higher_is_better"]["gen"] = {"rouge1": True, "bertscore_f1": True, "repeated_4gram": False}
-        write_json_atomic(grid_dir / "cells" / f"{result['cell_id']}.json", result)
+        result.metrics["gen"] = {"rouge1": 0.5 - kl / 4, "bertscore_f1": 0.9 - kl / 4, "repeated_4gram": kl}
+        result.higher_is_better["gen"] = {"rouge1": True, "bertscore_f1": True, "repeated_4gram": False}
+        write_result(grid_dir, result)
         output = "The bill funds rural water." if kl == 0 else "the bill the bill the bill the bill"
         sample = {"doc_id": 0, "doc_hash": "h0", "target": "The bill funds rural water systems.", "filter": "none",
                   "filtered_resps": [output], "metrics": ["rouge1"], "rouge1": 0.5 - kl / 4,
                   "arguments": {"gen_args_0": {"arg_0": "Summarize: rural water grants.", "arg_1": {}}}}
-        folder = grid_dir / "samples" / result["cell_id"]
+        folder = grid_dir / "samples" / result.cell_id
         folder.mkdir(parents=True)
         (folder / "samples_gen.jsonl").write_text(json.dumps(sample) + "\n", encoding="utf-8")
     plots = make_plots(load_grid(grid_dir))
@@ -154,7 +155,7 @@ def test_partial_cell_renders_what_exists_and_marks_failed_phases(grid_dir):
     """A cell whose evaluate and latency phases failed: its size and perplexity still show, the failed
     phases are marked in place and listed with their reasons; older records (no `phases`) render as before."""
     grid = load_grid(grid_dir)
-    wanda = next(c for c in expand_cells(parse_spec(SPEC)) if (c.method_label, c.structure) == ("wanda", "2:4"))
+    wanda = next(c for c in expand_cells(parse_spec(SPEC)) if (c.method_label, c.structure_label) == ("wanda", "2:4"))
     record = {key: value for key, value in fake_record(wanda, 1.2, 0.6).items()
               if key not in ("metrics", "higher_is_better", "evaluations", "latency")}
     record.update(status="partial", reason="evaluate: boom; latency: out of memory", perplexity={"perplexity": 41.5},
@@ -162,7 +163,7 @@ def test_partial_cell_renders_what_exists_and_marks_failed_phases(grid_dir):
                           "evaluate": {"status": "failed", "reason": "RuntimeError: boom"},
                           "perplexity": {"status": "ok"}, "size": {"status": "ok"},
                           "latency": {"status": "failed", "reason": "out of memory: CUDA"}})
-    write_json_atomic(result_path(grid_dir, wanda), record)
+    write_json_atomic(result_path(grid_dir, wanda.cell_id), record)
     text, _ = render(grid_dir, "md")
     assert "4 of 5 finished, 1 with a failed phase (shown, marked `failed (!)`), 0 failed, 0 not run" in text
     summary = text.split("## Summary")[1].split("## loglik")[0]

@@ -15,9 +15,17 @@ import pytest
 import yaml
 from tiny_tasks import TASK_NAME, write_tiny_choice_task
 
+from sparse_bench.leaderboards.cells import expand_cells
+from sparse_bench.leaderboards.measures import MEASURES
 from sparse_bench.leaderboards.render import load_grid, render, task_rows
-from sparse_bench.leaderboards.runner import MEASURES, NOT_RUN_YET, read_result, result_path, run_grid
-from sparse_bench.leaderboards.spec import expand_cells, load_spec
+from sparse_bench.leaderboards.runner import NOT_RUN_YET, run_grid
+from sparse_bench.leaderboards.spec_parser import load_spec
+from sparse_bench.leaderboards.store import result_path
+
+
+def read_record(path):
+    """A cell's result file as written (format sparse-bench-leaderboard-cell/1)."""
+    return json.loads(Path(path).read_text(encoding="utf-8"))
 
 SECOND_TASK = f"{TASK_NAME}_b"
 
@@ -67,7 +75,7 @@ def quality_table(out_dir: Path) -> list[tuple]:
 def test_two_by_two_grid_end_to_end(finished_grid, tiny_spec):
     out_dir, _ = finished_grid
     cells = expand_cells(load_spec(tiny_spec))
-    records = {c.cell_id: read_result(result_path(out_dir, c)) for c in cells}
+    records = {c.cell_id: read_record(result_path(out_dir, c.cell_id)) for c in cells}
     assert all(r["status"] == "ok" for r in records.values())
     for cell in cells:
         record = records[cell.cell_id]
@@ -95,16 +103,16 @@ def test_agreement_with_dense_and_answer_flips(finished_grid):
     out_dir, cache = finished_grid
     text, _ = render(out_dir, "md")
     grid = load_grid(out_dir).with_comparisons()
-    dense = next(r for r in grid.ok() if r["cell"]["method"] == "dense")
-    assert dense["agreement"]["kl"] == pytest.approx(0.0, abs=1e-9) and dense["agreement"]["top1_agreement"] == 1.0
-    assert dense["agreement"]["positions"] == 4 * 63 and dense["agreement"]["reference"]["dtype"] == "float32"
-    pruned = [r for r in grid.ok() if r["cell"]["method"] != "dense"]
-    assert all(r["agreement"]["kl"] > 0 and 0 <= r["agreement"]["top1_agreement"] <= 1 for r in pruned)
+    dense = next(r for r in grid.ok() if r.cell.is_dense)
+    assert dense.get("agreement")["kl"] == pytest.approx(0.0, abs=1e-9) and dense.get("agreement")["top1_agreement"] == 1.0
+    assert dense.get("agreement")["positions"] == 4 * 63 and dense.get("agreement")["reference"]["dtype"] == "float32"
+    pruned = [r for r in grid.ok() if not r.cell.is_dense]
+    assert all(r.get("agreement")["kl"] > 0 and 0 <= r.get("agreement")["top1_agreement"] <= 1 for r in pruned)
     assert len(list((cache / "dense-references").glob("*.safetensors"))) == 1  # built once, by the dense cell
     for result in pruned:  # accuracy moves by exactly the net flips
-        flips = grid.comparisons[(result["cell_id"], TASK_NAME)]["flips"]
+        flips = grid.comparisons[(result.cell_id, TASK_NAME)]["flips"]
         net = (flips["wrong_to_right"] - flips["right_to_wrong"]) / 8
-        assert result["metrics"][TASK_NAME]["acc"] - dense["metrics"][TASK_NAME]["acc"] == pytest.approx(net)
+        assert result.metrics[TASK_NAME]["acc"] - dense.metrics[TASK_NAME]["acc"] == pytest.approx(net)
     assert "KL vs dense" in text and "top-1 agree" in text
     assert "flips r→w / w→r" in text and "Agreement**: `KL vs dense` = KL(dense || cell)" in text
 
@@ -123,9 +131,9 @@ def test_rerun_skips_and_cache_avoids_pruning_again(finished_grid, tiny_spec, tm
     summary = run_grid(load_spec(other), tmp_path / "again", cache_root=cache, progress=False)
     assert len(summary.ok) == 2
     pruned = next(c for c in expand_cells(load_spec(other)) if not c.is_dense)
-    again = read_result(result_path(tmp_path / "again", pruned))
+    again = read_record(result_path(tmp_path / "again", pruned.cell_id))
     assert again["prune_cached"] is True
-    first = read_result(next((out_dir / "cells").glob("*wanda_0.75*.json")))
+    first = read_record(next((out_dir / "cells").glob("*wanda_0.75*.json")))
     assert again["prune"] == first["prune"] and again["sparsity"]["layers"] == first["sparsity"]["layers"]
 
 
@@ -136,7 +144,7 @@ def test_failed_cell_is_recorded_and_grid_goes_on(tiny_spec, tiny_llama, tmp_pat
                            perplexity=None)
     summary = run_grid(load_spec(spec_path), tmp_path / "out", cache_root=tmp_path / "cache", progress=False)
     assert len(summary.ok) == 2 and len(summary.failed) == 2
-    failed = [read_result(tmp_path / "out" / "cells" / f"{cell_id}.json") for cell_id in summary.failed]
+    failed = [read_record(result_path(tmp_path / "out", cell_id)) for cell_id in summary.failed]
     assert all("no_such_model" in r["reason"] and "does not exist" in r["reason"] for r in failed)
     assert all("\n" not in r["reason"] for r in failed)
     text, _ = render(tmp_path / "out", "md")

@@ -28,9 +28,9 @@ from sparse_bench.leaderboards.cache import (
     model_fingerprint,
     pruned_checkpoint,
 )
+from sparse_bench.leaderboards.cells import expand_cells
 from sparse_bench.leaderboards.executor import check_tasks_started
 from sparse_bench.leaderboards.render import render
-from sparse_bench.leaderboards.runner import RESULT_FORMAT, write_grid_file
 from sparse_bench.leaderboards.slurm import (
     SlurmOptions,
     SubmittedTask,
@@ -39,8 +39,9 @@ from sparse_bench.leaderboards.slurm import (
     run_array_task,
     started_marker,
 )
-from sparse_bench.leaderboards.spec import expand_cells, load_spec
+from sparse_bench.leaderboards.spec_parser import load_spec
 from sparse_bench.leaderboards.status import DONE, FAILED, QUEUED, RUNNING, cell_states
+from sparse_bench.leaderboards.store import RESULT_FORMAT, write_grid_file
 
 SLURM_OPTIONS = ["--executor", "slurm", "--mem", "2", "--time", "10", "--cpus-per-task", "1"]
 

@@ -10,8 +10,9 @@ import pytest
 import yaml
 
 from sparse_bench.harness_ext.errors import UserError
+from sparse_bench.leaderboards.cells import expand_cells, parse_shard, shard_cells
 from sparse_bench.leaderboards.cli import SPECS_DIR
-from sparse_bench.leaderboards.spec import expand_cells, load_spec, parse_shard, parse_spec, shard_cells
+from sparse_bench.leaderboards.spec_parser import load_spec, parse_spec
 
 BASE = {"models": ["some/model"], "methods": ["magnitude", "wanda"], "sparsities": [0.5, 0.9],
         "structures": ["unstructured", "2:4"], "dtypes": ["float32", "float16"],
@@ -66,11 +67,11 @@ def test_cells_dense_first_nm_ignores_sparsities():
     assert len(cells) == 14
     assert [c.method_label for c in cells[:7]] == ["dense", "magnitude", "magnitude", "magnitude",
                                                   "wanda", "wanda", "wanda"]
-    nm = [c for c in cells if c.structure == "2:4"]
+    nm = [c for c in cells if c.structure_label == "2:4"]
     assert len(nm) == 4 and all(c.sparsity == 0.5 for c in nm)
     assert len({c.cell_id for c in cells}) == len(cells)
     assert all(c.plan() is None for c in cells if c.is_dense)
-    plan = next(c for c in cells if c.structure == "2:4").plan()
+    plan = next(c for c in cells if c.structure_label == "2:4").plan()
     assert str(plan.steps[0].structure) == "2:4"
 
 
@@ -88,9 +89,9 @@ def test_shards_cover_every_cell_exactly_once(count):
     # the same split whatever order it is computed in, and a pruned model's dtypes stay together
     assert shards == [shard_cells(cells, index, count) for index in reversed(range(count))][::-1]
     for shard in shards:
-        keys = {(c.model, c.method, c.sparsity, c.structure) for c in shard}
+        keys = {(c.model, c.method, c.sparsity, c.nm) for c in shard}
         others = [c for other in shards if other is not shard for c in other]
-        assert not any((c.model, c.method, c.sparsity, c.structure) in keys for c in others)
+        assert not any((c.model, c.method, c.sparsity, c.nm) in keys for c in others)
 
 
 @pytest.mark.parametrize("text", ["1/1", "2/1", "a/b", "-1/3", "3"])
@@ -107,7 +108,7 @@ def test_shipped_specs_are_valid(name):
 
 def test_demo_spec_is_the_issue_grid():
     cells = expand_cells(load_spec(SPECS_DIR / "demo.yaml"))
-    assert {(c.method_label, c.structure) for c in cells} == {
+    assert {(c.method_label, c.structure_label) for c in cells} == {
         ("dense", "dense"), *((m, s) for m in ("magnitude", "wanda", "sparsegpt") for s in ("unstructured", "2:4"))}
 
 

@@ -334,7 +334,8 @@ def test_model_args_take_method_options(tiny_llama):
 
 
 def test_grid_spec_method_names_and_options(tmp_path):
-    from sparse_bench.leaderboards.spec import expand_cells, parse_spec
+    from sparse_bench.leaderboards.cells import expand_cells
+    from sparse_bench.leaderboards.spec_parser import parse_spec
 
     base = {"name": "g", "models": ["m"], "structures": ["2:4"], "tasks": ["t"]}
     spec = parse_spec({**base, "methods": ["wanda+admm", {"method": "ria", "options": {"ria_exponent": 1.0}}]},

@@ -14,8 +14,9 @@ import sys
 
 import torch
 
+from sparse_bench.harness_ext.pruning.admm import AdmmOptions, _Problem
 from sparse_bench.harness_ext.pruning.calibration import InputStatistics
-from sparse_bench.harness_ext.pruning.sparsegpt import sparsegpt_prune
+from sparse_bench.harness_ext.pruning.sparsegpt import inverse_hessian_factor, sparsegpt_prune
 
 
 def _outlier_inputs(samples: int = 64, tokens: int = 256, columns: int = 512) -> torch.Tensor:
@@ -74,3 +75,24 @@ def test_sparsegpt_weights_are_identical_with_one_and_two_threads(tiny_llama):
         return json.loads(done.stdout.strip().splitlines()[-1])
 
     assert digests(1) == digests(2)
+
+
+def _with_threads(threads: int, compute):
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return compute()
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_hessian_factorisations_are_identical_with_one_and_two_threads():
+    # LAPACK's blocked Cholesky sums in a thread-count-dependent order from 256 columns on: without
+    # reproducible.one_cpu_thread these factors differ in their last bits (and SmolLM2's 2:4 masks with them)
+    inputs = torch.randn(1024, 512, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    hessian = inputs.t() @ inputs
+    weight = torch.randn(64, 512, generator=torch.Generator().manual_seed(4))
+    sparsegpt_factor = [_with_threads(t, lambda: inverse_hessian_factor(hessian, 0.01)[0]) for t in (1, 2)]
+    admm_inverse = [_with_threads(t, lambda: _Problem(weight, hessian, AdmmOptions()).inverse) for t in (1, 2)]
+    assert torch.equal(*sparsegpt_factor)
+    assert torch.equal(*admm_inverse)

@@ -24,7 +24,7 @@ from sparse_bench.harness_ext.recipes.yaml_loader import (
     load_yaml,
     parse_value,
 )
-from sparse_bench.leaderboards.spec import load_spec
+from sparse_bench.leaderboards.spec_parser import load_spec
 
 # (levels, aliases per list): the nine lists of nine (~390 million leaf references in 1 KB), a wide
 # 2-level one (1,000 x 1,000 = a million) and a 12-level one (~282 billion).

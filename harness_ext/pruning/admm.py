@@ -37,6 +37,7 @@ from ..errors import UserError
 from .calibration import InputStatistics
 from .masks import layer_mask, nm_mask
 from .methods import Options, PruneResult, Target, segments_of
+from .reproducible import one_cpu_thread
 
 MaskAt = Callable[[int, torch.Tensor], torch.Tensor]
 
@@ -85,7 +86,8 @@ class _Problem:
         self.dense = weight.double() * self.scale
         self.target = self.dense @ normalised
         normalised.diagonal().add_(options.admm_rho)
-        self.inverse = torch.cholesky_inverse(torch.linalg.cholesky(normalised))
+        with one_cpu_thread():  # the same inverse whatever the thread count (reproducible.py)
+            self.inverse = torch.cholesky_inverse(torch.linalg.cholesky(normalised))
         self.rho = options.admm_rho
 
     def solve(self, mask_at: MaskAt, iterations: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,9 +10,9 @@ diagonal; when the Cholesky factorisation fails it is retried with 10x more, and
 The whole solve runs in float64 (the Hessian arrives in float64 from the calibration loop): the inverse
 amplifies rounding by the Hessian's condition number, and in fp32 that flipped near-tie choices between
 machines whose BLAS kernels sum in different orders. In float64 the Hessian's summation order no longer
-changes a mask (tested). The fp32 block forwards that feed the statistics can still differ in their last bits
-between thread counts; on SmolLM2 that left 2:4 masks different with 1 and 2 threads while 50 % ones were
-identical (benchmarks/results/determinism.md).
+changes a mask (tested). LAPACK's Cholesky also sums in a thread-count-dependent order, so the factorisation
+runs on one CPU thread (reproducible.py): SmolLM2's SparseGPT 2:4 masks had differed with 1 and 2 threads until
+then (benchmarks/results/determinism.md).
 
 Layers that share one input (q/k/v) share the Hessian and run as one stacked matrix: rows are independent in
 OBS, and each layer keeps its own exact sparsity through its own row segment.
@@ -30,6 +30,7 @@ from .calibration import InputStatistics
 from .masks import prune_count, prune_lowest
 from .methods import Options, PruneResult, Target
 from .plan import NMStructure
+from .reproducible import one_cpu_thread
 
 MAX_DAMPENING = 1.0  # after 0.01 -> 0.1 -> 1.0 the Hessian is dominated by the identity; stop there
 
@@ -54,8 +55,14 @@ class SparseGPTOptions(Options):
 def inverse_hessian_factor(hessian: torch.Tensor, dampening: float) -> tuple[torch.Tensor, float]:
     """Upper Cholesky factor U of (H + d * mean(diag H) * I)^-1 and the dampening d that worked.
 
-    Tries `dampening`, then 10x more until MAX_DAMPENING; UserError if even that fails.
+    Tries `dampening`, then 10x more until MAX_DAMPENING; UserError if even that fails. Runs on one CPU
+    thread, so the factor is the same whatever the caller's thread count (harness_ext/pruning/reproducible.py).
     """
+    with one_cpu_thread():
+        return _inverse_hessian_factor(hessian, dampening)
+
+
+def _inverse_hessian_factor(hessian: torch.Tensor, dampening: float) -> tuple[torch.Tensor, float]:
     mean_diagonal = hessian.diagonal().mean()
     identity = torch.eye(hessian.shape[0], dtype=hessian.dtype, device=hessian.device)
     damp = dampening

@@ -30,6 +30,7 @@ from ..pruning.plan import (
     parse_structure,
     validate_sparsity,
 )
+from ..typed_values import WrongValue, check_flag, check_number
 from .fields import MODIFIERS, ModifierSpec, close_match, modifier_spec
 from .stages import ModifierEntry
 from .yaml_loader import YamlMap, recipe_error
@@ -88,12 +89,10 @@ class _Fields:
         return present[0] if present else None
 
     def number(self, name: str, kind: type = float) -> Any:
-        value = self.args[name]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and
-                                                                            isinstance(value, float)):
-            expected = "an integer" if kind is int else "a number"
-            raise self.error(name, f"expected {expected}, got {type(value).__name__} {value!r}")
-        return value
+        try:
+            return check_number(self.args[name], integer=kind is int)
+        except WrongValue as problem:
+            raise self.error(name, f"expected {problem}") from None
 
     def sparsity(self, name: str, value: Any = None) -> float:
         value = self.args[name] if value is None else value
@@ -106,10 +105,10 @@ class _Fields:
             raise self.error(name, str(error)) from None
 
     def flag(self, name: str, default: bool) -> bool:
-        value = self.args.get(name, default)
-        if not isinstance(value, bool):
-            raise self.error(name, f"expected true or false, got {value!r}")
-        return value
+        try:
+            return check_flag(self.args.get(name, default))
+        except WrongValue as problem:
+            raise self.error(name, f"expected {problem}") from None
 
     def strings(self, name: str) -> list[tuple[str, int]]:
         """A name-or-list field as (stripped string, line) pairs."""

@@ -17,7 +17,7 @@ What this loader does beyond `yaml.safe_load`:
   whose alias refers to a node that contains it, is refused before anything walks it. The check visits each
   written node once, so it is linear in the file's size.
 
-Grid specs (leaderboards/spec.py) and command-line values (`parse_value`) are read by this loader too.
+Grid specs (leaderboards/spec_parser.py) and command-line values (`parse_value`) are read by this loader too.
 """
 
 from __future__ import annotations

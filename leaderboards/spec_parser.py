@@ -1,0 +1,253 @@
+"""Grid spec files: YAML -> a validated `GridSpec` (spec.py); every pruning plan is built here once, so a bad
+grid fails before any model loads.
+
+Every mistake in a spec is a `UserError` naming the file and the field, e.g.
+`grid.yaml: tasks[1].limit: must be a positive integer or a fraction in (0, 1], got 'all'`.
+Keys are documented in docs/leaderboard.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from ..harness_ext.errors import UserError
+from ..harness_ext.pruning.methods import split_grid_name
+from ..harness_ext.pruning.plan import UNSTRUCTURED, CalibrationConfig, parse_structure, plan_from_arguments
+from ..harness_ext.recipes.yaml_loader import load_yaml
+from ..harness_ext.typed_values import WrongValue, check_flag, check_number
+from .cells import expand_cells
+from .spec import DTYPES, GridSpec, LatencySpec, MethodSpec, PerplexitySpec, TaskSpec
+
+SPEC_HINT = "fix that key in the grid spec (docs/leaderboard.md lists the keys and their values)"
+
+
+class _Fields:
+    """Reads one mapping of the spec, naming `file: path.to.field` in every error."""
+
+    def __init__(self, data: Any, where: str, source: str, known: tuple[str, ...]) -> None:
+        self.where, self.source = where, source
+        if not isinstance(data, dict):
+            self.fail("", f"must be a mapping of keys to values, got {type(data).__name__}")
+        unknown = sorted(set(map(str, data)) - set(known))
+        if unknown:
+            self.fail(unknown[0], f"unknown key; known keys: {', '.join(known)}")
+        self.data = data
+
+    def fail(self, key: str, message: str):
+        """UserError "SOURCE: KEY: MESSAGE; what to do" (SPEC_HINT unless the message says what to do)."""
+        name = f"{self.where}.{key}" if self.where and key else (self.where or key)
+        if "; " not in message:
+            message = f"{message}; {SPEC_HINT}"
+        raise UserError(f"{self.source}: {name or 'spec'}: {message}")
+
+    def get(self, key: str, default: Any = None, required: bool = False) -> Any:
+        if key not in self.data or self.data[key] is None:
+            if required:
+                self.fail(key, "is required")
+            return default
+        return self.data[key]
+
+    def integer(self, key: str, default: int | None, minimum: int = 1) -> int | None:
+        value = self.get(key, default)
+        return None if value is None else self.checked(key, check_number, value, integer=True, minimum=minimum)
+
+    def boolean(self, key: str, default: bool = False) -> bool:
+        return self.checked(key, check_flag, self.get(key, default))
+
+    def checked(self, key: str, check: Any, value: Any, **limits: Any) -> Any:
+        """`check(value, **limits)` (typed_values), its complaint reported as `KEY: must be ...`."""
+        try:
+            return check(value, **limits)
+        except WrongValue as problem:
+            self.fail(key, f"must be {problem}")
+
+    def items(self, key: str, required: bool = True, default: tuple[Any, ...] = ()) -> list[Any]:
+        value = self.get(key, list(default) if not required else None, required=required)
+        if not isinstance(value, list) or (required and not value):
+            self.fail(key, f"must be a non-empty list, got {value!r}")
+        return value
+
+
+def load_spec(path: str | Path) -> GridSpec:
+    """Read and validate a grid spec YAML file (relative paths inside it are relative to the file).
+
+    The recipes' YAML loader reads it: YAML 1.2 numbers (an unquoted 2:4 stays "2:4"), duplicate keys refused,
+    the alias budget (an alias bomb is refused in milliseconds), errors naming the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"grid spec {path} not found; give the path of a YAML file (see docs/leaderboard.md)")
+    data, _ = load_yaml(path, kind="grid spec")
+    return parse_spec(data, source=str(path), base_dir=path.parent)
+
+
+GRID_KEYS = ("name", "models", "methods", "sparsities", "structures", "dtypes", "tasks", "calibration",
+             "perplexity", "latency", "include_path", "device", "batch_size", "bootstrap_iters",
+             "prune_dtype", "seed", "log_samples")
+
+
+def parse_spec(data: Any, source: str = "<dict>", base_dir: Path | None = None) -> GridSpec:
+    """Validate a spec mapping (as read from YAML) into a `GridSpec`; raises UserError naming the field."""
+    fields = _Fields(data, "", source, GRID_KEYS)
+    base_dir = Path(base_dir or ".")
+    models = [_model_name(fields, i, m) for i, m in enumerate(fields.items("models"))]
+    methods = [_method(fields, i, entry, base_dir) for i, entry in enumerate(fields.items("methods", False))]
+    sparsities = [_sparsity(fields, i, s) for i, s in enumerate(fields.items("sparsities", False))]
+    structures = [_structure(fields, i, s)
+                  for i, s in enumerate(fields.items("structures", False, (UNSTRUCTURED,)))]
+    if any(m.recipe is None for m in methods) and UNSTRUCTURED in structures and not sparsities:
+        fields.fail("sparsities", "is required for unstructured pruning (e.g. [0.5]); or list only N:M structures")
+    dtypes = [_choice(fields, f"dtypes[{i}]", d, DTYPES)
+              for i, d in enumerate(fields.items("dtypes", False, ("float32",)))]
+    tasks = [_task(fields, i, entry) for i, entry in enumerate(fields.items("tasks"))]
+    include_path = fields.get("include_path")
+    if include_path is not None:
+        include_path = str((base_dir / str(include_path)).resolve())
+        if not Path(include_path).is_dir():
+            fields.fail("include_path", f"folder {include_path} not found")
+    spec = GridSpec(
+        name=str(fields.get("name", Path(source).stem)), models=tuple(models), methods=tuple(methods),
+        sparsities=tuple(sparsities), structures=tuple(structures), dtypes=tuple(dtypes), tasks=tuple(tasks),
+        calibration=_calibration(fields, base_dir), perplexity=_perplexity(fields, base_dir),
+        latency=_latency(fields), include_path=include_path, device=str(fields.get("device", "cpu")),
+        batch_size=fields.integer("batch_size", 8), bootstrap_iters=fields.integer("bootstrap_iters", 1000, 0),
+        prune_dtype=_choice(fields, "prune_dtype", fields.get("prune_dtype", "float32"), DTYPES),
+        seed=fields.integer("seed", 0, 0), log_samples=fields.boolean("log_samples"), source=source)
+    for index, cell in enumerate(expand_cells(spec)):  # build every plan now: errors before any model loads
+        try:
+            if not (cell.is_dense or cell.is_recipe):
+                cell.plan()
+        except UserError as error:
+            fields.fail(f"methods[{methods.index(cell.method)}]", f"{cell.method_label} with structure "
+                        f"{cell.structure_label}, sparsity {cell.sparsity}: {error}")
+    return spec
+
+
+def _model_name(fields: _Fields, index: int, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        fields.fail(f"models[{index}]", f"must be a model path, hub id or short name, got {value!r}")
+    return value.strip()
+
+
+def _choice(fields: _Fields, key: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        fields.fail(key, f"must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def _sparsity(fields: _Fields, index: int, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
+        fields.fail(f"sparsities[{index}]", f"must be a fraction in (0, 1) such as 0.5, got {value!r} "
+                    "(the dense baseline is always included)")
+    return float(value)
+
+
+def _structure(fields: _Fields, index: int, value: Any) -> str:
+    if isinstance(value, int):  # YAML 1.1 (e.g. yaml.safe_load) reads an unquoted 2:4 as the integer 124
+        fields.fail(f"structures[{index}]", f"got the number {value}; quote N:M structures, e.g. \"2:4\"")
+    try:
+        structure = parse_structure(str(value))
+    except UserError as error:
+        fields.fail(f"structures[{index}]", str(error))
+    return UNSTRUCTURED if structure is None else str(structure)
+
+
+def _method(fields: _Fields, index: int, value: Any, base_dir: Path) -> MethodSpec:
+    where = f"methods[{index}]"
+    if isinstance(value, str):
+        value = {"method": value}
+    entry = _Fields(value, where, fields.source, ("method", "scope", "recipe", "update", "options"))
+    recipe = entry.get("recipe")
+    if recipe is not None:
+        if entry.get("method") is not None:
+            entry.fail("recipe", "give either method or recipe, not both")
+        recipe_path = (base_dir / str(recipe)).resolve()
+        if not recipe_path.is_file():
+            entry.fail("recipe", f"recipe file {recipe_path} not found")
+        try:  # a bad recipe is reported now, before any model loads
+            plan_from_arguments(recipe=str(recipe_path))
+        except UserError as error:
+            entry.fail("recipe", str(error))
+        digest = hashlib.sha256(recipe_path.read_bytes()).hexdigest()
+        return MethodSpec(recipe=str(recipe_path), recipe_sha256=digest)
+    name = str(entry.get("method", required=True))
+    if entry.get("update") is not None:
+        if "+" in name:
+            entry.fail("update", "given twice; write method: wanda+admm or update: admm, not both")
+        name = f"{name}+{entry.get('update')}"
+    try:
+        method, update = split_grid_name(name)
+    except UserError as error:
+        entry.fail("method", str(error))
+    options = entry.get("options", {})
+    if not isinstance(options, dict):
+        entry.fail("options", f"must be a mapping of method options such as {{ria_exponent: 0.5}}, got {options!r}")
+    return MethodSpec(method=method, scope=str(entry.get("scope", "layer")), update=update,
+                      options=tuple(sorted(options.items())))
+
+
+def _task(fields: _Fields, index: int, value: Any) -> TaskSpec:
+    if isinstance(value, str):
+        value = {"name": value}
+    entry = _Fields(value, f"tasks[{index}]", fields.source, ("name", "limit", "num_fewshot", "metrics"))
+    name = entry.get("name", required=True)
+    if not isinstance(name, str):
+        entry.fail("name", f"must be an lm-eval task name, got {name!r}")
+    limit = entry.get("limit")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit <= 0
+                              or (isinstance(limit, float) and limit > 1)):
+        entry.fail("limit", f"must be a positive integer or a fraction in (0, 1], got {limit!r}")
+    metrics = entry.get("metrics", [])
+    if not isinstance(metrics, list) or not all(isinstance(m, str) for m in metrics):
+        entry.fail("metrics", f"must be a list of metric names, got {metrics!r}")
+    return TaskSpec(name=name, limit=limit, num_fewshot=entry.integer("num_fewshot", None, 0),
+                    metrics=tuple(metrics))
+
+
+def _data_path(entry: _Fields, key: str, value: Any, base_dir: Path, names: tuple[str, ...]) -> str:
+    """A named data set stays a name; anything else is a file relative to the spec."""
+    if not isinstance(value, str):
+        entry.fail(key, f"must be one of {', '.join(names)} or a file path, got {value!r}")
+    if value in names:
+        return value
+    path = (base_dir / value).resolve()
+    if not path.is_file():
+        entry.fail(key, f"file {path} not found; use one of {', '.join(names)} or an existing file")
+    return str(path)
+
+
+def _calibration(fields: _Fields, base_dir: Path) -> CalibrationConfig:
+    entry = _Fields(fields.get("calibration", {}), "calibration", fields.source,
+                    ("data", "nsamples", "seqlen", "seed", "true_sequential"))
+    defaults = CalibrationConfig()
+    return CalibrationConfig(
+        data=_data_path(entry, "data", entry.get("data", defaults.data), base_dir, ("c4", "wikitext2")),
+        nsamples=entry.integer("nsamples", defaults.nsamples), seqlen=entry.integer("seqlen", defaults.seqlen, 2),
+        seed=entry.integer("seed", defaults.seed, 0),
+        true_sequential=entry.boolean("true_sequential", defaults.true_sequential))
+
+
+def _perplexity(fields: _Fields, base_dir: Path) -> PerplexitySpec | None:
+    if "perplexity" in fields.data and fields.data["perplexity"] is None:
+        return None
+    entry = _Fields(fields.get("perplexity", {}), "perplexity", fields.source,
+                    ("data", "seqlen", "max_tokens", "agreement_top_k"))
+    defaults = PerplexitySpec()
+    return PerplexitySpec(
+        data=_data_path(entry, "data", entry.get("data", defaults.data), base_dir, ("wikitext2",)),
+        seqlen=entry.integer("seqlen", defaults.seqlen, 2), max_tokens=entry.integer("max_tokens", defaults.max_tokens),
+        agreement_top_k=entry.integer("agreement_top_k", defaults.agreement_top_k, 0))
+
+
+def _latency(fields: _Fields) -> LatencySpec | None:
+    if "latency" in fields.data and fields.data["latency"] is None:
+        return None
+    entry = _Fields(fields.get("latency", {}), "latency", fields.source, ("batch", "seqlen", "new_tokens", "repeats"))
+    defaults = LatencySpec()
+    return LatencySpec(batch=entry.integer("batch", defaults.batch), seqlen=entry.integer("seqlen", defaults.seqlen),
+                       new_tokens=entry.integer("new_tokens", defaults.new_tokens),
+                       repeats=entry.integer("repeats", defaults.repeats))
+
+
+__all__ = ["GRID_KEYS", "load_spec", "parse_spec"]
