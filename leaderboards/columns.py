@@ -95,6 +95,21 @@ def _ppl(result: CellResult) -> Any:
     return measured(result, "perplexity", "perplexity")
 
 
+def _finetuned_held_out(result: CellResult) -> str:
+    """The fine-tuning run's own held-out score of the saved model: AUC when the data has one (MRPC), else the
+    held-out loss (masked merge for LoRA)."""
+    held_out = measured(result, "finetune", "held_out") or {}
+    scores = held_out.get("masked_merge") or held_out.get("model") or {}
+    if "auc" in scores:
+        return f"AUC {fmt(scores['auc'], 3)}"
+    return f"loss {fmt(scores['loss'], 4)}" if "loss" in scores else "-"
+
+
+def _zeros_kept(result: CellResult) -> str:
+    zeros = measured(result, "finetune", "zeros")
+    return "-" if not zeros else "yes" if zeros["zeros_before"] == zeros["zeros_after"] else f"NO {FLAG}"
+
+
 COLUMNS: tuple[Column, ...] = (
     Column("model", lambda r: model_name(r.cell.model), identity=True),
     Column("method", lambda r: r.cell.method, identity=True, summary=True),
@@ -121,16 +136,24 @@ COLUMNS: tuple[Column, ...] = (
     Column("tokens/s", lambda r: fmt(measured(r, "latency", "generate_tokens_per_s"), 3), "latency"),
     Column("peak MiB", lambda r: mebibytes(measured(r, "latency", "peak_memory_bytes")), "latency"),
     Column("prune s", lambda r: "-" if not r.prune else fmt(r.prune.get("prune_seconds")), summary=True),
+    Column("FT held-out", _finetuned_held_out, "finetune", summary=True),
+    Column("FT train s", lambda r: fmt(measured(r, "finetune", "train_seconds"), 3), "finetune"),
+    Column("FT zeros kept", _zeros_kept, "finetune"),
 )
 
 MEASURED_PHASES = tuple(dict.fromkeys(column.phase for column in COLUMNS if column.phase))
 
 
-def cell_columns(result: CellResult) -> dict[str, str]:
-    """Every column of `COLUMNS` for one cell; `failed (!)` where the phase that measures a column failed."""
+def shown(spec: dict[str, Any]) -> tuple[Column, ...]:
+    """The columns of a grid (its spec as grid.json holds it): the fine-tuning ones only with a `finetune:` block."""
+    return tuple(column for column in COLUMNS if column.phase != "finetune" or spec.get("finetune"))
+
+
+def cell_columns(result: CellResult, spec: dict[str, Any]) -> dict[str, str]:
+    """The grid's columns (`shown`) for one cell; `failed (!)` where the phase that measures a column failed."""
     return {column.name: FAILED if column.phase and not result.phase_ok(column.phase) else column.text(result)
-            for column in COLUMNS}
+            for column in shown(spec)}
 
 
-__all__ = ["FLAG", "FAILED", "Column", "Panel", "COLUMNS", "MEASURED_PHASES", "cell_columns", "fmt",
+__all__ = ["FLAG", "FAILED", "Column", "Panel", "COLUMNS", "MEASURED_PHASES", "cell_columns", "shown", "fmt",
            "with_stderr", "mebibytes", "measured"]

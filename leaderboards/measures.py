@@ -30,21 +30,37 @@ class LoadedCell:
     cache: PrunedModelCache
     tasks: GridTasks
     samples_dir: Path
+    finetuned_dir: Path | None = None  # where the cell's fine-tuned checkpoint goes (a `finetune:` block)
     source: str = ""  # the checkpoint the cell loads (the model, or its pruned copy)
     model_args: dict[str, Any] = field(default_factory=dict)
     lm: Any = None  # the lm-eval model; `lm.model` the torch module
 
 
-def measure_evaluation(run: LoadedCell) -> dict[str, Any]:
-    """Every task through lm-eval; per-sample outputs to `samples_dir`; metrics flattened per task."""
-    evaluations = evaluate_cell(run.lm, run.spec, *run.tasks.for_model(run.resolve(run.cell.model)[0]))
-    write_samples(run.samples_dir, evaluations)
+def sparse_hf_model(source: str, dtype: str, spec: GridSpec):
+    """The checkpoint `source` loaded through lm-eval's `sparse-hf` model in `dtype`, with the grid's batch size
+    and device."""
+    from lm_eval.api.registry import get_model
+
+    return get_model("sparse-hf").create_from_arg_obj({"pretrained": source, "dtype": dtype},
+                                                      {"batch_size": spec.batch_size, "device": spec.device})
+
+
+def _evaluate(lm, run: LoadedCell) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
+    """(evaluations, metrics per task, higher_is_better per task) of every grid task on `lm`."""
+    evaluations = evaluate_cell(lm, run.spec, *run.tasks.for_model(run.resolve(run.cell.model)[0]))
     metrics: dict[str, Any] = {}
     better: dict[str, Any] = {}
     for evaluation in evaluations:
         task_metrics, task_better = flatten_metrics(evaluation["results"])
         metrics.update(task_metrics)
         better.update(task_better)
+    return evaluations, metrics, better
+
+
+def measure_evaluation(run: LoadedCell) -> dict[str, Any]:
+    """Every task through lm-eval; per-sample outputs to `samples_dir`; metrics flattened per task."""
+    evaluations, metrics, better = _evaluate(run.lm, run)
+    write_samples(run.samples_dir, evaluations)
     return {"evaluations": evaluations, "metrics": metrics, "higher_is_better": better}
 
 
@@ -74,6 +90,23 @@ def measure_size(run: LoadedCell) -> dict[str, Any]:
     return {"size": {"status": "measured", **checkpoint_sizes(run.lm.model)}}
 
 
+def measure_finetune(run: LoadedCell) -> dict[str, Any]:
+    """With a `finetune:` block: the cell's checkpoint fine-tuned with every zero kept (harness_ext.finetune,
+    into `finetuned_dir`), its record, and every grid task evaluated again on the fine-tuned model
+    (`finetuned_metrics`, per task as `metrics`). A run interrupted inside training resumes from its Trainer
+    checkpoints."""
+    from ..harness_ext.finetune import finetune
+    from ..harness_ext.finetune.run import work_dir_for
+
+    if run.spec.finetune is None:
+        return {"finetune": None, "finetuned_metrics": {}}
+    out = Path(run.finetuned_dir)
+    resume = any(work_dir_for(out).glob("checkpoint-*"))
+    record = finetune(run.source, run.spec.finetune.config(run.spec.device), out, resume=resume, progress=False)
+    _, metrics, _ = _evaluate(sparse_hf_model(str(out), run.cell.dtype, run.spec), run)
+    return {"finetune": record, "finetuned_metrics": metrics}
+
+
 @dataclass(frozen=True)
 class Measure:
     """One measure: its phase name, the record keys its function fills, the function."""
@@ -88,7 +121,8 @@ MEASURES: dict[str, Measure] = {measure.name: measure for measure in (
     Measure("perplexity", ("perplexity", "agreement"), measure_perplexity),
     Measure("latency", ("latency",), measure_latency),
     Measure("size", ("size",), measure_size),
+    Measure("finetune", ("finetune", "finetuned_metrics"), measure_finetune),
 )}
 
 __all__ = ["LoadedCell", "Measure", "MEASURES", "measure_evaluation", "measure_perplexity", "measure_latency",
-           "measure_size"]
+           "measure_size", "measure_finetune", "sparse_hf_model"]

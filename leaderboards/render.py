@@ -20,7 +20,7 @@ from tabulate import tabulate
 
 from ..harness_ext.errors import UserError
 from ..harness_ext.io import write_text_atomic
-from .columns import COLUMNS, FAILED, MEASURED_PHASES, cell_columns, fmt, with_stderr
+from .columns import COLUMNS, FAILED, MEASURED_PHASES, cell_columns, fmt, shown, with_stderr
 from .grid_results import Grid, load_grid, task_metrics, task_names
 from .header import header, incomplete_note, metric_legend
 from .status import FAILED as FAILED_STATE
@@ -66,15 +66,36 @@ def _delta(grid: Grid, result: CellResult, task: str, primary: str) -> str:
     return f"{delta:+.4g}" if math.isfinite(delta) else fmt(delta)
 
 
+def finetuned_columns(grid: Grid, result: CellResult, task: str, primary: str) -> dict[str, str]:
+    """With a `finetune:` block: the primary metric after fine-tuning and the recovery, the share of the gap
+    to the fine-tuned dense model (same model and dtype) that fine-tuning closed:
+    (after - before) / (dense after - before), before = this cell's zero-shot value."""
+    if not grid.spec.get("finetune"):
+        return {}
+    after_name = f"{primary} after FT"
+    if not result.phase_ok("finetune"):
+        return {after_name: FAILED, "FT recovery": FAILED}
+    values = (result.get("finetuned_metrics") or {}).get(task, {})
+    after, before = values.get(primary), result.metrics[task].get(primary)
+    dense = grid.dense_of(result)
+    dense_after = None if dense is None else ((dense.get("finetuned_metrics") or {}).get(task) or {}).get(primary)
+    numbers = [v for v in (after, before, dense_after) if isinstance(v, (int, float)) and math.isfinite(v)]
+    gap = dense_after - before if len(numbers) == 3 else 0
+    recovery = "-" if result.cell.is_dense or not gap else f"{100 * (after - before) / gap:.0f} %"
+    return {after_name: with_stderr(after, values.get(f"{primary}_stderr")), "FT recovery": recovery}
+
+
 def task_row(grid: Grid, result: CellResult, task: str, metrics: list[str], primary: str | None) -> dict[str, Any]:
-    """One cell's row of a task's table: what it is, the metrics, comparisons, Δ vs dense, the other columns."""
-    values, columns = result.metrics[task], cell_columns(result)
+    """One cell's row of a task's table: what it is, the metrics, comparisons, Δ vs dense, after fine-tuning
+    (with a `finetune:` block), the other columns."""
+    values, columns = result.metrics[task], cell_columns(result, grid.spec)
     row = {"rank": "", **{name: columns[name] for name in IDENTITY}}
     for metric in metrics:
         row[metric] = with_stderr(values.get(metric), values.get(f"{metric}_stderr"))
     row.update(comparison_columns(grid, result, task))
     if primary:
         row[f"Δ {primary} vs dense"] = _delta(grid, result, task, primary)
+        row.update(finetuned_columns(grid, result, task, primary))
     row.update({name: text for name, text in columns.items() if name not in IDENTITY})
     flags = [f for f in result.flags if f.startswith(f"{task}/") or "/" not in f]
     flags += [f"{phase} failed" for phase in MEASURED_PHASES if not result.phase_ok(phase)]
@@ -117,9 +138,9 @@ def summary_rows(grid: Grid) -> list[dict[str, Any]]:
     several_models = len(grid.spec["models"]) > 1
     rows = []
     for result in grid.ok():
-        columns = cell_columns(result)
+        columns = cell_columns(result, grid.spec)
         row = {"model": columns["model"]} if several_models else {}
-        row.update({c.name: columns[c.name] for c in COLUMNS if c.identity and c.summary})
+        row.update({c.name: columns[c.name] for c in shown(grid.spec) if c.identity and c.summary})
         for task, primary in primaries.items():
             values = result.metrics.get(task, {})
             if primary:
@@ -127,7 +148,7 @@ def summary_rows(grid: Grid) -> list[dict[str, Any]]:
                                             with_stderr(values.get(primary), values.get(f"{primary}_stderr")))
             row.update({f"{task} {name}": fmt(values.get(name), 3) for name in SUMMARY_EXTRAS
                         if name != primary and name in values})
-        row.update({c.name: columns[c.name] for c in COLUMNS if c.summary and not c.identity})
+        row.update({c.name: columns[c.name] for c in shown(grid.spec) if c.summary and not c.identity})
         rows.append(row)
     return rows
 

@@ -1,7 +1,7 @@
 """Run the cells of a grid: prune (cached), load, measure (measures.py), write one `CellResult` each (store.py).
 
 A cell runs in phases: prune and load, then each measure of `measures.MEASURES` (evaluate, perplexity,
-latency, size); each records its result or its failure reason in `phases`, and a failed phase discards no
+latency, size, finetune); each records its result or its failure reason in `phases`, and a failed phase discards no
 other phase's result. A cell's `status` is ok (every phase ok), partial (some measure ok, some phase failed)
 or failed (nothing measured). An ok cell is never recomputed; a partial or failed one is retried on the next
 run unless `retry_failed=False`, and only its phases that did not end ok run again (prune and load too, from
@@ -29,11 +29,12 @@ from ..harness_ext.io import write_json_atomic
 from .cache import PrunedModelCache, model_fingerprint, pruned_checkpoint
 from .cells import Cell, expand_cells, shard_cells
 from .evaluation import GridTasks, needs_builtin_tasks
-from .measures import MEASURES, LoadedCell
+from .measures import MEASURES, LoadedCell, sparse_hf_model
 from .spec import GridSpec
 from .store import (
     CellInfo,
     CellResult,
+    finetuned_dir,
     read_result,
     running_marker,
     samples_dir,
@@ -65,11 +66,8 @@ def prune_phase(run: LoadedCell) -> dict[str, Any]:
 
 def load_phase(run: LoadedCell) -> dict[str, Any]:
     """Load the (pruned) checkpoint through `sparse-hf` in the cell's dtype; its measured sparsity."""
-    from lm_eval.api.registry import get_model
-
     run.model_args = {"pretrained": run.source, "dtype": run.cell.dtype}
-    run.lm = get_model("sparse-hf").create_from_arg_obj(
-        run.model_args, {"batch_size": run.spec.batch_size, "device": run.spec.device})
+    run.lm = sparse_hf_model(run.source, run.cell.dtype, run.spec)
     return {"sparsity": run.lm.sparsity_report.to_dict()}
 
 
@@ -236,7 +234,8 @@ def run_grid(spec: GridSpec, out_dir: Path, shard: tuple[int, int] = (0, 1), cac
     bar = tqdm(todo, desc=f"grid {spec.name}", unit="cell", disable=not progress)
     for cell, previous in bar:
         bar.set_postfix_str(cell.label)
-        run = LoadedCell(cell, spec, resolve, cache, tasks, samples_dir(out_dir, cell.cell_id))
+        run = LoadedCell(cell, spec, resolve, cache, tasks, samples_dir(out_dir, cell.cell_id),
+                         finetuned_dir(out_dir, cell.cell_id))
         record = run_one_cell(run, out_dir, previous, env, summary, say)
         getattr(summary, record.status).append(cell.cell_id)
         say(f"{cell.label}: {record.status} in {record.seconds:.0f} s"

@@ -32,6 +32,7 @@ RESULT_NEUTRAL_KEYS = ("source", "name", "log_samples")  # spec keys that change
 # --- layout ----------------------------------------------------------------------------------------------------
 
 CELLS, SAMPLES, REPORTS, JOBS, SLURM, PLOTS = "cells", "samples", "reports", "jobs", "slurm", "plots"
+FINETUNED = "finetuned"
 
 
 def subfolder(out_dir: Path, name: str) -> Path:
@@ -57,6 +58,11 @@ def running_marker(out_dir: Path, cell_id: str) -> Path:
 
 def job_file(out_dir: Path, cell_id: str) -> Path:
     return subfolder(out_dir, JOBS) / f"{cell_id}.json"
+
+
+def finetuned_dir(out_dir: Path, cell_id: str) -> Path:
+    """The cell's fine-tuned checkpoint (grids with a `finetune:` block)."""
+    return subfolder(out_dir, FINETUNED) / cell_id
 
 
 def samples_dir(out_dir: Path, cell_id: str) -> Path:
@@ -209,6 +215,8 @@ def write_grid_file(out_dir: Path, spec: Any, cells: list[Any]) -> None:
 def _result_relevant(spec_dict: dict[str, Any]) -> dict[str, Any]:
     """The spec without the keys that change no number in a cell."""
     kept = {k: v for k, v in spec_dict.items() if k not in RESULT_NEUTRAL_KEYS}
+    if kept.get("finetune") is None:  # no block = grids written before the block existed
+        kept.pop("finetune", None)
     kept["tasks"] = [{k: v for k, v in task.items() if k != "metrics"} for task in kept.get("tasks", [])]
     return kept
 
@@ -216,4 +224,4 @@ def _result_relevant(spec_dict: dict[str, Any]) -> dict[str, Any]:
 __all__ = ["RESULT_FORMAT", "GRID_FORMAT", "CellInfo", "CellResult", "read_result", "write_result",
            "read_grid_file", "write_grid_file", "CELLS", "SAMPLES", "REPORTS", "JOBS", "SLURM", "PLOTS", "subfolder",
            "grid_file", "leaderboard_file", "result_path", "running_marker", "job_file", "samples_dir", "samples_file",
-           "report_file", "utc_now"]
+           "report_file", "utc_now", "FINETUNED", "finetuned_dir"]
