@@ -9,6 +9,7 @@ Keys are documented in docs/leaderboard.md.
 from __future__ import annotations
 
 import hashlib
+import math
 from pathlib import Path
 from typing import Any
 
@@ -259,8 +260,9 @@ def _finetune(fields: _Fields) -> FinetuneSpec | None:
     defaults = FinetuneSpec()
     numbers = {key: entry.get(key, getattr(defaults, key)) for key in ("epochs", "lr")}
     for key, value in numbers.items():
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            entry.fail(key, f"must be a number, got {value!r}")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not math.isfinite(value)):
+            entry.fail(key, f"must be a finite number, got {value!r}")
     spec = FinetuneSpec(
         data=str(entry.get("data", defaults.data)), mode=str(entry.get("mode", defaults.mode)),
         precision=str(entry.get("precision", defaults.precision)), epochs=float(numbers["epochs"]),

@@ -77,7 +77,8 @@ def test_grids_without_the_block_show_no_fine_tuning_columns(tiny_llama, tmp_pat
     ({"mode": "adapter"}, "finetune: unknown fine-tuning mode 'adapter'"),
     ({"precision": "fp16-amp"}, "finetune: fp16-amp needs a CUDA GPU"),
     ({"max_steps": 0}, "finetune.max_steps: must be"),
-    ({"lr": "fast"}, "finetune.lr: must be a number"),
+    ({"lr": "fast"}, "finetune.lr: must be a finite number"),
+    ({"epochs": float("inf")}, "finetune.epochs: must be a finite number"),
     ({"steps": 3}, "finetune.steps: unknown key; known keys: data, mode"),
 ])
 def test_bad_finetune_block_is_refused_naming_the_key(tiny_llama, tmp_path, block, message):
