@@ -75,7 +75,7 @@ def row_of(record: dict) -> list:
             zeros_kept(record)]
 
 
-def publish(name: str, table: str, records: list[dict], marker: str) -> None:
+def publish(name: str, table: str, records: list[dict] | dict[str, dict], marker: str) -> None:
     """Write benchmarks/results/NAME.{json,md} and the table between docs/finetune.md's MARKER lines."""
     results = REPO / "benchmarks" / "results"
     (results / f"{name}.json").write_text(json.dumps(records, indent=2, default=str) + "\n", encoding="utf-8")

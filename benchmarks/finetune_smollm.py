@@ -5,7 +5,7 @@ kept in --work so that runs can be split over several invocations); each run is 
 lora` in its own process with the same data, steps, learning rate and seed. Held out: the MRPC validation pairs,
 scored as the `sparsebench_mrpc` task scores them (logP(" yes") - logP(" no") at the answer), for the adapter
 unmerged and for the masked merge (the saved, still-sparse model). Every record is kept in
-benchmarks/results/finetune_smollm.json (a later run of the same model replaces it); the table of all of them,
+benchmarks/results/finetune_smollm.json, by model (a later run of the same model replaces it); the table of all of them,
 with the order the issue asks for (dense >= Wanda > magnitude, by the masked merge's AUC), goes to
 benchmarks/results/finetune_smollm.md and into docs/finetune.md.
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -75,6 +76,18 @@ def order_line(records: dict[str, dict]) -> str:
             f"{'met' if auc['dense'] >= 0.75 and not one_class(records['dense']['held_out']['masked_merge']) else 'missed'}**.")
 
 
+def smollm_table(records: dict[str, dict]) -> str:
+    first = next(iter(records.values()))
+    setup = (f"LoRA (r {first['lora']['r']}, alpha {first['lora']['alpha']}) on every Linear of the decoder, fp32, "
+             f"one epoch over the first {first['data']['train_examples']} MRPC train pairs ({first['steps']} steps "
+             f"of batch {first['batch_size']}), lr {first['lr']:g} (linear decay), seed 0; held out: "
+             f"{first['data']['held_out_examples']} validation pairs. Pruned models: per-layer 50 %, calibration "
+             "64 x 256 C4 tokens. 2 threads under the team's heavy-job lock, on 2 CPU cores shared with other "
+             "engineers' tests: compare times within this table only.")
+    rows = [row for name in METHODS if name in records for row in rows_of(name, records[name])]
+    return f"{setup}\n\n{tabulate(rows, headers=COLUMNS, tablefmt='github')}\n\n{order_line(records)}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m")
@@ -96,19 +109,10 @@ def main() -> None:
         source = args.model if name == "dense" else pruned_checkpoint(args.model, name, args.work)
         records[name] = finetune_in_process_of_its_own(source, args.work / f"{name}-ft", options)
         records[name]["benchmark_options"] = options
-        RESULTS.write_text(json.dumps(records, indent=2, default=str) + "\n", encoding="utf-8")
-        print(tabulate(rows_of(name, records[name]), headers=COLUMNS, tablefmt="github"), flush=True)
-    first = next(iter(records.values()))
-    setup = (f"LoRA (r {first['lora']['r']}, alpha {first['lora']['alpha']}) on every Linear of the decoder, fp32, "
-             f"one epoch over the first {first['data']['train_examples']} MRPC train pairs ({first['steps']} steps "
-             f"of batch {first['batch_size']}), lr {first['lr']:g} (linear decay), seed 0; held out: "
-             f"{first['data']['held_out_examples']} validation pairs. Pruned models: per-layer 50 %, calibration "
-             "64 x 256 C4 tokens. 2 threads under the team's heavy-job lock, on 2 CPU cores shared with other "
-             "engineers' tests: compare times within this table only.")
-    rows = [row for name in METHODS if name in records for row in rows_of(name, records[name])]
-    table = f"{setup}\n\n{tabulate(rows, headers=COLUMNS, tablefmt='github')}\n\n{order_line(records)}"
-    publish("finetune_smollm", table, list(records.values()), "finetune-smollm")
-    print(table)
+        shutil.rmtree(args.work / f"{name}-ft")  # the record is what the table needs
+        table = smollm_table(records)  # written after every run: a stopped job keeps its rows
+        publish("finetune_smollm", table, records, "finetune-smollm")
+        print(table, flush=True)
 
 
 if __name__ == "__main__":
