@@ -128,6 +128,25 @@ def _layer_zeros(result: CellResult) -> str:
     return f"{100 * min(fractions):.1f}-{100 * max(fractions):.1f} %"
 
 
+def _finetuned(result: CellResult) -> Any:
+    return result.get("finetune")
+
+
+def _finetuned_held_out(result: CellResult) -> str:
+    """The fine-tuning run's own held-out score of the saved model: AUC when the data has one (MRPC), else the
+    held-out loss (masked merge for LoRA)."""
+    held_out = measured(result, "finetune", "held_out") or {}
+    scores = held_out.get("masked_merge") or held_out.get("model") or {}
+    if "auc" in scores:
+        return f"AUC {fmt(scores['auc'], 3)}"
+    return f"loss {fmt(scores['loss'], 4)}" if "loss" in scores else "-"
+
+
+def _zeros_kept(result: CellResult) -> str:
+    zeros = measured(result, "finetune", "zeros")
+    return "-" if not zeros else "yes" if zeros["zeros_before"] == zeros["zeros_after"] else f"NO {FLAG}"
+
+
 COLUMNS: tuple[Column, ...] = (
     Column("model", lambda r: model_name(r.cell.model), identity=True),
     Column("family", lambda r: r.model_family or "-", identity=True, summary=True,
@@ -173,6 +192,9 @@ COLUMNS: tuple[Column, ...] = (
     Column("block zeros", lambda r: fmt(((r.get("analysis") or {}).get("block_linear") or {}).get("zero_fraction")),
            "analysis", only_if_recorded=lambda r: r.get("analysis")),
     Column("layer zeros (min-max)", _layer_zeros, "analysis", summary=True, only_if_recorded=lambda r: r.get("analysis")),
+    Column("FT held-out", _finetuned_held_out, "finetune", summary=True, only_if_recorded=_finetuned),
+    Column("FT train s", lambda r: fmt(measured(r, "finetune", "train_seconds"), 3), "finetune", only_if_recorded=_finetuned),
+    Column("FT zeros kept", _zeros_kept, "finetune", only_if_recorded=_finetuned),
 )
 
 MEASURED_PHASES = tuple(dict.fromkeys(column.phase for column in COLUMNS if column.phase))

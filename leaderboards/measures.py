@@ -19,7 +19,7 @@ from .evaluation import GridTasks, evaluate_cell, flatten_metrics, task_output_t
 from .families import Evaluator, skipped
 from .perplexity import cell_perplexity, cell_pseudo_perplexity
 from .spec import GridSpec
-from .store import ANALYSIS, subfolder
+from .store import ANALYSIS, finetuned_dir, subfolder
 
 
 @dataclass
@@ -32,16 +32,25 @@ class LoadedCell:
     cache: PrunedModelCache
     tasks: GridTasks
     samples_dir: Path
-    out_dir: Path
+    out_dir: Path  # the grid's output folder (store.py knows its layout)
     source: str = ""  # the checkpoint the cell loads (the model, or its pruned copy)
     evaluator: Evaluator | None = None  # families.evaluator_for the model's config, set by the prune phase
     model_args: dict[str, Any] = field(default_factory=dict)
     lm: Any = None  # the lm-eval model; `lm.model` the torch module
 
 
-def measure_evaluation(run: LoadedCell) -> dict[str, Any]:
-    """Every task the model's family can run through lm-eval (the others skipped with the reason); per-sample
-    outputs to `samples_dir`; metrics flattened per task."""
+def sparse_hf_model(source: str, dtype: str, spec: GridSpec):
+    """The checkpoint `source` loaded through lm-eval's `sparse-hf` model in `dtype`, with the grid's batch size
+    and device."""
+    from lm_eval.api.registry import get_model
+
+    return get_model("sparse-hf").create_from_arg_obj({"pretrained": source, "dtype": dtype},
+                                                      {"batch_size": spec.batch_size, "device": spec.device})
+
+
+def _evaluate(lm, run: LoadedCell) -> dict[str, Any]:
+    """Every grid task the model's family can run, through lm-eval on `lm` (the others skipped with the reason):
+    evaluations, metrics and higher_is_better per task, skipped_tasks."""
     manager, tasks = run.tasks.for_model(run.resolve(run.cell.model)[0])
     skipped_tasks = {}
     for task in run.spec.tasks:
@@ -49,8 +58,7 @@ def measure_evaluation(run: LoadedCell) -> dict[str, Any]:
         if reason:
             skipped_tasks[task.name] = reason
     runnable = tuple(task for task in run.spec.tasks if task.name not in skipped_tasks)
-    evaluations = evaluate_cell(run.lm, run.spec, manager, tasks, runnable)
-    write_samples(run.samples_dir, evaluations)
+    evaluations = evaluate_cell(lm, run.spec, manager, tasks, runnable)
     metrics: dict[str, Any] = {}
     better: dict[str, Any] = {}
     for evaluation in evaluations:
@@ -59,6 +67,13 @@ def measure_evaluation(run: LoadedCell) -> dict[str, Any]:
         better.update(task_better)
     return {"evaluations": evaluations, "metrics": metrics, "higher_is_better": better,
             "skipped_tasks": skipped_tasks}
+
+
+def measure_evaluation(run: LoadedCell) -> dict[str, Any]:
+    """`_evaluate` on the cell's model; per-sample outputs to `samples_dir`."""
+    evaluated = _evaluate(run.lm, run)
+    write_samples(run.samples_dir, evaluated["evaluations"])
+    return evaluated
 
 
 def measure_perplexity(run: LoadedCell) -> dict[str, Any]:
@@ -138,6 +153,23 @@ def measure_size(run: LoadedCell) -> dict[str, Any]:
     return {"size": {"status": "measured", **checkpoint_sizes(run.lm.model)}}
 
 
+def measure_finetune(run: LoadedCell) -> dict[str, Any]:
+    """With a `finetune:` block: the cell's checkpoint fine-tuned with every zero kept (harness_ext.finetune,
+    into store.finetuned_dir), its record, and every grid task evaluated again on the fine-tuned model
+    (`finetuned_metrics`, per task as `metrics`). A run interrupted inside training resumes from its Trainer
+    checkpoints."""
+    from ..harness_ext.finetune import finetune
+    from ..harness_ext.finetune.run import work_dir_for
+
+    if run.spec.finetune is None:
+        return {"finetune": None, "finetuned_metrics": {}}
+    out = finetuned_dir(run.out_dir, run.cell.cell_id)
+    resume = any(work_dir_for(out).glob("checkpoint-*"))
+    record = finetune(run.source, run.spec.finetune.config(run.spec.device), out, resume=resume, progress=False)
+    evaluated = _evaluate(sparse_hf_model(str(out), run.cell.dtype, run.spec), run)
+    return {"finetune": record, "finetuned_metrics": evaluated["metrics"]}
+
+
 @dataclass(frozen=True)
 class Measure:
     """One measure: its phase name, the record keys its function fills, the function."""
@@ -153,8 +185,9 @@ MEASURES: dict[str, Measure] = {measure.name: measure for measure in (
     Measure("pseudo_perplexity", ("pseudo_perplexity",), measure_pseudo_perplexity),
     Measure("size", ("size",), measure_size),
     Measure("analysis", ("analysis",), measure_analysis),
+    Measure("finetune", ("finetune", "finetuned_metrics"), measure_finetune),
     Measure("latency", ("latency", "runtime_latency"), measure_latency),  # last: a runtime swaps layers
 )}
 
 __all__ = ["LoadedCell", "Measure", "MEASURES", "measure_evaluation", "measure_perplexity", "measure_latency",
-           "measure_size", "measure_pseudo_perplexity", "measure_analysis"]
+           "measure_size", "measure_pseudo_perplexity", "measure_analysis", "measure_finetune", "sparse_hf_model"]

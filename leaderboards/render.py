@@ -65,6 +65,25 @@ def _delta(grid: Grid, result: CellResult, task: str, primary: str) -> str:
     return f"{delta:+.4g}" if math.isfinite(delta) else fmt(delta)
 
 
+def finetuned_columns(grid: Grid, result: CellResult, task: str, primary: str) -> dict[str, str]:
+    """With a `finetune:` block: the primary metric after fine-tuning and the recovery, the share of the gap
+    to the fine-tuned dense model (same model and dtype) that fine-tuning closed:
+    (after - before) / (dense after - before), before = this cell's zero-shot value."""
+    if not grid.spec.get("finetune"):
+        return {}
+    after_name = f"{primary} after FT"
+    if not result.phase_ok("finetune"):
+        return {after_name: FAILED, "FT recovery": FAILED}
+    values = (result.get("finetuned_metrics") or {}).get(task, {})
+    after, before = values.get(primary), result.metrics.get(task, {}).get(primary)
+    dense = grid.dense_of(result)
+    dense_after = None if dense is None else ((dense.get("finetuned_metrics") or {}).get(task) or {}).get(primary)
+    numbers = [v for v in (after, before, dense_after) if isinstance(v, (int, float)) and math.isfinite(v)]
+    gap = dense_after - before if len(numbers) == 3 else 0
+    recovery = "-" if result.cell.is_dense or not gap else f"{100 * (after - before) / gap:.0f} %"
+    return {after_name: with_stderr(after, values.get(f"{primary}_stderr")), "FT recovery": recovery}
+
+
 def metric_text(result: CellResult, task: str, metric: str) -> str:
     """A task metric as table text: value ± stderr, or `skipped: why` when the cell's model cannot run the task."""
     if task in result.skipped_tasks:
@@ -82,6 +101,7 @@ def task_row(grid: Grid, result: CellResult, task: str, metrics: list[str], prim
     row.update(comparison_columns(grid, result, task))
     if primary:
         row[f"Δ {primary} vs dense"] = _delta(grid, result, task, primary)
+        row.update(finetuned_columns(grid, result, task, primary))
     row.update({c.name: texts[c.name] for c in columns if not c.identity})
     flags = [f for f in result.flags if f.startswith(f"{task}/") or "/" not in f]
     flags += [f"{phase} failed" for phase in MEASURED_PHASES if not result.phase_ok(phase)]

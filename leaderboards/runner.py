@@ -1,7 +1,7 @@
 """Run the cells of a grid: prune (cached), load, measure (measures.py), write one `CellResult` each (store.py).
 
 A cell runs in phases: prune and load, then each measure of `measures.MEASURES` (evaluate, perplexity,
-latency, size); each records its result or its failure reason in `phases`, and a failed phase discards no
+latency, size, finetune); each records its result or its failure reason in `phases`, and a failed phase discards no
 other phase's result. A cell's `status` is ok (every phase ok), partial (some measure ok, some phase failed)
 or failed (nothing measured). An ok cell is never recomputed; a partial or failed one is retried on the next
 run unless `retry_failed=False`, and only its phases that did not end ok run again (prune and load too, from

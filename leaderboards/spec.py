@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ..harness_ext.finetune.config import FinetuneConfig
 from ..harness_ext.pruning.plan import CalibrationConfig
 
 DTYPES = ("float32", "float16", "bfloat16")
@@ -84,6 +85,33 @@ class AnalysisSpec:
 
 
 @dataclass(frozen=True)
+class FinetuneSpec:
+    """The `finetune:` block: every cell is fine-tuned after its zero-shot measures (`sparse-bench finetune`'s
+    options, one meaning each; docs/finetune.md) and the grid's tasks are evaluated again on the result."""
+
+    data: str = "mrpc"
+    mode: str = "lora"
+    precision: str = "fp32"
+    epochs: float = 1.0
+    max_steps: int | None = None
+    lr: float | None = None  # None: 2e-5 full, 3e-4 LoRA (as the CLI)
+    batch_size: int = 8
+    grad_accum: int = 1
+    limit: int | None = None
+    eval_limit: int | None = None
+    max_length: int = 512
+    lora_r: int = 16
+    lora_alpha: int = 32
+    seed: int = 0
+
+    def config(self, device: str) -> FinetuneConfig:
+        """The run's `FinetuneConfig` (validated by `finetune` itself, and by the spec parser up front)."""
+        options = {key: value for key, value in asdict(self).items() if key != "lr"}
+        return FinetuneConfig(**options, lr=self.lr if self.lr is not None else (2e-5 if self.mode == "full"
+                                                                                else 3e-4), device=device)
+
+
+@dataclass(frozen=True)
 class GridSpec:
     name: str
     models: tuple[str, ...]
@@ -96,6 +124,7 @@ class GridSpec:
     perplexity: PerplexitySpec | None = PerplexitySpec()
     latency: LatencySpec | None = LatencySpec()
     analysis: AnalysisSpec | None = None
+    finetune: FinetuneSpec | None = None
     include_path: str | None = None
     device: str = "cpu"
     batch_size: int = 8
@@ -112,4 +141,5 @@ class GridSpec:
         return data
 
 
-__all__ = ["DTYPES", "MethodSpec", "TaskSpec", "PerplexitySpec", "LatencySpec", "AnalysisSpec", "GridSpec"]
+__all__ = ["DTYPES", "MethodSpec", "TaskSpec", "PerplexitySpec", "LatencySpec", "AnalysisSpec", "FinetuneSpec",
+           "GridSpec"]

@@ -9,6 +9,7 @@ Keys are documented in docs/leaderboard.md.
 from __future__ import annotations
 
 import hashlib
+import math
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from ..harness_ext.recipes.yaml_loader import load_yaml
 from ..harness_ext.runtime.choose import parse_runtime
 from ..harness_ext.typed_values import WrongValue, check_flag, check_number
 from .cells import expand_cells
-from .spec import DTYPES, AnalysisSpec, GridSpec, LatencySpec, MethodSpec, PerplexitySpec, TaskSpec
+from .spec import DTYPES, AnalysisSpec, FinetuneSpec, GridSpec, LatencySpec, MethodSpec, PerplexitySpec, TaskSpec
 
 # A methods entry takes every plan option of the table (options.py) by its name but the grid's own axes
 # (`sparsities`, `structures`); a method's options may also be grouped under `options:`.
@@ -92,7 +93,7 @@ def load_spec(path: str | Path) -> GridSpec:
 
 
 GRID_KEYS = ("name", "models", "methods", "sparsities", "structures", "dtypes", "tasks", "calibration",
-             "perplexity", "latency", "include_path", "device", "batch_size", "bootstrap_iters",
+             "perplexity", "latency", "finetune", "include_path", "device", "batch_size", "bootstrap_iters",
              "prune_dtype", "seed", "log_samples", "analysis")
 
 
@@ -120,7 +121,7 @@ def parse_spec(data: Any, source: str = "<dict>", base_dir: Path | None = None) 
         name=str(fields.get("name", Path(source).stem)), models=tuple(models), methods=tuple(methods),
         sparsities=tuple(sparsities), structures=tuple(structures), dtypes=tuple(dtypes), tasks=tuple(tasks),
         calibration=_calibration(fields, base_dir), perplexity=_perplexity(fields, base_dir),
-        latency=_latency(fields), analysis=_analysis(fields), include_path=include_path,
+        latency=_latency(fields), analysis=_analysis(fields), finetune=_finetune(fields), include_path=include_path,
         device=str(fields.get("device", "cpu")),
         batch_size=fields.integer("batch_size", 8), bootstrap_iters=fields.integer("bootstrap_iters", 1000, 0),
         prune_dtype=_choice(fields, "prune_dtype", fields.get("prune_dtype", "float32"), DTYPES),
@@ -286,6 +287,38 @@ def _latency(fields: _Fields) -> LatencySpec | None:
     return LatencySpec(batch=entry.integer("batch", defaults.batch), seqlen=entry.integer("seqlen", defaults.seqlen),
                        new_tokens=entry.integer("new_tokens", defaults.new_tokens),
                        repeats=entry.integer("repeats", defaults.repeats), runtime=runtime)
+
+
+def _finetune(fields: _Fields) -> FinetuneSpec | None:
+    """The optional `finetune:` block (absent or null: no fine-tuning), checked as `sparse-bench finetune`
+    checks its options, before any model loads."""
+    if fields.get("finetune") is None:
+        return None
+    entry = _Fields(fields.get("finetune"), "finetune", fields.source, tuple(FinetuneSpec.__dataclass_fields__))
+    defaults = FinetuneSpec()
+    numbers = {key: entry.get(key, getattr(defaults, key)) for key in ("epochs", "lr")}
+    for key, value in numbers.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not math.isfinite(value)):
+            entry.fail(key, f"must be a finite number, got {value!r}")
+    spec = FinetuneSpec(
+        data=str(entry.get("data", defaults.data)), mode=str(entry.get("mode", defaults.mode)),
+        precision=str(entry.get("precision", defaults.precision)), epochs=float(numbers["epochs"]),
+        lr=None if numbers["lr"] is None else float(numbers["lr"]),
+        **{key: entry.integer(key, getattr(defaults, key), 0 if key == "seed" else 1)
+           for key in ("max_steps", "batch_size", "grad_accum", "limit", "eval_limit", "max_length", "lora_r",
+                       "lora_alpha", "seed")})
+    try:
+        spec.config(str(fields.get("device", "cpu"))).validate(_cuda_available())
+    except UserError as error:
+        entry.fail("", f"{error}")
+    return spec
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 __all__ = ["GRID_KEYS", "load_spec", "parse_spec"]

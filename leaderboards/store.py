@@ -33,6 +33,7 @@ RESULT_NEUTRAL_KEYS = ("source", "name", "log_samples")  # spec keys that change
 # --- layout ----------------------------------------------------------------------------------------------------
 
 CELLS, SAMPLES, REPORTS, JOBS, SLURM, PLOTS, ANALYSIS = "cells", "samples", "reports", "jobs", "slurm", "plots", "analysis"
+FINETUNED = "finetuned"
 
 
 def subfolder(out_dir: Path, name: str) -> Path:
@@ -58,6 +59,11 @@ def running_marker(out_dir: Path, cell_id: str) -> Path:
 
 def job_file(out_dir: Path, cell_id: str) -> Path:
     return subfolder(out_dir, JOBS) / f"{cell_id}.json"
+
+
+def finetuned_dir(out_dir: Path, cell_id: str) -> Path:
+    """The cell's fine-tuned checkpoint (grids with a `finetune:` block)."""
+    return subfolder(out_dir, FINETUNED) / cell_id
 
 
 def samples_dir(out_dir: Path, cell_id: str) -> Path:
@@ -220,4 +226,4 @@ __all__ = ["RESULT_FORMAT", "GRID_FORMAT", "CellInfo", "CellResult", "read_resul
            "read_grid_file", "write_grid_file", "CELLS", "SAMPLES", "REPORTS", "JOBS", "SLURM", "PLOTS", "ANALYSIS",
            "subfolder",
            "grid_file", "leaderboard_file", "result_path", "running_marker", "job_file", "samples_dir", "samples_file",
-           "report_file", "utc_now"]
+           "report_file", "utc_now", "FINETUNED", "finetuned_dir"]

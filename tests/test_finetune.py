@@ -182,3 +182,18 @@ def test_billsum_offline_split_is_disjoint_and_stated(tiny_tokenizer, data_dir):
     for example in data.train + data.held_out:
         scored = [label for label in example["labels"] if label != -100]
         assert 0 < len(scored) < len(example["input_ids"]) <= 512
+
+
+def test_causal_mrpc_held_out_loss_from_the_scoring_pass_is_trainers_eval_loss(pruned_llama, tiny_tokenizer,
+                                                                               tmp_path):
+    """The held-out loss of causal MRPC is read off the scoring forward pass; it equals Trainer's own."""
+    from sparse_bench.harness_ext.finetune.data import load_training_data
+    from sparse_bench.harness_ext.finetune.trainer import build_trainer, held_out_metrics
+
+    model = load_checkpoint(AutoModelForCausalLM, pruned_llama)
+    data = load_training_data("mrpc", tiny_tokenizer, classification=False, max_length=128, limit=4, eval_limit=6)
+    trainer = build_trainer(model, tiny_tokenizer, FinetuneConfig(**TINY_RUN), data.train, tmp_path, [],
+                            classification=False, progress=False)
+    metrics = held_out_metrics(trainer, model, tiny_tokenizer, data.held_out, mrpc_causal=True)
+    assert metrics["loss"] == pytest.approx(trainer.evaluate(data.held_out)["eval_loss"], rel=1e-5)
+    assert {"acc", "f1", "auc", "yes_rate"} <= set(metrics)

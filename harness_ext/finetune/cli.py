@@ -13,7 +13,8 @@ from .config import MODES, PRECISIONS, FinetuneConfig
 @click.command("finetune", context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("model")
 @click.option("--data", default="mrpc", show_default=True,
-              help="mrpc, billsum, or a JSON-lines file of {\"text\", \"summary\"} records.")
+              help="mrpc, billsum, a JSON-lines file of {\"text\", \"summary\"} records, or a hub data set "
+                   "OWNER/NAME[:CONFIG] with sentence1/sentence2/label or text/summary columns (online).")
 @click.option("--mode", default="full", show_default=True, help=f"{' | '.join(MODES)} (qlora: CUDA only).")
 @click.option("--precision", default="fp32", show_default=True,
               help=f"{' | '.join(PRECISIONS)} (fp16-amp: CUDA only).")

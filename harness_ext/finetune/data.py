@@ -8,6 +8,9 @@
   scored summary, loss on the summary only. Offline (`SPARSE_BENCH_DATA_DIR`) the 64 shared bills are split:
   bills 17-64 train, bills 1-16 are held out (so `--limit 16` on the Billsum tasks scores only unseen bills);
   online, the hub's Billsum train split trains and its test split's first 16 bills are held out.
+- a hub data set, `OWNER/NAME[:CONFIG]` (online): its `train` split trains, its `validation` split (else `test`)
+  is held out; rows with `sentence1`, `sentence2`, `label` are used like MRPC pairs, rows with `text` and
+  `summary` like Billsum.
 
 The task folders' own `utils.py` (loaded by path, as lm-eval loads them) read the files, so a data quirk is
 handled in one place.
@@ -18,6 +21,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -32,6 +36,8 @@ from ..io import read_jsonl_records
 BILLSUM_HELD_OUT = 16  # bills 1-16 of the shared file are the evaluation bills
 BILLSUM_HUB = "FiscalNote/billsum"
 DATA_DIR_ENV = "SPARSE_BENCH_DATA_DIR"
+HUB_NAME = re.compile(r"[\w.-]+/[\w.-]+(:[\w.-]+)?")  # OWNER/NAME[:CONFIG]
+PAIR_COLUMNS, SUMMARY_COLUMNS = ("sentence1", "sentence2", "label"), ("text", "summary")
 
 
 @dataclass
@@ -160,32 +166,75 @@ def _summary_encoder(tokenizer, max_length: int):
     return encode
 
 
-def load_training_data(spec: str, tokenizer, classification: bool, max_length: int,
-                       limit: int | None = None, eval_limit: int | None = None) -> TrainingData:
-    """Tokenized training and held-out examples for `spec` (`mrpc`, `billsum` or a JSON-lines FILE).
+def is_hub_name(spec: str) -> bool:
+    """True for `OWNER/NAME[:CONFIG]` that is not a local path nor a JSON-lines file name."""
+    return bool(HUB_NAME.fullmatch(spec)) and not spec.endswith((".json", ".jsonl")) and not Path(spec).exists()
 
-    `classification`: the model is an encoder with a sequence-classification head (MRPC only).
-    `limit` / `eval_limit` keep the first N examples of each part.
-    """
-    if classification and spec != "mrpc":
-        raise UserError(f"an encoder model trains a classification head on MRPC only; got --data {spec}: "
-                        "use --data mrpc or a causal LM")
+
+def _hub_rows(spec: str) -> tuple[list[dict], list[dict], dict, str]:
+    """(train rows, held-out rows, description, "pairs" | "summaries") of the hub data set `OWNER/NAME[:CONFIG]`."""
+    import datasets
+
+    name, _, config = spec.partition(":")
+    try:
+        splits = datasets.load_dataset(name, config or None)
+    except Exception as error:  # offline, unknown name, gated, ...: one line that says what to do
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(f"--data {spec}: cannot load it from the Hugging Face hub ({reason}); offline, use mrpc or "
+                        f"billsum with {DATA_DIR_ENV} set, or a local JSON-lines file of text/summary records") from error
+    if "train" not in splits:
+        raise UserError(f"--data {spec} has no train split (it has {', '.join(splits)}); give a data set with one")
+    columns = set(splits["train"].column_names)
+    kind = next((kind for kind, needed in (("pairs", PAIR_COLUMNS), ("summaries", SUMMARY_COLUMNS))
+                 if columns >= set(needed)), None)
+    if kind is None:
+        raise UserError(f"--data {spec}: its train split has columns {', '.join(sorted(columns))}; fine-tuning "
+                        f"needs {', '.join(PAIR_COLUMNS)} (sentence pairs) or {', '.join(SUMMARY_COLUMNS)}")
+    held_split = next((split for split in ("validation", "test") if split in splits), None)
+    held_out = list(splits[held_split]) if held_split else []
+    if kind == "pairs" and any(int(row["label"]) not in (0, 1) for row in held_out):
+        held_out = []  # unlabelled test splits (label -1) cannot be scored
+    return list(splits["train"]), held_out, {"source": f"{name} (hub)" + (f", config {config}" if config else ""),
+                                             "train_split": "train", "held_out_split": held_split if held_out
+                                             else "none"}, kind
+
+
+def _rows(spec: str) -> tuple[list[dict], list[dict], dict, str]:
+    """(train rows, held-out rows, description, "pairs" | "summaries") for a --data value."""
     if spec == "mrpc":
         train, held_out, source = _mrpc_rows()
-        description = {"source": source, "train_split": "train", "held_out_split": "validation", "format":
-                       "sentence pair -> 2-class sequence classification" if classification else
-                       "sparsebench_mrpc prompt + ' no'/' yes'; loss on the answer only"}
+        return train, held_out, {"source": source, "train_split": "train", "held_out_split": "validation"}, "pairs"
+    if spec == "billsum" or Path(spec).is_file():
+        return (*_summaries(spec), "summaries")
+    if is_hub_name(spec):
+        return _hub_rows(spec)
+    raise UserError(f"--data {spec!r} is neither mrpc, billsum, an existing JSON-lines file nor a hub data set "
+                    "name (OWNER/NAME[:CONFIG]); give one of those (a file holds one {\"text\": ..., "
+                    "\"summary\": ...} record a line)")
+
+
+def load_training_data(spec: str, tokenizer, classification: bool, max_length: int,
+                       limit: int | None = None, eval_limit: int | None = None) -> TrainingData:
+    """Tokenized training and held-out examples for `spec` (`mrpc`, `billsum`, a JSON-lines FILE or a hub data set
+    `OWNER/NAME[:CONFIG]`).
+
+    `classification`: the model is an encoder with a sequence-classification head (sentence-pair data only).
+    `limit` / `eval_limit` keep the first N examples of each part.
+    """
+    train, held_out, description, kind = _rows(spec)
+    if classification and kind != "pairs":
+        raise UserError(f"an encoder model trains a classification head on sentence pairs (mrpc, or a hub data set "
+                        f"with {', '.join(PAIR_COLUMNS)}); got --data {spec}: use one of those or a causal LM")
+    if kind == "pairs":
+        description["format"] = ("sentence pair -> 2-class sequence classification" if classification else
+                                 "sparsebench_mrpc prompt + ' no'/' yes'; loss on the answer only")
         encoder = (_mrpc_classification_encoder if classification else _mrpc_causal_encoder)(tokenizer, max_length)
-    elif spec == "billsum" or Path(spec).is_file():
-        train, held_out, description = _summaries(spec)
+    else:
         description["format"] = "sparsebench_billsum_loglik prompt + summary; loss on the summary only"
         encoder = _summary_encoder(tokenizer, max_length)
-    else:
-        raise UserError(f"--data {spec!r} is neither mrpc, billsum nor an existing JSON-lines file; give one of "
-                        "those (a file holds one {\"text\": ..., \"summary\": ...} record a line)")
     train, held_out = [encoder(row) for row in train[:limit]], [encoder(row) for row in held_out[:eval_limit]]
     description.update({"name": spec, "train_examples": len(train), "held_out_examples": len(held_out)})
     return TrainingData(train=train, held_out=held_out, description=description)
 
 
-__all__ = ["TrainingData", "encode_continuation", "load_training_data", "mrpc_prompt_and_answer", "task_utils"]
+__all__ = ["TrainingData", "encode_continuation", "is_hub_name", "load_training_data", "mrpc_prompt_and_answer", "task_utils"]

@@ -104,15 +104,17 @@ def _pair_metrics(golds: list[int], scores: list[float]) -> dict[str, float]:
             "yes_rate": float(np.mean(answers))}
 
 
-def answer_scores(model, tokenizer, examples: list[dict], batch_size: int) -> tuple[list[int], list[float]]:
-    """(gold labels, logP(yes) - logP(no)) of MRPC examples encoded by `data.encode_continuation`, scored at the
-    answer's first token as the `sparsebench_mrpc` task scores single-token answers."""
+def answer_scores(model, tokenizer, examples: list[dict], batch_size: int
+                  ) -> tuple[list[int], list[float], list[float]]:
+    """(gold labels, logP(yes) - logP(no), -logP(gold answer) in nats) of MRPC examples encoded by
+    `data.encode_continuation`, scored at the answer's first token as the `sparsebench_mrpc` task scores
+    single-token answers."""
     from .data import mrpc_format
 
     _, delimiter, choices = mrpc_format()
     first = [tokenizer(delimiter + word, add_special_tokens=False)["input_ids"][0] for word in choices]
     pad = collator(tokenizer, classification=False)
-    golds, scores = [], []
+    golds, scores, gold_nll = [], [], []
     model.eval()
     with torch.no_grad():
         for start in range(0, len(examples), batch_size):
@@ -122,21 +124,30 @@ def answer_scores(model, tokenizer, examples: list[dict], batch_size: int) -> tu
             answer_at = (batch["labels"] != -100).int().argmax(dim=1)
             rows = torch.arange(len(answer_at))
             log_probs = torch.log_softmax(logits[rows, answer_at - 1], dim=-1)[:, first].cpu()
-            golds += [first.index(int(token)) for token in batch["labels"][rows, answer_at]]
+            batch_golds = [first.index(int(token)) for token in batch["labels"][rows, answer_at]]
+            golds += batch_golds
             scores += (log_probs[:, 1] - log_probs[:, 0]).tolist()
-    return golds, scores
+            gold_nll += (-log_probs[rows, batch_golds]).tolist()
+    return golds, scores, gold_nll
 
 
 def held_out_metrics(trainer: Trainer, model, tokenizer, held_out: list[dict], mrpc_causal: bool) -> dict[str, Any]:
-    """Loss on the held-out examples (+ MRPC acc/F1/AUC for classification heads and causal MRPC)."""
+    """Loss on the held-out examples (+ MRPC acc/F1/AUC for classification heads and causal MRPC).
+
+    Causal MRPC answers are one token each, so their loss (mean NLL of the gold answer token, nats) comes from
+    the same forward pass as the scores; other data get Trainer's evaluation loop."""
     if not held_out:
         return {}
     trainer.model = model
+    if mrpc_causal and all(sum(label != -100 for label in example["labels"]) == 1 for example in held_out):
+        golds, scores, gold_nll = answer_scores(model, tokenizer, held_out, trainer.args.eval_batch_size)
+        return {"loss": float(np.mean(gold_nll)), **_pair_metrics(golds, scores)}
     metrics = {key.removeprefix("eval_"): value for key, value in trainer.evaluate(held_out).items()
                if key in ("eval_loss", "eval_acc", "eval_f1", "eval_auc", "eval_auc_low", "eval_auc_high",
                           "eval_yes_rate")}
     if mrpc_causal:
-        metrics.update(_pair_metrics(*answer_scores(model, tokenizer, held_out, trainer.args.eval_batch_size)))
+        golds, scores, _ = answer_scores(model, tokenizer, held_out, trainer.args.eval_batch_size)
+        metrics.update(_pair_metrics(golds, scores))
     return metrics
 
 
