@@ -1,8 +1,8 @@
-"""A cell's lm-eval evaluation: the grid's tasks built once per model, all of a cell's tasks in one call.
+"""A cell's lm-eval evaluation: the grid's tasks built once per model, one `simple_evaluate` per task.
 
 lm-eval's `simple_evaluate` takes one `limit` for all tasks; a grid gives each task its own. Each task's limit
-becomes a list of document indices (`samples`, the first `limit` documents, as `limit` itself would pick), so
-tasks that share a number of few-shot examples run in one call. The tasks' data depend on the model's tokenizer
+becomes a list of document indices (`samples`, the first `limit` documents, as `limit` itself would pick). The
+tasks' data depend on the model's tokenizer
 only (Billsum cuts bills to the model's context), so the task objects are built once per model and reused by
 every cell of that model: a grid of 7 cells on one model reads and tokenizes its task data once.
 """
@@ -23,14 +23,6 @@ from .spec import GridSpec, TaskSpec
 NOT_METRICS = ("alias", "name", "sample_len", "samples")  # bookkeeping entries of lm-eval's per-task results
 
 
-def fewshot_groups(tasks: tuple[TaskSpec, ...]) -> list[tuple[int | None, list[TaskSpec]]]:
-    """Tasks that share `num_fewshot` run in one `simple_evaluate` call (lm-eval takes one value per call)."""
-    groups: dict[int | None, list[TaskSpec]] = {}
-    for task in tasks:
-        groups.setdefault(task.num_fewshot, []).append(task)
-    return list(groups.items())
-
-
 def document_indices(limit: int | float | None, documents: int) -> list[int] | None:
     """The first `limit` documents' indices (a fraction: that share, rounded up, as lm-eval's `limit`); None: all."""
     if limit is None:
@@ -49,11 +41,12 @@ def needs_builtin_tasks(spec: GridSpec) -> bool:
 
 
 def make_task_manager(spec: GridSpec, model_args: dict[str, Any], builtin_tasks: bool) -> Any:
-    """A TaskManager that hands `model_args` to the tasks as metadata, as `lm_eval --model_args` does (Billsum
-    reads the tokenizer and context length from them)."""
+    """A TaskManager that hands the spec's `metadata` and `model_args` to the tasks as metadata, as `lm_eval
+    --metadata --model_args` do (Billsum reads the tokenizer and context length from them)."""
     from lm_eval.tasks import TaskManager
 
-    return TaskManager(include_path=spec.include_path, include_defaults=builtin_tasks, metadata=dict(model_args))
+    return TaskManager(include_path=spec.include_path, include_defaults=builtin_tasks,
+                       metadata={**spec.metadata, **model_args})
 
 
 @dataclass
@@ -87,26 +80,26 @@ def task_output_type(task: Any) -> str:
 
 def evaluate_cell(lm: Any, spec: GridSpec, manager: Any, tasks: dict[str, Any],
                   task_specs: tuple[TaskSpec, ...] | None = None) -> list[dict[str, Any]]:
-    """The grid's tasks (or `task_specs`, some of them) on one loaded model: one `simple_evaluate` per few-shot
-    group, each task limited to its own first `limit` documents. Returns one record per call: tasks, limits,
-    num_fewshot, results, seconds."""
+    """The grid's tasks (or `task_specs`, some of them) on one loaded model: one `simple_evaluate` per task
+    (its own `num_fewshot` and `gen_kwargs`, its first `limit` documents). One call per task because lm-eval pads every batch to
+    its longest request: in one call the demo's 80-token MRPC prompts rode in batches padded to Billsum's
+    1,300 tokens. Returns one record per call: tasks, limits, num_fewshot, results, seconds."""
     import lm_eval
 
     evaluations = []
-    for num_fewshot, group in fewshot_groups(spec.tasks if task_specs is None else task_specs):
-        indices = {task.name: document_indices(task.limit, len(tasks[task.name].eval_docs)) for task in group}
-        samples = {name: chosen for name, chosen in indices.items() if chosen is not None}
+    for task in spec.tasks if task_specs is None else task_specs:
+        chosen = document_indices(task.limit, len(tasks[task.name].eval_docs))
         start = time.perf_counter()
         results = lm_eval.simple_evaluate(
-            model=lm, tasks=[tasks[task.name] for task in group], samples=samples or None, num_fewshot=num_fewshot,
-            bootstrap_iters=spec.bootstrap_iters, task_manager=manager, log_samples=spec.log_samples,
-            random_seed=spec.seed, numpy_random_seed=spec.seed, torch_random_seed=spec.seed,
-            fewshot_random_seed=spec.seed)
+            model=lm, tasks=[tasks[task.name]], samples=None if chosen is None else {task.name: chosen},
+            num_fewshot=task.num_fewshot, gen_kwargs=task.gen_kwargs or None, bootstrap_iters=spec.bootstrap_iters,
+            task_manager=manager,
+            log_samples=spec.log_samples, random_seed=spec.seed, numpy_random_seed=spec.seed,
+            torch_random_seed=spec.seed, fewshot_random_seed=spec.seed)
         if results is None:
             raise RuntimeError("lm-eval returned no results (not rank 0?)")
-        evaluations.append({"tasks": [task.name for task in group], "limits": {t.name: t.limit for t in group},
-                            "num_fewshot": num_fewshot, "results": results,
-                            "seconds": time.perf_counter() - start})
+        evaluations.append({"tasks": [task.name], "limits": {task.name: task.limit}, "num_fewshot": task.num_fewshot,
+                            "results": results, "seconds": time.perf_counter() - start})
     return evaluations
 
 
@@ -131,4 +124,4 @@ def write_samples(folder: Path, evaluations: list[dict[str, Any]]) -> None:
 
 
 __all__ = ["GridTasks", "evaluate_cell", "task_output_type", "flatten_metrics", "write_samples", "needs_builtin_tasks",
-           "document_indices", "fewshot_groups"]
+           "document_indices"]

@@ -165,7 +165,7 @@ def measure_finetune(run: LoadedCell) -> dict[str, Any]:
         return {"finetune": None, "finetuned_metrics": {}}
     out = finetuned_dir(run.out_dir, run.cell.cell_id)
     resume = any(work_dir_for(out).glob("checkpoint-*"))
-    record = finetune(run.source, run.spec.finetune.config(run.spec.device), out, resume=resume, progress=False)
+    record = finetune(run.source, run.spec.finetune, out, resume=resume, progress=False)
     evaluated = _evaluate(sparse_hf_model(str(out), run.cell.dtype, run.spec), run)
     return {"finetune": record, "finetuned_metrics": evaluated["metrics"]}
 

@@ -6,10 +6,11 @@ Keys and values are documented in docs/leaderboard.md.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..harness_ext.finetune.config import GRID_KEYS as FINETUNE_GRID_KEYS
 from ..harness_ext.finetune.config import FinetuneConfig
 from ..harness_ext.pruning.plan import CalibrationConfig
 
@@ -41,6 +42,7 @@ class MethodSpec:
 class TaskSpec:
     """One lm-eval task with its own `limit` (count, or fraction of the docs) and `num_fewshot`.
 
+    `gen_kwargs` overrides a generation task's settings (e.g. `max_gen_toks`), as `lm_eval --gen_kwargs`.
     `metrics` picks the columns shown (first = the primary metric, used for delta vs dense, rank and plots);
     empty shows every metric the task reports.
     """
@@ -49,6 +51,7 @@ class TaskSpec:
     limit: int | float | None = None
     num_fewshot: int | None = None
     metrics: tuple[str, ...] = ()
+    gen_kwargs: dict[str, Any] = field(default_factory=dict)  # generation settings, as `lm_eval --gen_kwargs`
 
 
 @dataclass(frozen=True)
@@ -85,33 +88,6 @@ class AnalysisSpec:
 
 
 @dataclass(frozen=True)
-class FinetuneSpec:
-    """The `finetune:` block: every cell is fine-tuned after its zero-shot measures (`sparse-bench finetune`'s
-    options, one meaning each; docs/finetune.md) and the grid's tasks are evaluated again on the result."""
-
-    data: str = "mrpc"
-    mode: str = "lora"
-    precision: str = "fp32"
-    epochs: float = 1.0
-    max_steps: int | None = None
-    lr: float | None = None  # None: 2e-5 full, 3e-4 LoRA (as the CLI)
-    batch_size: int = 8
-    grad_accum: int = 1
-    limit: int | None = None
-    eval_limit: int | None = None
-    max_length: int = 512
-    lora_r: int = 16
-    lora_alpha: int = 32
-    seed: int = 0
-
-    def config(self, device: str) -> FinetuneConfig:
-        """The run's `FinetuneConfig` (validated by `finetune` itself, and by the spec parser up front)."""
-        options = {key: value for key, value in asdict(self).items() if key != "lr"}
-        return FinetuneConfig(**options, lr=self.lr if self.lr is not None else (2e-5 if self.mode == "full"
-                                                                                else 3e-4), device=device)
-
-
-@dataclass(frozen=True)
 class GridSpec:
     name: str
     models: tuple[str, ...]
@@ -124,8 +100,9 @@ class GridSpec:
     perplexity: PerplexitySpec | None = PerplexitySpec()
     latency: LatencySpec | None = LatencySpec()
     analysis: AnalysisSpec | None = None
-    finetune: FinetuneSpec | None = None
+    finetune: FinetuneConfig | None = None  # the `finetune:` block (grid default mode: LoRA); its device is the grid's
     include_path: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)  # handed to every task, as `lm_eval --metadata`
     device: str = "cpu"
     batch_size: int = 8
     bootstrap_iters: int = 1000
@@ -135,11 +112,14 @@ class GridSpec:
     source: str = "<dict>"
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready and re-parseable (paths already resolved)."""
+        """JSON-ready (paths already resolved): what grid.json records of the spec; its `finetune` block is valid
+        spec YAML again."""
         data = asdict(self)
         data["calibration"] = self.calibration.describe()
+        if self.finetune is not None:
+            data["finetune"] = {key: data["finetune"][key] for key in FINETUNE_GRID_KEYS}
         return data
 
 
-__all__ = ["DTYPES", "MethodSpec", "TaskSpec", "PerplexitySpec", "LatencySpec", "AnalysisSpec", "FinetuneSpec",
+__all__ = ["DTYPES", "MethodSpec", "TaskSpec", "PerplexitySpec", "LatencySpec", "AnalysisSpec",
            "GridSpec"]

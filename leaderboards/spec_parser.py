@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from ..harness_ext.errors import UserError
+from ..harness_ext.finetune.config import GRID_KEYS as FINETUNE_GRID_KEYS
+from ..harness_ext.finetune.config import FinetuneConfig
 from ..harness_ext.pruning.methods import split_grid_name
 from ..harness_ext.pruning.options import BY_NAME, PLAN, parse_option
 from ..harness_ext.pruning.plan import CalibrationConfig
@@ -23,7 +25,7 @@ from ..harness_ext.recipes.yaml_loader import load_yaml
 from ..harness_ext.runtime.choose import parse_runtime
 from ..harness_ext.typed_values import WrongValue, check_flag, check_number
 from .cells import expand_cells
-from .spec import DTYPES, AnalysisSpec, FinetuneSpec, GridSpec, LatencySpec, MethodSpec, PerplexitySpec, TaskSpec
+from .spec import DTYPES, AnalysisSpec, GridSpec, LatencySpec, MethodSpec, PerplexitySpec, TaskSpec
 
 # A methods entry takes every plan option of the table (options.py) by its name but the grid's own axes
 # (`sparsities`, `structures`); a method's options may also be grouped under `options:`.
@@ -94,7 +96,7 @@ def load_spec(path: str | Path) -> GridSpec:
 
 GRID_KEYS = ("name", "models", "methods", "sparsities", "structures", "dtypes", "tasks", "calibration",
              "perplexity", "latency", "finetune", "include_path", "device", "batch_size", "bootstrap_iters",
-             "prune_dtype", "seed", "log_samples", "analysis")
+             "prune_dtype", "seed", "log_samples", "analysis", "metadata")
 
 
 def parse_spec(data: Any, source: str = "<dict>", base_dir: Path | None = None) -> GridSpec:
@@ -122,6 +124,7 @@ def parse_spec(data: Any, source: str = "<dict>", base_dir: Path | None = None) 
         sparsities=tuple(sparsities), structures=tuple(structures), dtypes=tuple(dtypes), tasks=tuple(tasks),
         calibration=_calibration(fields, base_dir), perplexity=_perplexity(fields, base_dir),
         latency=_latency(fields), analysis=_analysis(fields), finetune=_finetune(fields), include_path=include_path,
+        metadata=_settings(fields, "metadata", "{max_bill_tokens: 640}"),
         device=str(fields.get("device", "cpu")),
         batch_size=fields.integer("batch_size", 8), bootstrap_iters=fields.integer("bootstrap_iters", 1000, 0),
         prune_dtype=_choice(fields, "prune_dtype", fields.get("prune_dtype", "float32"), DTYPES),
@@ -212,7 +215,7 @@ def _method(fields: _Fields, index: int, value: Any, base_dir: Path) -> MethodSp
 def _task(fields: _Fields, index: int, value: Any) -> TaskSpec:
     if isinstance(value, str):
         value = {"name": value}
-    entry = _Fields(value, f"tasks[{index}]", fields.source, ("name", "limit", "num_fewshot", "metrics"))
+    entry = _Fields(value, f"tasks[{index}]", fields.source, ("name", "limit", "num_fewshot", "metrics", "gen_kwargs"))
     name = entry.get("name", required=True)
     if not isinstance(name, str):
         entry.fail("name", f"must be an lm-eval task name, got {name!r}")
@@ -224,7 +227,18 @@ def _task(fields: _Fields, index: int, value: Any) -> TaskSpec:
     if not isinstance(metrics, list) or not all(isinstance(m, str) for m in metrics):
         entry.fail("metrics", f"must be a list of metric names, got {metrics!r}")
     return TaskSpec(name=name, limit=limit, num_fewshot=entry.integer("num_fewshot", None, 0),
-                    metrics=tuple(metrics))
+                    metrics=tuple(metrics), gen_kwargs=_settings(entry, "gen_kwargs", "{max_gen_toks: 64}"))
+
+
+def _settings(fields: _Fields, key: str, example: str) -> dict[str, Any]:
+    """A mapping of setting names to numbers, text or flags (`metadata`, a task's `gen_kwargs`); {} if absent."""
+    settings = fields.get(key, {})
+    if not isinstance(settings, dict):
+        fields.fail(key, f"must be a mapping of settings, e.g. {example}, got {settings!r}")
+    for name, value in settings.items():
+        if not isinstance(name, str) or not isinstance(value, (str, int, float, bool)):
+            fields.fail(key, f"{name!r}: {value!r} is not a setting name with a number, text or flag value")
+    return dict(settings)
 
 
 def _data_path(entry: _Fields, key: str, value: Any, base_dir: Path, names: tuple[str, ...]) -> str:
@@ -289,30 +303,31 @@ def _latency(fields: _Fields) -> LatencySpec | None:
                        repeats=entry.integer("repeats", defaults.repeats), runtime=runtime)
 
 
-def _finetune(fields: _Fields) -> FinetuneSpec | None:
+def _finetune(fields: _Fields) -> FinetuneConfig | None:
     """The optional `finetune:` block (absent or null: no fine-tuning), checked as `sparse-bench finetune`
-    checks its options, before any model loads."""
+    checks its options, before any model loads. A grid fine-tunes with LoRA unless the block says otherwise."""
     if fields.get("finetune") is None:
         return None
-    entry = _Fields(fields.get("finetune"), "finetune", fields.source, tuple(FinetuneSpec.__dataclass_fields__))
-    defaults = FinetuneSpec()
-    numbers = {key: entry.get(key, getattr(defaults, key)) for key in ("epochs", "lr")}
+    entry = _Fields(fields.get("finetune"), "finetune", fields.source, FINETUNE_GRID_KEYS)
+    defaults = FinetuneConfig(mode="lora")
+    numbers = {"epochs": entry.get("epochs", defaults.epochs), "lr": entry.get("lr")}  # lr None: the mode's
     for key, value in numbers.items():
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                   or not math.isfinite(value)):
             entry.fail(key, f"must be a finite number, got {value!r}")
-    spec = FinetuneSpec(
+    config = FinetuneConfig(
         data=str(entry.get("data", defaults.data)), mode=str(entry.get("mode", defaults.mode)),
         precision=str(entry.get("precision", defaults.precision)), epochs=float(numbers["epochs"]),
         lr=None if numbers["lr"] is None else float(numbers["lr"]),
+        device=str(fields.get("device", "cpu")),
         **{key: entry.integer(key, getattr(defaults, key), 0 if key == "seed" else 1)
            for key in ("max_steps", "batch_size", "grad_accum", "limit", "eval_limit", "max_length", "lora_r",
                        "lora_alpha", "seed")})
     try:
-        spec.config(str(fields.get("device", "cpu"))).validate(_cuda_available())
+        config.validate(_cuda_available())
     except UserError as error:
         entry.fail("", f"{error}")
-    return spec
+    return config
 
 
 def _cuda_available() -> bool:

@@ -16,6 +16,10 @@ pip_progress() {
        {print > "/dev/stderr"}'
 }
 quiet_pip() { "$VENV/bin/python" -m pip "$@" 2>&1 | pip_progress; }
+# Python caches each module's compiled form (.pyc) in the venv on first import, unless PYTHONDONTWRITEBYTECODE
+# is set (some images set it): then every process compiles torch's, transformers' and lm-eval's modules anew,
+# 17-22 s per process on 2 cores (measured with cProfile on `prepare-model` and a demo cell). The venv is ours.
+unset PYTHONDONTWRITEBYTECODE
 if [ ! -x "$VENV/bin/python" ]; then
   echo "sparse-bench: creating $VENV" >&2
   python3 -m venv "$VENV"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -45,6 +46,10 @@ def spec_with(**changes):
     ({"latency": {"batch": 0}}, "grid.yaml: latency.batch:"),
     ({"include_path": "no/such/folder"}, "grid.yaml: include_path:"),
     ({"sparsity": [0.5]}, "grid.yaml: sparsity: unknown key"),
+    ({"metadata": ["max_bill_tokens", 640]}, "grid.yaml: metadata: must be a mapping of settings"),
+    ({"metadata": {"max_bill_tokens": [640]}}, "grid.yaml: metadata: 'max_bill_tokens': [640] is not a setting"),
+    ({"tasks": [{"name": "x", "gen_kwargs": "max_gen_toks=64"}]}, "grid.yaml: tasks[0].gen_kwargs: must be a mapping"),
+    ({"finetune": {"mode": "full", "save_steps": 5}}, "grid.yaml: finetune.save_steps: unknown key"),
 ])
 def test_malformed_spec_names_the_field_in_one_line(changes, field):
     with pytest.raises(UserError) as error:
@@ -132,3 +137,21 @@ def test_cli_lists_shard_cells(tmp_path):
     assert result.returncode == 0, result.stderr
     cells = shard_cells(expand_cells(load_spec(Path(path))), 1, 2)
     assert [line.split("\t")[0] for line in result.stdout.splitlines()] == [c.cell_id for c in cells]
+
+
+def test_metadata_and_gen_kwargs_reach_the_spec_and_grid_json():
+    spec = spec_with(metadata={"max_bill_tokens": 640},
+                     tasks=[{"name": "sparsebench_billsum", "limit": 1, "gen_kwargs": {"max_gen_toks": 64}}])
+    assert spec.metadata == {"max_bill_tokens": 640}
+    assert spec.tasks[0].gen_kwargs == {"max_gen_toks": 64}
+    recorded = json.loads(json.dumps(spec.to_dict()))
+    assert recorded["metadata"] == {"max_bill_tokens": 640}
+    assert recorded["tasks"][0]["gen_kwargs"] == {"max_gen_toks": 64}
+
+
+def test_finetune_block_is_the_run_config_with_grid_defaults():
+    spec = spec_with(finetune={"data": "mrpc", "max_steps": 5}, device="cpu")
+    assert (spec.finetune.mode, spec.finetune.lr, spec.finetune.max_steps) == ("lora", 3e-4, 5)
+    assert spec_with(finetune={"mode": "full"}).finetune.lr == 2e-5
+    recorded = json.loads(json.dumps(spec.to_dict()))["finetune"]
+    assert parse_spec({**BASE, "finetune": recorded}, source="grid.json").finetune == spec.finetune

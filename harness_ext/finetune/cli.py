@@ -53,7 +53,7 @@ def finetune_command(model, data, mode, precision, epochs, max_steps, lr, batch_
 
     config = FinetuneConfig(
         data=data, mode=mode, precision=precision, epochs=epochs, max_steps=max_steps,
-        lr=lr if lr is not None else (2e-5 if mode == "full" else 3e-4), batch_size=batch_size,
+        lr=lr, batch_size=batch_size,
         grad_accum=grad_accum, seed=seed, limit=limit, eval_limit=eval_limit, max_length=max_length,
         lora_r=lora_r, lora_alpha=lora_alpha, save_steps=save_steps, save_format=save_format,
         require_sparse=require_sparse, device=device)

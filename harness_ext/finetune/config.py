@@ -16,13 +16,17 @@ from ..errors import UserError
 MODES = ("full", "lora", "qlora")
 PRECISIONS = ("fp32", "bf16-amp", "fp16-amp")
 CUDA_ONLY = {"qlora": "QLoRA's 4-bit base (bitsandbytes)", "fp16-amp": "fp16 autocast with a gradient scaler"}
+DEFAULT_LR = {"full": 2e-5, "lora": 3e-4, "qlora": 3e-4}  # peak learning rate per mode when none is given
+# The settings a grid spec's `finetune:` block may give (the rest are per-run plumbing the runner sets).
+GRID_KEYS = ("data", "mode", "precision", "epochs", "max_steps", "lr", "batch_size", "grad_accum", "limit",
+             "eval_limit", "max_length", "lora_r", "lora_alpha", "seed")
 
 
-@dataclass
+@dataclass(frozen=True)
 class FinetuneConfig:
     """One run's settings. `max_steps` (optimizer steps) wins over `epochs` when given; `lr` is the peak
     learning rate (linear decay); `batch_size` is per optimizer micro-step, `grad_accum` micro-steps make one
-    step; `limit` keeps the first N training examples; `max_length` cuts examples to N tokens; `keep_masks`
+    step (None: `DEFAULT_LR` of the mode); `limit` keeps the first N training examples; `max_length` cuts examples to N tokens; `keep_masks`
     False is for control runs only (pruned weights may then revive; the CLI always keeps them)."""
 
     data: str = "mrpc"
@@ -30,7 +34,7 @@ class FinetuneConfig:
     precision: str = "fp32"
     epochs: float = 1.0
     max_steps: int | None = None
-    lr: float = 2e-5
+    lr: float | None = None
     batch_size: int = 8
     grad_accum: int = 1
     seed: int = 0
@@ -44,6 +48,10 @@ class FinetuneConfig:
     require_sparse: bool = False
     keep_masks: bool = True
     device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.lr is None and self.mode in DEFAULT_LR:
+            object.__setattr__(self, "lr", DEFAULT_LR[self.mode])
 
     def validate(self, cuda_available: bool) -> None:
         """UserError naming the first bad setting (before anything is loaded or written)."""
