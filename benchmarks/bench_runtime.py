@@ -1,11 +1,12 @@
 """Speed from sparsity, measured: `runtime=auto` against dense kernels on SmolLM2-135M fp32, one run.
 
 For each case the model is loaded fresh, pruned by magnitude (speed depends on the zeros' pattern, not on the
-method), measured with dense kernels, switched to `runtime=auto` (a kernel chosen per layer by timing it at
-the real shapes) and measured again in the same process, dense and auto alternating twice (`harness_ext.runtime.latency.measure_runtime`):
-prefill = one forward over 1 x 128 tokens (ms), decode = 16 greedy tokens at batch 1 (tokens/s). The speedups
-are ratios of those two measurements. Pruned-linear memory = bytes the pruned layers hold after the switch /
-their dense bytes.
+method), switched to `runtime=auto` (a kernel chosen per layer by timing it at the real shapes, then the
+whole model checked against dense end to end: a regime that is not >= 1.02x faster reverts to dense) and timed
+with dense and auto kernels in interleaved pairs (`harness_ext.runtime.latency.measure_runtime`): prefill = one
+forward over 1 x 128 tokens (ms; --repeats pairs), decode = 16 greedy tokens at batch 1 (tokens/s; half as
+many pairs). A speedup is the median of the per-pair ratios (drift cancels). Pruned-linear memory = bytes the
+pruned layers hold after the switch / their dense bytes.
 
 Quality of block masks: Wanda 50 % unstructured and Wanda 50 % block:1x4, small calibration (16 x 256 tokens
 of C4), token perplexity on the WikiText-2 test slice the pruning benchmarks use (first 65,536 tokens,
@@ -55,8 +56,7 @@ def speed_case(name: str, args: argparse.Namespace) -> dict:
     plan = shortcut_plan("magnitude", sparsity, structure)
     report = prune(model, plan, CalibrationConfig(), tokenizer, progress=False)
     block = plan.steps[0].structure if structure and structure.startswith("block") else None
-    result = measure_runtime(model.eval(), "auto", 1, args.prefill_tokens, args.new_tokens, args.repeats, block,
-                             rounds=args.rounds)
+    result = measure_runtime(model.eval(), "auto", 1, args.prefill_tokens, args.new_tokens, args.repeats, block)
     runtime = result["runtime_report"]
     return {"case": name, "measured_sparsity": report.overall_sparsity,
             "prefill_ms_dense": result["dense"]["forward_ms"], "prefill_ms_auto": result["chosen"]["forward_ms"],
@@ -65,6 +65,7 @@ def speed_case(name: str, args: argparse.Namespace) -> dict:
             "decode_tps_auto": result["chosen"]["generate_tokens_per_s"], "decode_speedup": result["decode_speedup"],
             "memory_ratio": runtime["pruned_linear_memory_ratio"], "sparse_layers": runtime["sparse_layers"],
             "pruned_layers": runtime["pruned_layers"], "kernel_counts": runtime["kernel_counts"],
+            "end_to_end": runtime["end_to_end"],
             "choose_seconds": runtime["choose_seconds"], "peak_memory_bytes_dense": result["dense"]["peak_memory_bytes"],
             "peak_memory_bytes_auto": result["chosen"]["peak_memory_bytes"], "loadavg": os.getloadavg()[0],
             "device": result["chosen"]["device_name"], "torch_threads": result["chosen"]["torch_threads"],
@@ -93,6 +94,8 @@ def _ratio(value: float | None) -> str:
 def markdown(speed: list[dict], quality: list[dict], meta: dict) -> str:
     from tabulate import tabulate
 
+    from sparse_bench.harness_ext.runtime.latency import decode_pairs
+
     rows = [[row["case"], f"{row['measured_sparsity']:.3f}", f"{row['prefill_ms_dense']:.1f}",
              f"{row['prefill_ms_auto']:.1f}", _ratio(row["prefill_speedup"]), f"{row['decode_tps_dense']:.1f}",
              f"{row['decode_tps_auto']:.1f}", _ratio(row["decode_speedup"]),
@@ -104,8 +107,14 @@ def markdown(speed: list[dict], quality: list[dict], meta: dict) -> str:
     dense_ppl = {row["case"]: row["perplexity"] for row in quality}
     lines = [f"SmolLM2-135M fp32, {meta['device']}, {meta['torch_threads']} torch threads, "
              f"prefill 1 x {meta['prefill_tokens']} tokens, decode {meta['new_tokens']} tokens at batch 1, "
-             f"median of {meta['repeats']} x {meta['rounds']} alternating rounds; machine {meta['machine']}; load average "
+             f"speedups = median ratio of {meta['repeats']} prefill / {decode_pairs(meta['repeats'])} decode "
+             f"interleaved dense-auto pairs; machine {meta['machine']}; load average "
              f"{min(r['loadavg'] for r in speed):.1f}-{max(r['loadavg'] for r in speed):.1f}.", "", table, ""]
+    reverted = [f"{row['case']} ({regime} {check['ratio']:.2f}x)" for row in speed
+                for regime, check in row["end_to_end"].items() if not check["kept"]]
+    if reverted:
+        lines += [f"End-to-end check reverted to dense (per-layer wins that did not add up): {', '.join(reverted)}.",
+                  ""]
     if no_win:
         lines += [f"No sparse kernel beat dense on this CPU for any layer in: {', '.join(no_win)} "
                   "(auto kept every layer dense there).", ""]
@@ -129,8 +138,7 @@ def main() -> None:
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated subset of the speed cases")
     parser.add_argument("--prefill-tokens", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--rounds", type=int, default=2, help="dense / auto measurements alternated this often")
+    parser.add_argument("--repeats", type=int, default=9, help="interleaved dense / auto prefill pairs")
     parser.add_argument("--calibration-samples", type=int, default=16)
     parser.add_argument("--no-quality", action="store_true", help="skip the block-mask perplexity comparison")
     parser.add_argument("--machine", default="shared (other engineers' jobs running)",
@@ -152,7 +160,6 @@ def main() -> None:
         print(json.dumps(row), flush=True)
     meta = {"device": speed[0]["device"], "torch_threads": speed[0]["torch_threads"],
             "prefill_tokens": args.prefill_tokens, "new_tokens": args.new_tokens, "repeats": args.repeats,
-            "rounds": args.rounds,
             "eval_tokens": args.eval_tokens, "seqlen": args.seqlen, "calibration_samples": args.calibration_samples,
             "machine": args.machine, "torch_version": torch.__version__, "seconds": time.perf_counter() - started}
     text = markdown(speed, quality, meta)

@@ -101,7 +101,7 @@ def measure_pseudo_perplexity(run: LoadedCell) -> dict[str, Any]:
 
 def measure_latency(run: LoadedCell) -> dict[str, Any]:
     """Forward latency, generation speed (causal LMs) and peak memory (harness_ext/runtime/latency.py) with dense
-    kernels and, when the spec's latency names a runtime, with it too, alternating in this run (`runtime_latency`:
+    kernels and, when the spec's latency names a runtime, with it too, in interleaved pairs (`runtime_latency`:
     its numbers, the speedups over dense and the per-layer kernel report). Runs last: a runtime swaps layers in."""
     from ..harness_ext.runtime.latency import measure_latency as latency_of
     from ..harness_ext.runtime.latency import measure_runtime
@@ -114,7 +114,7 @@ def measure_latency(run: LoadedCell) -> dict[str, Any]:
     if settings.runtime == "dense" or run.cell.is_dense:
         latency, runtime_latency = latency_of(run.lm.model, *shapes, run.spec.seed, generate=not no_generation), None
     else:
-        result = measure_runtime(run.lm.model, settings.runtime, *shapes, run.cell.block, rounds=2,
+        result = measure_runtime(run.lm.model, settings.runtime, *shapes, run.cell.block,
                                  seed=run.spec.seed, generate=not no_generation)
         chosen, latency = result["chosen"], result["dense"]
         runtime_latency = {

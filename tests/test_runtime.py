@@ -24,6 +24,7 @@ from sparse_bench.harness_ext.pruning.values import BlockStructure
 from sparse_bench.harness_ext.runtime import choose
 from sparse_bench.harness_ext.runtime.choose import AUTO_MARGIN, RuntimeShapes, apply_runtime, parse_runtime
 from sparse_bench.harness_ext.runtime.kernels import KERNELS, unavailable
+from sparse_bench.harness_ext.runtime.pairs import PairTimes, time_pairs
 from sparse_bench.harness_ext.runtime.sparse_linear import SparseLinear
 
 
@@ -157,7 +158,8 @@ def test_latency_command_reports_dense_and_runtime_side_by_side(tiny_llama, tmp_
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["runtime_report"]["sparse_layers"] == 14
-    assert data["prefill_speedup"] == pytest.approx(data["dense"]["forward_ms"] / data["chosen"]["forward_ms"])
+    assert data["prefill_speedup"] == pytest.approx(data["pairs"]["prefill"]["ratio"], abs=1e-4)
+    assert data["dense"]["forward_ms"] == data["pairs"]["prefill"]["dense_ms"] and data["pairs"]["decode"]["pairs"] == 1
     assert data["chosen"]["weights_bytes"] < data["dense"]["weights_bytes"]
 
 
@@ -220,7 +222,77 @@ def test_leaderboard_latency_measure_with_a_runtime_reports_both_sides(tiny_llam
     record = MEASURES["latency"].function(run)
     runtime = record["runtime_latency"]
     assert runtime["runtime"] == "sparse" and runtime["report"]["sparse_layers"] == 14
-    assert runtime["prefill_speedup"] == pytest.approx(record["latency"]["forward_ms"] / runtime["forward_ms"])
+    assert runtime["prefill_speedup"] > 0 and runtime["report"]["end_to_end"] == {}  # forced: no check
     assert list(MEASURES)[-1] == "latency"  # it swaps sparse layers in, so it runs after every other measure
     with pytest.raises(UserError, match="latency.runtime"):
         parse_spec({"models": ["m"], "tasks": ["t"], "latency": {"runtime": "turbo"}})
+
+
+def test_pairs_interleave_dense_and_runtime_calls_and_report_the_median_pair_ratio():
+    calls, state = [], {}
+    times = time_pairs(lambda: calls.append("d" if state["dense"] else "r"), lambda dense: state.update(dense=dense),
+                       3, torch.device("cpu"))
+    assert calls == ["d", "r"] * 4 and len(times.dense) == len(times.runtime) == 3  # one warm-up pair first
+    assert PairTimes([1.0, 3.0, 2.0], [2.0, 1.0, 1.0]).ratio == 2.0  # median of 0.5, 3, 2
+
+
+def _sparse_wins_per_layer(monkeypatch, end_to_end_ratio: dict[str, float]) -> None:
+    """Every sparse kernel times faster than dense per layer; the whole model times `end_to_end_ratio[regime]`
+    (dense / runtime) in the end-to-end check (after really running both sides once)."""
+    monkeypatch.setattr(choose, "time_kernel", lambda name, storage, x, repeats: 1.0 if name == "dense" else 0.5)
+    regimes = iter(choose.REGIMES)
+
+    def fake_pairs(run, use_dense, pairs, device):
+        for dense in (True, False):
+            use_dense(dense)
+            run()
+        return PairTimes([end_to_end_ratio[next(regimes)]] * pairs, [1.0] * pairs)
+
+    monkeypatch.setattr(choose, "time_pairs", fake_pairs)
+
+
+def test_auto_reverts_every_layer_to_dense_where_the_whole_model_is_not_faster(tiny_llama, monkeypatch):
+    _sparse_wins_per_layer(monkeypatch, {"decode": 1.01, "prefill": 0.8})
+    model = _pruned_tiny(tiny_llama)
+    ids = torch.randint(0, 500, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        dense = model(ids).logits
+        report = apply_runtime(model, "auto", RuntimeShapes(1, 24, 2), repeats=1).to_dict()
+        after = model(ids).logits
+    torch.testing.assert_close(after, dense, rtol=0, atol=0)
+    assert not any(isinstance(module, SparseLinear) for module in model.modules())
+    assert report["sparse_layers"] == 0 and report["pruned_linear_memory_ratio"] == 1.0
+    assert report["kernel_counts"] == {"decode:dense": 14, "prefill:dense": 14}
+    for regime, ratio in (("decode", 1.01), ("prefill", 0.8)):
+        check = report["end_to_end"][regime]
+        assert not check["kept"] and check["ratio"] == ratio and check["reverted_layers"] == 14
+        assert f"{ratio:.3f}x dense at {regime}" in check["reason"] and check["margin"] == choose.E2E_MARGIN
+    assert report["layers"][0]["layer_choice"] != {"decode": "dense", "prefill": "dense"}  # what timing picked
+
+
+def test_auto_keeps_the_regime_that_wins_end_to_end_and_counts_both_storages(tiny_llama, monkeypatch):
+    _sparse_wins_per_layer(monkeypatch, {"decode": 1.5, "prefill": 0.9})
+    model = _pruned_tiny(tiny_llama)
+    ids = torch.randint(0, 500, (1, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        dense = model(ids).logits
+        report = apply_runtime(model, "auto", RuntimeShapes(1, 12), repeats=1)
+        after = model(ids).logits
+    torch.testing.assert_close(after, dense, rtol=1e-4, atol=1e-4)
+    summary = report.to_dict()
+    assert summary["end_to_end"]["decode"]["kept"] and not summary["end_to_end"]["prefill"]["kept"]
+    assert summary["sparse_layers"] == 14 and summary["kernel_counts"]["prefill:dense"] == 14
+    module = model.model.layers[0].mlp.up_proj
+    assert module.choice["prefill"] == "dense" and module.choice["decode"] != "dense"
+    assert set(module.storage) == {"dense", module.choice["decode"]}  # prefill needs the dense weight back
+    assert summary["pruned_linear_stored_bytes"] > summary["pruned_linear_dense_bytes"]  # dense + sparse forms
+    assert all(layer.original is None for layer in report.layers)  # kept dense layers released
+
+
+def test_forced_sparse_runtime_is_never_reverted(tiny_llama, monkeypatch):
+    def no_check(*args):
+        raise AssertionError("runtime=sparse must not be checked end to end")
+
+    monkeypatch.setattr(choose, "time_pairs", no_check)
+    report = apply_runtime(_pruned_tiny(tiny_llama), "sparse", RuntimeShapes(1, 12), repeats=1).to_dict()
+    assert report["sparse_layers"] == 14 and report["end_to_end"] == {}

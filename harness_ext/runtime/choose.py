@@ -5,10 +5,15 @@
   batch) and `prefill_tokens` rows (a prompt or a scoring batch) -- with the dense kernel and each sparse kernel
   that can serve it (kernels.py); per shape the fastest is kept, a sparse kernel only when it beats dense by
   AUTO_MARGIN (timing noise must not make a layer slower). Layers where dense wins at both shapes stay
-  `nn.Linear`; the others become `SparseLinear`.
-- `sparse`: the fastest sparse kernel per layer and shape, even where dense is faster (to show what they cost).
+  `nn.Linear`; the others become `SparseLinear`. Then the whole model is checked end to end at the same shapes
+  (`check_end_to_end`): per regime, chosen kernels vs all-dense in interleaved pairs (pairs.py); a regime whose
+  median pair ratio (dense time / runtime time) is below E2E_MARGIN goes back to dense in every layer, so that
+  per-layer wins that do not add up (call overheads, cache effects, noise) never make the model slower. Layers
+  left with no sparse kernel hold their dense `nn.Linear` again. The check and what it reverted are in the report.
+- `sparse`: the fastest sparse kernel per layer and shape, even where dense is faster (to show what they cost);
+  no end-to-end check, nothing reverted.
 - a kernel name (`csr`, `bsr`, `scipy-csr`, `semi-structured`): that kernel on every pruned layer; a layer it
-  cannot serve (e.g. 2:4 on a CPU or on a layer that is not 2:4) is a UserError.
+  cannot serve (e.g. 2:4 on a CPU or on a layer that is not 2:4) is a UserError; no end-to-end check either.
 
 A pruned layer is an `nn.Linear` inside the transformer blocks (lm_head excluded) whose weight is at least
 MIN_PRUNED_SPARSITY zeros. Times are medians of `repeats` calls after one warm-up, in milliseconds.
@@ -28,11 +33,14 @@ from ..errors import UserError
 from ..pruning.targets import DEFAULT_IGNORE, find_target_layers
 from ..pruning.values import BlockStructure
 from .kernels import KERNELS, SPARSE_KERNELS, unavailable
+from .pairs import synchronize, time_pairs
 from .sparse_linear import REGIMES, SparseLinear
 
 MODES = ("dense", "sparse", "auto")
 MIN_PRUNED_SPARSITY = 0.05
 AUTO_MARGIN = 1.05  # auto keeps a sparse kernel only where dense takes >= 5 % longer
+E2E_MARGIN = 1.02  # auto keeps a regime's sparse kernels only where the whole model is >= 2 % faster with them
+E2E_PAIRS = 7  # interleaved dense / runtime forward pairs per regime in the end-to-end check
 
 
 def parse_runtime(value: Any) -> str:
@@ -45,10 +53,12 @@ def parse_runtime(value: Any) -> str:
 
 @dataclass(frozen=True)
 class RuntimeShapes:
-    """Rows of the inputs each layer is timed with: one generation step and one prompt / scoring batch."""
+    """Rows of the inputs each layer is timed with: one generation step (`decode_tokens` sequences, one token
+    each) and one prompt / scoring batch (`prefill_tokens` rows = `prefill_batch` sequences of equal length)."""
 
     decode_tokens: int = 1
     prefill_tokens: int = 128
+    prefill_batch: int = 1
 
     def tokens(self, regime: str) -> int:
         return self.decode_tokens if regime == "decode" else self.prefill_tokens
@@ -61,12 +71,14 @@ def runtime_shapes(batch_size: Any) -> RuntimeShapes:
     """The shapes sparse-hf times layers at: decode = `batch_size` rows, prefill = `batch_size` x PREFILL_SEQLEN
     (lm-eval's `batch_size=auto` counts as 1)."""
     batch = batch_size if isinstance(batch_size, int) and batch_size > 0 else 1
-    return RuntimeShapes(decode_tokens=batch, prefill_tokens=batch * PREFILL_SEQLEN)
+    return RuntimeShapes(decode_tokens=batch, prefill_tokens=batch * PREFILL_SEQLEN, prefill_batch=batch)
 
 
 @dataclass
 class LayerChoice:
-    """One pruned layer: its shape and sparsity, the kernel per regime, the timings (ms) and why kernels were out."""
+    """One pruned layer: its shape and sparsity, the kernel per regime the per-layer timing picked (`choice`; the
+    end-to-end check may have reverted it since: `module.choice` is what runs), the timings (ms) and why kernels
+    were out."""
 
     name: str
     shape: tuple[int, int]
@@ -82,7 +94,7 @@ class LayerChoice:
         fallback = getattr(self.module, "fallback_reason", None)
         return {"layer": self.name, "shape": list(self.shape), "sparsity": round(self.sparsity, 6),
                 "decode": self.module.choice["decode"] if self.module else "dense",
-                "prefill": self.module.choice["prefill"] if self.module else "dense",
+                "prefill": self.module.choice["prefill"] if self.module else "dense", "layer_choice": self.choice,
                 "timings_ms": self.timings_ms, "unavailable": self.unavailable,
                 "bytes": self.stored_bytes(), "dense_bytes": self.dense_bytes, "fallback": fallback}
 
@@ -98,6 +110,7 @@ class RuntimeReport:
     shapes: RuntimeShapes
     layers: list[LayerChoice] = field(default_factory=list)
     seconds: float = 0.0
+    end_to_end: dict[str, dict[str, Any]] = field(default_factory=dict)  # regime -> check_end_to_end's record
 
     def use_dense(self, model: nn.Module, dense: bool) -> None:
         """Put the kept dense layers back (`dense`) or the sparse ones in (needs `apply_runtime(keep_dense=True)`)."""
@@ -124,6 +137,7 @@ class RuntimeReport:
                 "pruned_linear_dense_bytes": dense_bytes, "pruned_linear_stored_bytes": stored,
                 "pruned_linear_memory_ratio": stored / dense_bytes if dense_bytes else None,
                 "choose_seconds": round(self.seconds, 3), "torch_threads": torch.get_num_threads(),
+                "end_to_end": self.end_to_end,
                 "fallbacks": [f"{row['layer']}: {row['fallback']}" for row in rows if row["fallback"]],
                 "layers": rows}
 
@@ -137,11 +151,6 @@ def pruned_linears(model: nn.Module) -> dict[str, nn.Linear]:
     return found
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 @torch.no_grad()
 def time_kernel(name: str, storage: Any, x: torch.Tensor, repeats: int) -> float:
     """Median milliseconds of `repeats` calls of kernel `name` on input `x`, after one warm-up call."""
@@ -149,10 +158,10 @@ def time_kernel(name: str, storage: Any, x: torch.Tensor, repeats: int) -> float
     matmul(storage, x)
     times = []
     for _ in range(repeats):
-        _synchronize(x.device)
+        synchronize(x.device)
         start = time.perf_counter()
         matmul(storage, x)
-        _synchronize(x.device)
+        synchronize(x.device)
         times.append(time.perf_counter() - start)
     return 1000.0 * statistics.median(times)
 
@@ -220,12 +229,63 @@ def _replace_module(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
 
 
+def _regime_inputs(model: nn.Module, shapes: RuntimeShapes, regime: str) -> dict[str, torch.Tensor]:
+    """Random token ids at one regime's shape: decode `decode_tokens` x 1, prefill `prefill_batch` x
+    (`prefill_tokens` / `prefill_batch`); an encoder-decoder gets the same ids on both sides."""
+    batch, length = ((shapes.decode_tokens, 1) if regime == "decode"
+                     else (shapes.prefill_batch, max(1, shapes.prefill_tokens // shapes.prefill_batch)))
+    vocab = int(model.get_input_embeddings().num_embeddings)
+    ids = torch.randint(0, vocab, (batch, length), generator=torch.Generator().manual_seed(0))
+    ids = ids.to(next(model.parameters()).device)
+    return {"input_ids": ids, **({"decoder_input_ids": ids} if getattr(model.config, "is_encoder_decoder", False)
+                                 else {})}
+
+
+def _revert_regime(model: nn.Module, report: RuntimeReport, regime: str, block: BlockStructure | None) -> int:
+    """Run `regime` with the dense kernel in every layer (needs the kept dense layers); a layer left with no
+    sparse kernel gets its `nn.Linear` back. Returns how many layers changed."""
+    changed = 0
+    for layer in report.layers:
+        if layer.module is None or layer.module.choice[regime] == "dense":
+            continue
+        choice = {**layer.module.choice, regime: "dense"}
+        sparse_left = any(kernel != "dense" for kernel in choice.values())
+        layer.module = SparseLinear(layer.original, choice, report.shapes.decode_tokens, block) if sparse_left else None
+        _replace_module(model, layer.name, layer.module or layer.original)
+        changed += 1
+    return changed
+
+
+@torch.no_grad()
+def check_end_to_end(model: nn.Module, report: RuntimeReport, block: BlockStructure | None,
+                     pairs: int = E2E_PAIRS) -> None:
+    """Per regime with any sparse kernel chosen: forward the whole model at the regime's shape with the chosen
+    kernels and all-dense, `pairs` interleaved pairs (pairs.py); below E2E_MARGIN the regime reverts to dense in
+    every layer. Records {dense_ms, runtime_ms, ratio, pairs, margin, kept, reverted_layers, reason} in
+    `report.end_to_end[regime]`. Needs the report's kept dense layers (`original`)."""
+    device = next(model.parameters()).device
+    for regime in REGIMES:
+        if not any(layer.module is not None and layer.module.choice[regime] != "dense" for layer in report.layers):
+            continue
+        inputs = _regime_inputs(model, report.shapes, regime)
+        times = time_pairs(lambda: model(**inputs), lambda dense: report.use_dense(model, dense), pairs, device)
+        kept = times.ratio >= E2E_MARGIN
+        record = {**times.to_dict(), "margin": E2E_MARGIN, "kept": kept, "reverted_layers": 0, "reason": None}
+        if not kept:
+            record["reverted_layers"] = _revert_regime(model, report, regime, block)
+            record["reason"] = (f"the chosen kernels made the whole model {times.ratio:.3f}x dense at {regime} "
+                                f"(median of {pairs} interleaved pairs), below the {E2E_MARGIN}x margin: dense kept")
+        report.end_to_end[regime] = record
+
+
 @torch.no_grad()
 def apply_runtime(model: nn.Module, mode: str, shapes: RuntimeShapes | None = None,
                   block: BlockStructure | None = None, repeats: int = 3, keep_dense: bool = False) -> RuntimeReport:
-    """Choose a kernel per pruned layer (see the module docstring) and swap in `SparseLinear` where a sparse
-    kernel was chosen; `block` is the layers' block structure (for the `bsr` kernel). `keep_dense` keeps the
-    replaced dense layers in the report (for side-by-side timing; `release_dense()` frees them)."""
+    """Choose a kernel per pruned layer (see the module docstring), swap in `SparseLinear` where a sparse
+    kernel was chosen and, for `auto`, check the whole model end to end (`check_end_to_end`); `block` is the
+    layers' block structure (for the `bsr` kernel). The dense layers stay in memory until the check is done
+    (peak: dense + sparse storage); `keep_dense` keeps them in the report afterwards too (for side-by-side
+    timing; `release_dense()` frees them)."""
     mode, shapes = parse_runtime(mode), shapes or RuntimeShapes()
     report = RuntimeReport(mode, shapes)
     if mode == "dense":
@@ -238,14 +298,17 @@ def apply_runtime(model: nn.Module, mode: str, shapes: RuntimeShapes | None = No
     for name, linear in layers.items():
         layer = choose_layer(name, linear, mode, shapes, block, repeats)
         if any(kernel != "dense" for kernel in layer.choice.values()):
-            layer.module = SparseLinear(linear, layer.choice, shapes.decode_tokens, block)
-            layer.original = linear if keep_dense else None
+            layer.module, layer.original = SparseLinear(linear, layer.choice, shapes.decode_tokens, block), linear
             _replace_module(model, name, layer.module)
         report.layers.append(layer)
+    if mode == "auto":
+        check_end_to_end(model, report, block)
+    if not keep_dense:
+        report.release_dense()
     report.seconds = time.perf_counter() - start
     return report
 
 
-__all__ = ["MODES", "MIN_PRUNED_SPARSITY", "AUTO_MARGIN", "parse_runtime", "RuntimeShapes", "PREFILL_SEQLEN",
-           "runtime_shapes", "LayerChoice",
-           "RuntimeReport", "pruned_linears", "time_kernel", "choose_layer", "apply_runtime"]
+__all__ = ["MODES", "MIN_PRUNED_SPARSITY", "AUTO_MARGIN", "E2E_MARGIN", "E2E_PAIRS", "parse_runtime", "RuntimeShapes",
+           "PREFILL_SEQLEN", "runtime_shapes", "LayerChoice", "RuntimeReport", "pruned_linears", "time_kernel", "choose_layer", "check_end_to_end",
+           "apply_runtime"]

@@ -43,7 +43,8 @@ def _summary(result: dict) -> str:
 @click.option("--batch", type=int, default=1, show_default=True, help="Prefill batch size.")
 @click.option("--seqlen", type=int, default=128, show_default=True, help="Prefill tokens per sequence.")
 @click.option("--new-tokens", type=int, default=32, show_default=True, help="Tokens generated at batch 1.")
-@click.option("--repeats", type=int, default=5, show_default=True, help="Timed repetitions (median).")
+@click.option("--repeats", type=int, default=9, show_default=True,
+              help="Interleaved dense / runtime forward pairs (generation: half as many); medians.")
 @click.option("--dtype", default="auto", show_default=True, help="float32, float16, bfloat16 or auto.")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")

@@ -11,8 +11,10 @@
 - `weights_bytes`: bytes of the parameters and buffers, plus the sparse storage of `SparseLinear` layers
   (dtype-dependent; a dense layer stores its zeros).
 
-`measure_runtime` measures a model with dense kernels, applies a runtime (choose.py) and measures again in the
-same process: the speedups it reports are ratios of those two measurements, nothing else.
+`measure_runtime` applies a runtime (choose.py) and times the same forward and the same generation with dense
+kernels and with the runtime's in interleaved pairs (d, r, d, r, ...; pairs.py): each side's time is the median
+of its own calls, and the speedup is the median of the per-pair ratios (dense time / runtime time), so machine
+drift cancels. Nothing else goes into a speedup.
 
 Device and thread count are recorded with every measurement: latency means nothing without them.
 """
@@ -23,7 +25,7 @@ import statistics
 import threading
 import time
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import psutil
 import torch
@@ -31,16 +33,12 @@ from torch import nn
 
 from ..pruning.values import BlockStructure
 from .choose import RuntimeShapes, apply_runtime
+from .pairs import PairTimes, synchronize, time_pairs
 from .sparse_linear import SparseLinear
 
 SAMPLE_INTERVAL_S = 0.01
 PROMPT_TOKENS = 16
 WARM_UP_TOKENS = 2
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 @contextmanager
@@ -75,10 +73,10 @@ def _timed(function, device: torch.device, repeats: int, **warm_up_overrides: An
     function(**warm_up_overrides)
     times = []
     for _ in range(repeats):
-        _synchronize(device)
+        synchronize(device)
         start = time.perf_counter()
         function()
-        _synchronize(device)
+        synchronize(device)
         times.append(time.perf_counter() - start)
     return times
 
@@ -90,24 +88,40 @@ def weights_bytes(model: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in tensors.values()) + sparse
 
 
-@torch.no_grad()
-def measure_latency(model: nn.Module, batch: int = 1, seqlen: int = 128, new_tokens: int = 32,
-                    repeats: int = 5, seed: int = 0, generate: bool = True) -> dict[str, Any]:
-    """Forward latency, generation speed (when `generate`) and peak memory of `model` (see the module docstring
-    for units). An encoder-decoder's forward takes the same `batch` x `seqlen` ids on both sides."""
+def _workload(model: nn.Module, batch: int, seqlen: int, new_tokens: int,
+              seed: int, generate: bool) -> tuple[Callable[[], Any], Callable[..., Any] | None]:
+    """(one forward over `batch` x `seqlen` random ids, one greedy generation of `tokens` (default `new_tokens`)
+    tokens at batch 1 from a PROMPT_TOKENS prompt, or None where it is not timed: `generate` off, no
+    `generate`, or an encoder-decoder, whose forward takes the same ids on both sides)."""
     device = next(model.parameters()).device
     vocab = int(model.get_input_embeddings().num_embeddings)
     generator = torch.Generator().manual_seed(seed)
     inputs = torch.randint(0, vocab, (batch, seqlen), generator=generator).to(device)
     prompt = torch.randint(0, vocab, (1, PROMPT_TOKENS), generator=generator).to(device)
     both_sides = {"decoder_input_ids": inputs} if getattr(model.config, "is_encoder_decoder", False) else {}
+
+    def forward() -> Any:
+        return model(input_ids=inputs, **both_sides)
+
+    def generation(tokens: int = new_tokens) -> Any:
+        return model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=tokens,
+                              min_new_tokens=tokens, pad_token_id=0)
+
+    return forward, (generation if generate and hasattr(model, "generate") and not both_sides else None)
+
+
+@torch.no_grad()
+def measure_latency(model: nn.Module, batch: int = 1, seqlen: int = 128, new_tokens: int = 32,
+                    repeats: int = 5, seed: int = 0, generate: bool = True) -> dict[str, Any]:
+    """Forward latency, generation speed (when `generate`) and peak memory of `model` (see the module docstring
+    for units). An encoder-decoder's forward takes the same `batch` x `seqlen` ids on both sides."""
+    device = next(model.parameters()).device
+    forward_call, generation_call = _workload(model, batch, seqlen, new_tokens, seed, generate)
     with peak_memory(device) as memory:
-        forward = _timed(lambda: model(input_ids=inputs, **both_sides), device, repeats)
+        forward = _timed(forward_call, device, repeats)
         generation = None
-        if generate and hasattr(model, "generate") and not both_sides:
-            generation = _timed(lambda tokens=new_tokens: model.generate(
-                prompt, attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=tokens,
-                min_new_tokens=tokens, pad_token_id=0), device, min(repeats, 3), tokens=WARM_UP_TOKENS)
+        if generation_call is not None:
+            generation = _timed(generation_call, device, min(repeats, 3), tokens=WARM_UP_TOKENS)
     return {
         "forward_ms": 1000.0 * statistics.median(forward),
         "forward_shape": [batch, seqlen],
@@ -121,43 +135,49 @@ def measure_latency(model: nn.Module, batch: int = 1, seqlen: int = 128, new_tok
     }
 
 
-def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The last run's record with forward_ms and generate_tokens_per_s replaced by their medians over `runs`."""
-    merged = dict(runs[-1], rounds=len(runs))
-    merged["forward_ms"] = statistics.median(run["forward_ms"] for run in runs)
-    if runs[-1]["generate_tokens_per_s"] is not None:
-        merged["generate_tokens_per_s"] = statistics.median(run["generate_tokens_per_s"] for run in runs)
-    return merged
+def decode_pairs(repeats: int) -> int:
+    """Generation pairs `measure_runtime` times for `repeats` forward pairs (a generation is many forwards)."""
+    return max(1, (repeats + 1) // 2)
 
 
+@torch.no_grad()
 def measure_runtime(model: nn.Module, runtime: str, batch: int = 1, seqlen: int = 128, new_tokens: int = 32,
-                    repeats: int = 5, block: BlockStructure | None = None, rounds: int = 1,
-                    seed: int = 0, generate: bool = True) -> dict[str, Any]:
-    """`measure_latency` (`generate`: time generation too) with dense kernels, then `apply_runtime(runtime)` at these shapes (decode: 1 row per
-    generated token at batch 1; prefill: batch x seqlen rows), then `measure_latency` again; with `rounds` > 1
-    the two alternate that many times (dense, runtime, dense, ...: machine noise hits both sides) and the
-    medians are kept. The last runtime measurement runs after the dense layers are freed, so its memory is the
-    runtime's own. Returns both measurements, the speedups (dense time / runtime time: > 1 is faster) and the
-    runtime's per-layer report. The model keeps the chosen runtime afterwards."""
-    dense_runs = [measure_latency(model, batch, seqlen, new_tokens, repeats, seed, generate)]
-    report = apply_runtime(model, runtime, RuntimeShapes(decode_tokens=1, prefill_tokens=batch * seqlen), block,
-                           keep_dense=rounds > 1)
-    chosen_runs = []
-    for round_index in range(rounds):
-        if round_index:
-            report.use_dense(model, True)
-            dense_runs.append(measure_latency(model, batch, seqlen, new_tokens, repeats, seed, generate))
-            report.use_dense(model, False)
-        if round_index == rounds - 1:
-            report.release_dense()
-        chosen_runs.append(measure_latency(model, batch, seqlen, new_tokens, repeats, seed, generate))
-    dense, chosen = _median_run(dense_runs), _median_run(chosen_runs)
-    decode = None
-    if dense["generate_tokens_per_s"] and chosen["generate_tokens_per_s"]:
-        decode = chosen["generate_tokens_per_s"] / dense["generate_tokens_per_s"]
-    return {"runtime": runtime, "dense": dense, "chosen": chosen,
-            "prefill_speedup": dense["forward_ms"] / chosen["forward_ms"], "decode_speedup": decode,
+                    repeats: int = 9, block: BlockStructure | None = None, seed: int = 0,
+                    generate: bool = True) -> dict[str, Any]:
+    """`apply_runtime(runtime)` at these shapes (decode: 1 row per generated token at batch 1; prefill: `batch`
+    x `seqlen` rows), then the forward timed in `repeats` interleaved dense / runtime pairs and (when
+    `generate`) the generation in `decode_pairs(repeats)` pairs (module docstring). Memory and weight bytes come
+    from one `measure_latency` pass per side, the runtime's after the dense layers are freed (so its memory is
+    its own). Returns both records (`forward_ms`, `generate_tokens_per_s`: the pair medians), the speedups
+    (median pair ratio: > 1 is faster), the pair timings and the runtime's per-layer report. The model keeps
+    the chosen runtime afterwards."""
+    dense = measure_latency(model, batch, seqlen, new_tokens, 1, seed, generate)
+    shapes = RuntimeShapes(decode_tokens=1, prefill_tokens=batch * seqlen, prefill_batch=batch)
+    report = apply_runtime(model, runtime, shapes, block, keep_dense=True)
+    forward_call, generation_call = _workload(model, batch, seqlen, new_tokens, seed, generate)
+    device = next(model.parameters()).device
+
+    def swap(use_dense: bool) -> None:
+        report.use_dense(model, use_dense)
+
+    prefill = time_pairs(forward_call, swap, repeats, device)
+    decode = None if generation_call is None else time_pairs(generation_call, swap, decode_pairs(repeats), device)
+    report.release_dense()
+    chosen = measure_latency(model, batch, seqlen, new_tokens, 1, seed, generate)
+    for record, side in ((dense, "dense"), (chosen, "runtime")):
+        record.update(_pair_medians(prefill, decode, side, new_tokens), repeats=repeats)
+    return {"runtime": runtime, "dense": dense, "chosen": chosen, "prefill_speedup": prefill.ratio,
+            "decode_speedup": None if decode is None else decode.ratio,
+            "pairs": {"prefill": prefill.to_dict(), "decode": None if decode is None else decode.to_dict()},
             "runtime_report": report.to_dict()}
+
+
+def _pair_medians(prefill: PairTimes, decode: PairTimes | None, side: str, new_tokens: int) -> dict[str, Any]:
+    """`forward_ms` and `generate_tokens_per_s` of one side ("dense" or "runtime") from the pair timings."""
+    forward = prefill.to_dict()[f"{side}_ms"]
+    if decode is None:
+        return {"forward_ms": forward}
+    return {"forward_ms": forward, "generate_tokens_per_s": 1000.0 * new_tokens / decode.to_dict()[f"{side}_ms"]}
 
 
 def device_info(device: torch.device) -> dict[str, Any]:
@@ -180,5 +200,5 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-__all__ = ["PROMPT_TOKENS", "WARM_UP_TOKENS", "measure_latency", "measure_runtime", "peak_memory", "weights_bytes",
+__all__ = ["PROMPT_TOKENS", "WARM_UP_TOKENS", "measure_latency", "decode_pairs", "measure_runtime", "peak_memory", "weights_bytes",
            "device_info"]
