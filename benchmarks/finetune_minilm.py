@@ -16,8 +16,13 @@ sequences of 128 tokens, linear decay, full fine-tuning) with the learning rate 
 "Well-Read Students Learn Better", small BERTs down to 4 layers x 256) found best for small models on GLUE,
 1e-4 (their grid: 1e-4, 5e-5, 3e-5). The project's Trainer uses no warm-up and no weight decay.
 
-    python benchmarks/finetune_minilm.py --machine "2 cores, quiet (no other jobs)" \\
-        --runs dense:fp32,magnitude-global:0.5:fp32,wanda:0.5:fp32,sparsegpt:2:4:fp32,dense:bf16-amp:120
+The default runs (DEFAULT_RUNS) are both tables: dense and global magnitude 50/90/99 % in fp32 for the full
+length, Wanda and SparseGPT at 50 % and 2:4 likewise, then dense and each magnitude sparsity for AMP_STEPS steps in
+fp32 and in bf16 autocast (equal steps, so their accuracy and loss compare; a bf16 step costs about ten fp32 steps
+on this CPU).
+
+    python benchmarks/finetune_minilm.py --machine "2 cores, quiet (no other jobs)"
+    python benchmarks/finetune_minilm.py --machine "2 cores, shared" --runs dense:fp32,wanda:2:4:fp32,dense:bf16-amp:20
 """
 
 from __future__ import annotations
@@ -40,11 +45,12 @@ os.environ.setdefault("SPARSE_BENCH_DATA_DIR", str(REPO.parent / "shared" / "dat
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-DEFAULT_RUNS = ",".join(
-    ["dense:fp32", *(f"magnitude-global:{s}:fp32" for s in (0.5, 0.9, 0.99)),
-     *(f"{method}:{target}:fp32" for target in ("0.5", "2:4") for method in ("wanda", "sparsegpt")),
-     *(f"{pruning}:bf16-amp:120" for pruning in ("dense", "magnitude-global:0.5", "magnitude-global:0.9",
-                                                 "magnitude-global:0.99"))])
+AMP_STEPS = 20  # bf16 autocast runs ~10x slower than fp32 on CPUs without bf16 matrix units (AVX2 only)
+MAGNITUDE_TARGETS = ("dense", "magnitude-global:0.5", "magnitude-global:0.9", "magnitude-global:0.99")
+DEFAULT_RUNS = ",".join([  # the full-length fp32 runs first (a stopped job keeps them), then fp32 vs bf16 at equal steps
+    *(f"{pruning}:fp32" for pruning in MAGNITUDE_TARGETS),
+    *(f"{method}:{target}:fp32" for target in ("0.5", "2:4") for method in ("wanda", "sparsegpt")),
+    *(f"{pruning}:{precision}:{AMP_STEPS}" for pruning in MAGNITUDE_TARGETS for precision in ("fp32", "bf16-amp"))])
 MAGNITUDE_COLUMNS = ("sparsity", "precision", "acc", "f1", "auc", "loss", "steps", "s/step", "train s", "tokens/s",
                      "peak RSS MiB", "zeros kept")
 METHOD_COLUMNS = ("pruning", "precision", "sparsity", "prune s", "acc", "f1", "auc", "loss", "steps", "train s",
@@ -71,10 +77,17 @@ def method_row(result: dict) -> list:
 
 
 def bf16_cost(results: list[dict]) -> str:
-    """A sentence: seconds per step of each bf16-amp run against an fp32 run of the same pruned model."""
-    fp32 = {tuple(r["prune_key"]): seconds_per_step(r["finetune"]) for r in results if r["precision"] == "fp32"}
-    ratios = [f"{seconds_per_step(r['finetune']) / fp32[tuple(r['prune_key'])]:.1f}x at {r['label']}"
-              for r in results if r["precision"] == "bf16-amp" and tuple(r["prune_key"]) in fp32]
+    """A sentence: seconds per step of each bf16-amp run against the fp32 run of the same pruned model and step
+    budget (else any fp32 run of that model)."""
+    fp32 = {}
+    for result in (r for r in results if r["precision"] == "fp32"):
+        fp32[tuple(result["prune_key"])] = fp32[(tuple(result["prune_key"]), result["max_steps"])] = result
+    ratios = []
+    for result in (r for r in results if r["precision"] == "bf16-amp"):
+        peer = fp32.get((tuple(result["prune_key"]), result["max_steps"])) or fp32.get(tuple(result["prune_key"]))
+        if peer:
+            ratio = seconds_per_step(result["finetune"]) / seconds_per_step(peer["finetune"])
+            ratios.append(f"{ratio:.1f}x at {result['label']}")
     return f" bf16 autocast took {', '.join(ratios)} the seconds per step of fp32 in this run." if ratios else ""
 
 
@@ -92,7 +105,8 @@ def setup_line(results: list[dict], args) -> str:
 def tables(results: list[dict], args) -> dict[str, str]:
     """{marker: markdown} of the tables that have rows: the magnitude-global table (#19) and the methods table
     (#18); dense runs are in both."""
-    magnitude = [r for r in results if r["method"] == DENSE or r["label"].startswith("magnitude-global")]
+    magnitude = sorted((r for r in results if r["method"] == DENSE or r["label"].startswith("magnitude-global")),
+                       key=lambda r: r["finetune"]["zeros"]["sparsity_before"])  # stable: run order within
     methods = [r for r in results if r not in magnitude or r["method"] == DENSE]
     tables = {"finetune-minilm": (magnitude, magnitude_row, MAGNITUDE_COLUMNS),
               "minilm-methods": (methods, method_row, METHOD_COLUMNS)}
@@ -166,7 +180,7 @@ def run_all(runs: list[RunSpec], args, work: Path) -> None:
         model, report = pruned[run.prune_key]
         record = finetune(model, run, finetune_options(args), work / f"finetuned{index}")
         results.append({"run": run.text, "label": run.label, "method": run.method, "prune_key": run.prune_key,
-                        "precision": run.precision, "finetune": record,
+                        "precision": run.precision, "max_steps": run.max_steps, "finetune": record,
                         "prune": report and {key: report[key] for key in (
                             "overall_sparsity", "prune_seconds", "calibration_seconds", "peak_rss_bytes", "plan")}})
         publish(results, args)

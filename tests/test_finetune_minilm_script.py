@@ -35,6 +35,15 @@ def test_run_labels_and_prune_options():
         {}, {"method": "magnitude", "scope": "global", "sparsity": 0.99}, {"method": "sparsegpt", "structure": "2:4"}]
 
 
+def test_default_runs_cover_both_tables():
+    runs = parse_runs(finetune_minilm.DEFAULT_RUNS)
+    assert len({run.prune_key for run in runs}) == 8  # dense + 3 magnitude-global + wanda/sparsegpt x 50 %/2:4
+    amp = [run for run in runs if run.precision == "bf16-amp"]
+    assert len(amp) == 4 and all(run.max_steps == finetune_minilm.AMP_STEPS for run in amp)
+    assert {(run.prune_key, run.max_steps) for run in amp} < {(run.prune_key, run.max_steps) for run in runs
+                                                               if run.precision == "fp32"}
+
+
 @pytest.mark.parametrize("text, message", [
     ("wanda:0.5", "not METHOD"),                     # no precision
     ("fp32", "not METHOD"),                          # no method
