@@ -22,7 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from finetune_minilm import REPO, cost_cells, finetune_in_process_of_its_own, publish, zeros_kept
+from finetune_runs import REPO, cost_cells, finetune_in_process_of_its_own, write_doc_block, write_results, zeros_kept
 from tabulate import tabulate
 
 from sparse_bench.harness_ext.models import sparse_bench_home
@@ -111,7 +111,8 @@ def main() -> None:
         records[name]["benchmark_options"] = options
         shutil.rmtree(args.work / f"{name}-ft")  # the record is what the table needs
         table = smollm_table(records)  # written after every run: a stopped job keeps its rows
-        publish("finetune_smollm", table, records, "finetune-smollm")
+        write_results(RESULTS.parent, "finetune_smollm", records, table)
+        write_doc_block(REPO / "docs" / "finetune.md", "finetune-smollm", table)
         print(table, flush=True)
 
 
