@@ -24,6 +24,7 @@ from sparse_bench.harness_ext.pruning.values import BlockStructure
 from sparse_bench.harness_ext.runtime import choose
 from sparse_bench.harness_ext.runtime.choose import AUTO_MARGIN, RuntimeShapes, apply_runtime, parse_runtime
 from sparse_bench.harness_ext.runtime.kernels import KERNELS, unavailable
+from sparse_bench.harness_ext.runtime.latency import measure_runtime
 from sparse_bench.harness_ext.runtime.pairs import PairTimes, time_pairs
 from sparse_bench.harness_ext.runtime.sparse_linear import SparseLinear
 
@@ -232,7 +233,8 @@ def test_pairs_interleave_dense_and_runtime_calls_and_report_the_median_pair_rat
     calls, state = [], {}
     times = time_pairs(lambda: calls.append("d" if state["dense"] else "r"), lambda dense: state.update(dense=dense),
                        3, torch.device("cpu"))
-    assert calls == ["d", "r"] * 4 and len(times.dense) == len(times.runtime) == 3  # one warm-up pair first
+    # one warm-up pair first, then the order swaps every pair (a fixed order biases the ratio)
+    assert calls == ["d", "r", "d", "r", "r", "d", "d", "r"] and len(times.dense) == len(times.runtime) == 3
     assert PairTimes([1.0, 3.0, 2.0], [2.0, 1.0, 1.0]).ratio == 2.0  # median of 0.5, 3, 2
 
 
@@ -268,6 +270,16 @@ def test_auto_reverts_every_layer_to_dense_where_the_whole_model_is_not_faster(t
         assert not check["kept"] and check["ratio"] == ratio and check["reverted_layers"] == 14
         assert f"{ratio:.3f}x dense at {regime}" in check["reason"] and check["margin"] == choose.E2E_MARGIN
     assert report["layers"][0]["layer_choice"] != {"decode": "dense", "prefill": "dense"}  # what timing picked
+
+
+def test_a_regime_running_only_dense_kernels_reports_exactly_1x(tiny_llama, monkeypatch):
+    """Where auto runs the dense kernel in every layer, both sides run the same modules: the speedup is 1 by
+    construction, whatever the (noisy) pair timings say."""
+    _sparse_wins_per_layer(monkeypatch, {"decode": 1.5, "prefill": 0.9})
+    measured = measure_runtime(_pruned_tiny(tiny_llama), "auto", batch=1, seqlen=12, new_tokens=2, repeats=1)
+    assert measured["identical_kernels"] == {"prefill": True, "decode": False}
+    assert measured["prefill_speedup"] == 1.0
+    assert measured["decode_speedup"] == pytest.approx(measured["pairs"]["decode"]["ratio"], abs=1e-4)
 
 
 def test_auto_keeps_the_regime_that_wins_end_to_end_and_counts_both_storages(tiny_llama, monkeypatch):

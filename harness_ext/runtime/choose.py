@@ -118,6 +118,11 @@ class RuntimeReport:
             if layer.module is not None:
                 _replace_module(model, layer.name, layer.original if dense else layer.module)
 
+    def runs_dense(self, regime: str) -> bool:
+        """True if every layer runs the dense kernel in `regime` ("decode" or "prefill"): the model then runs the
+        same modules there as without a runtime."""
+        return all(layer.module is None or layer.module.choice[regime] == "dense" for layer in self.layers)
+
     def release_dense(self) -> None:
         """Drop the kept dense layers: from now on only the sparse storage holds the pruned weights."""
         for layer in self.layers:

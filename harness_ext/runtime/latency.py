@@ -149,7 +149,9 @@ def measure_runtime(model: nn.Module, runtime: str, batch: int = 1, seqlen: int 
     `generate`) the generation in `decode_pairs(repeats)` pairs (module docstring). Memory and weight bytes come
     from one `measure_latency` pass per side, the runtime's after the dense layers are freed (so its memory is
     its own). Returns both records (`forward_ms`, `generate_tokens_per_s`: the pair medians), the speedups
-    (median pair ratio: > 1 is faster), the pair timings and the runtime's per-layer report. The model keeps
+    (median pair ratio: > 1 is faster; exactly 1.0 for a regime in which every layer runs the dense kernel, the
+    same modules as the dense side, so any measured difference is noise: `identical_kernels`), the pair
+    timings and the runtime's per-layer report. The model keeps
     the chosen runtime afterwards."""
     dense = measure_latency(model, batch, seqlen, new_tokens, 1, seed, generate)
     shapes = RuntimeShapes(decode_tokens=1, prefill_tokens=batch * seqlen, prefill_batch=batch)
@@ -166,8 +168,11 @@ def measure_runtime(model: nn.Module, runtime: str, batch: int = 1, seqlen: int 
     chosen = measure_latency(model, batch, seqlen, new_tokens, 1, seed, generate)
     for record, side in ((dense, "dense"), (chosen, "runtime")):
         record.update(_pair_medians(prefill, decode, side, new_tokens), repeats=repeats)
-    return {"runtime": runtime, "dense": dense, "chosen": chosen, "prefill_speedup": prefill.ratio,
-            "decode_speedup": None if decode is None else decode.ratio,
+    same = {regime: report.runs_dense(regime) for regime in ("prefill", "decode")}
+    return {"runtime": runtime, "dense": dense, "chosen": chosen,
+            "prefill_speedup": 1.0 if same["prefill"] else prefill.ratio,
+            "decode_speedup": None if decode is None else 1.0 if same["decode"] else decode.ratio,
+            "identical_kernels": same,
             "pairs": {"prefill": prefill.to_dict(), "decode": None if decode is None else decode.to_dict()},
             "runtime_report": report.to_dict()}
 

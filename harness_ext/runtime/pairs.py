@@ -1,7 +1,8 @@
 """Dense vs runtime timed in interleaved pairs, so that machine drift hits both sides alike.
 
-One call of `run()` with dense kernels, then one with the runtime's kernels, repeated `pairs` times after one
-warm-up call of each (d, r, d, r, ...). A pair's ratio is dense seconds / runtime seconds (> 1: the runtime is
+One call of `run()` with dense kernels and one with the runtime's kernels, repeated `pairs` times after one
+warm-up call of each, the order swapped every pair (d r, r d, d r, ...: the second call of a pair measured a
+few per cent slower on this CPU, so a fixed order biased the ratio). A pair's ratio is dense seconds / runtime seconds (> 1: the runtime is
 faster); the speedup reported is the median of the per-pair ratios, and each side's time is the median of its
 own calls. A quiet CPU still drifts by +-20 % between back-to-back forwards, so two separate measurement blocks
 (all dense, then all runtime) cannot resolve a few per cent; adjacent pairs can.
@@ -49,8 +50,8 @@ def time_pairs(run: Callable[[], Any], use_dense: Callable[[bool], None], pairs:
         use_dense(dense)
         run()
     times: dict[bool, list[float]] = {True: [], False: []}
-    for _ in range(pairs):
-        for dense in (True, False):
+    for index in range(pairs):
+        for dense in ((True, False) if index % 2 == 0 else (False, True)):
             use_dense(dense)
             synchronize(device)
             start = time.perf_counter()
