@@ -324,8 +324,9 @@ def prune(model: nn.Module, plan: PruningPlan, calibration: CalibrationConfig | 
                 stopwatch.add_since(load_started)
                 warnings.extend(data_warnings)
                 batch = batch_size or default_batch_size(tokens.shape[1])
-                if any(job.step.owl for job in jobs):
-                    _owl_pass(model, jobs, tokens, batch, stopwatch, progress, weights)
+            del tokenizer  # not needed any more: freed here when the caller kept no reference (prune_streaming)
+            if any(job.step.owl for job in jobs):  # OWL needs data, so the tokens exist
+                _owl_pass(model, jobs, tokens, batch, stopwatch, progress, weights)
             if not weights.streamed:
                 _prune_without_data(jobs, warnings)
             if any(job.statistic != NONE for job in jobs):
