@@ -1,7 +1,7 @@
 """Prune a model larger than memory: one block at a time from the safetensors checkpoint to the output.
 
 `prune_streaming(model_dir, plan, ..., out_dir)` builds the model on the meta device (no weights), loads what
-lies outside the blocks (embeddings mapped copy-on-write, so only the rows calibration reads are resident),
+lies outside the blocks (embedding rows read from the file when a forward first looks them up),
 and hands the engine a `StreamedBlocks`: the engine's one layer-sequential loop (calibration.py) then loads
 each block from disk when it reaches it, the engine prunes it with the same methods as in memory, and
 `finish` writes it to its own shard (checkpoints/stream_writer.py) and drops it before the next block is
@@ -9,7 +9,9 @@ loaded. OWL, which needs every block's outlier ratio before pruning any, gets it
 the dense blocks, read from disk again (the engine's `_owl_pass`, as in memory). A killed run resumes:
 finished blocks are read back from their verified shards and only run forward to make the next inputs.
 
-The calibration activations (two buffers of samples x tokens x hidden in the model's dtype) live in
+Memory: glibc is told to return every freed allocation above 1 MiB at once (`_unmap_large_frees`), and the
+tokenizer is freed once the calibration tokens exist (loaded again to be saved). The calibration activations
+(two buffers of samples x tokens x hidden in the model's dtype) live in
 memory-mapped files in the staging folder when they would take more than a quarter of the available memory.
 What streaming cannot honour is refused before anything is written: encoder-decoder models (their decoder's
 inputs need a forward through the whole encoder), `scope=global` (one threshold over every layer), targets
