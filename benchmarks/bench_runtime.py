@@ -46,7 +46,8 @@ def speed_case(name: str, args: argparse.Namespace) -> dict:
     """Prune by magnitude, then dense vs auto latency in this process."""
     from sparse_bench.harness_ext.models import load_model
     from sparse_bench.harness_ext.pruning.engine import prune
-    from sparse_bench.harness_ext.pruning.plan import CalibrationConfig, shortcut_plan
+    from sparse_bench.harness_ext.pruning.plan import CalibrationConfig
+    from sparse_bench.harness_ext.pruning.request import shortcut_plan
     from sparse_bench.harness_ext.runtime.latency import measure_runtime
 
     sparsity, structure = CASES[name]
@@ -75,7 +76,8 @@ def quality_case(name: str, args: argparse.Namespace) -> dict:
     from sparse_bench.harness_ext.models import load_model
     from sparse_bench.harness_ext.perplexity import read_text, token_perplexity
     from sparse_bench.harness_ext.pruning.engine import prune
-    from sparse_bench.harness_ext.pruning.plan import CalibrationConfig, shortcut_plan
+    from sparse_bench.harness_ext.pruning.plan import CalibrationConfig
+    from sparse_bench.harness_ext.pruning.request import shortcut_plan
 
     model, tokenizer = load_model(args.model, "float32", "cpu")
     report = prune(model, shortcut_plan("wanda", 0.5, QUALITY[name]),

@@ -9,6 +9,7 @@ Keys are documented in docs/leaderboard.md.
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,8 @@ from ..harness_ext.runtime.choose import parse_runtime
 from ..harness_ext.typed_values import WrongValue, check_flag, check_number
 from .cells import expand_cells
 from .spec import DTYPES, AnalysisSpec, GridSpec, LatencySpec, MethodSpec, PerplexitySpec, TaskSpec
+
+LOGGER = logging.getLogger("sparse_bench.leaderboards")
 
 # A methods entry takes every plan option of the table (options.py) by its name but the grid's own axes
 # (`sparsities`, `structures`); a method's options may also be grouped under `options:`.
@@ -199,17 +202,32 @@ def _method(fields: _Fields, index: int, value: Any, base_dir: Path) -> MethodSp
         method, update = split_grid_name(name)
     except UserError as error:
         entry.fail("method", str(error))
-    options = entry.get("options", {})
-    if not isinstance(options, dict):
-        entry.fail("options", f"must be a mapping of method options such as {{ria_exponent: 0.5}}, got {options!r}")
-    for key in ENTRY_OPTIONS:
-        if entry.get(key) is not None:
-            try:  # typed now (lists become tuples): a cell is hashable and its label stable
-                options = {**options, key: parse_option(key, entry.get(key))}
-            except UserError as error:
-                entry.fail(key, str(error))
+    options = _method_options(entry)
     return MethodSpec(method=method, scope=str(entry.get("scope", "layer")), update=update,
                       options=tuple(sorted(options.items())))
+
+
+def _method_options(entry: _Fields) -> dict[str, Any]:
+    """A methods entry's pruning options, each typed by the option table (`parse_option`)."""
+    given = {key: entry.get(key) for key in ENTRY_OPTIONS if entry.get(key) is not None}
+    nested = entry.get("options", {})  # the older spelling {options: {ria_exponent: 0.5}}: same keys, one level down
+    if not isinstance(nested, dict):
+        entry.fail("options", f"must be a mapping of method options such as {{ria_exponent: 0.5}}, got {nested!r}")
+    if nested:
+        LOGGER.warning("%s: %s.options: is deprecated; write its keys in the entry itself, e.g. "
+                       "{method: ria, ria_exponent: 0.5}", entry.source, entry.where)
+    for key, value in nested.items():
+        if key not in ENTRY_OPTIONS or key in given:
+            entry.fail("options", f"{key!r} is {'given twice' if key in given else 'not a method option'}; write "
+                       f"each option once, in the entry itself (docs/pruning.md#options lists them)")
+        given[key] = value
+    options = {}
+    for key, value in given.items():
+        try:  # typed now (lists become tuples): a cell is hashable and its label stable
+            options[key] = parse_option(key, value)
+        except UserError as error:
+            entry.fail(key, str(error))
+    return options
 
 
 def _task(fields: _Fields, index: int, value: Any) -> TaskSpec:

@@ -4,7 +4,7 @@
     .venv/bin/python scripts/publish_demo.py results/demo  # then this
 
 Replaces the text between `<!-- demo:NAME:start -->` and `<!-- demo:NAME:end -->` markers: `summary` (README:
-the run's summary table), `timing` (README and docs: the wall seconds of command 1 and of each cell's phases) and
+the run's summary table), `limits` (README and docs: the run's data limits, from its spec), `timing` (README and docs: the wall seconds of command 1 and of each cell's phases) and
 `full` (docs: the whole rendered leaderboard, its plots copied to docs/img/). Latency and wall times are this
 machine's. SparseGPT's statistics and solve are float64 and its factorisations run on one thread, so its masks do
 not depend on the thread count (benchmarks/results/determinism.md).
@@ -46,6 +46,18 @@ def command_timing(seconds: dict[str, float]) -> str:
             f"rendering {seconds['grid_and_render']:.0f} s. {VARIES}")
 
 
+def run_limits(spec: dict) -> str:
+    """The run's limits, from its spec as grid.json records it: calibration, each task's documents, perplexity."""
+    calibration, perplexity = spec["calibration"], spec["perplexity"]
+    parts = [f"calibration {calibration['nsamples']} x {calibration['seqlen']} tokens of {calibration['data']}"]
+    for task in spec["tasks"]:
+        extra = "".join(f", {key} {value}" for key, value in task.get("gen_kwargs", {}).items())
+        parts.append(f"`{task['name']}` on its first {task['limit']} documents{extra}")
+    parts += [f"task settings {', '.join(f'{key} {value}' for key, value in spec.get('metadata', {}).items())}",
+              f"token-level {perplexity['data']} perplexity on the first {perplexity['max_tokens']:,} test tokens"]
+    return "This run's limits (from its spec): " + "; ".join(parts) + "."
+
+
 def phase_table(grid) -> str:
     """Wall seconds of each phase per cell, from the cells' own `timings`."""
     cells = [(cell, grid.results[cell["cell_id"]]) for cell in grid.cells]
@@ -83,10 +95,12 @@ def main() -> None:
     seconds = json.loads((args.folder / "command1_seconds.json").read_text())
     readme = REPO / "README.md"
     text = replace_between(readme.read_text(encoding="utf-8"), "summary", summary_table(grid))
+    text = replace_between(text, "limits", run_limits(grid.spec))
     readme.write_text(replace_between(text, "timing", command_timing(seconds)), encoding="utf-8")
     docs = REPO / "docs" / "leaderboard.md"
     text = replace_between(docs.read_text(encoding="utf-8"), "timing",
                            command_timing(seconds) + "\n\n" + phase_table(grid))
+    text = replace_between(text, "limits", run_limits(grid.spec))
     docs.write_text(replace_between(text, "full", full_leaderboard(args.folder, REPO / "docs" / "img")),
                     encoding="utf-8")
     print(f"README.md and docs/leaderboard.md updated from {args.folder}")

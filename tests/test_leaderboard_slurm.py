@@ -147,15 +147,22 @@ def test_folder_not_shared_with_the_nodes(grid_spec, tmp_path, monkeypatch):
     check_tasks_started(out, [task])
 
 
-def test_status_and_partial_render_from_the_queue(grid_spec, tmp_path, monkeypatch):
-    """Cells held by queued/running Slurm tasks show as such, a task that left the queue with Slurm's reason
-    in its log as failed with that reason, and the rendered table says it is partial."""
+def grid_with_slurm_log(grid_spec, tmp_path, log_name: str, log_text: str):
+    """(cells, out folder with grid.json and an empty jobs/, a Slurm task log holding `log_text`)."""
     spec, out = load_spec(grid_spec), tmp_path / "out"
     cells = expand_cells(spec)
     write_grid_file(out, spec, cells)
-    log = tmp_path / "77_2_0_log.err"
-    log.write_text("submitit INFO - Starting\nslurmstepd-node7: error: *** JOB 80 ON node7 DUE TO TIME LIMIT ***\n")
+    log = tmp_path / log_name
+    log.write_text(log_text)
     (out / "jobs").mkdir()
+    return cells, out, log
+
+
+def test_status_and_partial_render_from_the_queue(grid_spec, tmp_path, monkeypatch):
+    """Cells held by queued/running Slurm tasks show as such, a task that left the queue with Slurm's reason
+    in its log as failed with that reason, and the rendered table says it is partial."""
+    cells, out, log = grid_with_slurm_log(grid_spec, tmp_path, "77_2_0_log.err", "submitit INFO - Starting\n"
+                                          "slurmstepd-node7: error: *** JOB 80 ON node7 DUE TO TIME LIMIT ***\n")
     for index, cell in enumerate(cells[:3]):
         (out / "jobs" / f"{cell.cell_id}.json").write_text(json.dumps({"job_id": f"77_{index}", "stderr": str(log)}))
     monkeypatch.setenv("PATH", fake_slurm(tmp_path / "bin", queue="77_0|PENDING\n77_1|RUNNING")["PATH"])
@@ -185,12 +192,8 @@ def test_local_status_from_the_running_markers(grid_spec, tmp_path):
 
 
 def test_failed_result_older_than_the_resubmission_is_not_its_reason(grid_spec, tmp_path, monkeypatch):
-    spec, out = load_spec(grid_spec), tmp_path / "out"
-    cells = expand_cells(spec)
-    write_grid_file(out, spec, cells)
-    log = tmp_path / "90_0_0_log.err"
-    log.write_text("slurmstepd-vm: error: *** JOB 91 ON vm CANCELLED AT 2026-12-03T09:00:00 ***\n")
-    (out / "jobs").mkdir()
+    cells, out, log = grid_with_slurm_log(grid_spec, tmp_path, "90_0_0_log.err",
+                                          "slurmstepd-vm: error: *** JOB 91 ON vm CANCELLED AT 2026-12-03T09:00:00 ***\n")
     (out / "cells").mkdir(exist_ok=True)
     for cell, started in zip(cells[:2], ("2026-12-03T08:00:00+00:00", "2026-12-03T09:30:00+00:00")):
         (out / "jobs" / f"{cell.cell_id}.json").write_text(json.dumps(

@@ -155,3 +155,15 @@ def test_finetune_block_is_the_run_config_with_grid_defaults():
     assert spec_with(finetune={"mode": "full"}).finetune.lr == 2e-5
     recorded = json.loads(json.dumps(spec.to_dict()))["finetune"]
     assert parse_spec({**BASE, "finetune": recorded}, source="grid.json").finetune == spec.finetune
+
+
+def test_nested_options_spelling_is_deprecated_but_means_the_same(caplog):
+    direct = spec_with(methods=[{"method": "ria", "ria_exponent": 0.25}])
+    with caplog.at_level("WARNING"):
+        nested = spec_with(methods=[{"method": "ria", "options": {"ria_exponent": 0.25}}])
+    assert nested.methods == direct.methods
+    assert "methods[0].options: is deprecated" in caplog.text
+    with pytest.raises(UserError, match="'ria_exponent' is given twice"):
+        spec_with(methods=[{"method": "ria", "ria_exponent": 0.5, "options": {"ria_exponent": 0.25}}])
+    with pytest.raises(UserError, match="'speed' is not a method option"):
+        spec_with(methods=[{"method": "ria", "options": {"speed": 2}}])

@@ -28,8 +28,20 @@ from .values import NMStructure, parse_flag
 
 
 @dataclass(frozen=True)
-class Method:
-    """One registry row. `statistic`: NONE, NORMS or HESSIAN. `comparison`: "row" (each output row loses its
+class Row:
+    """What every registry row has: its name, the statistic it needs (NONE, NORMS or HESSIAN), its pure
+    function, its options dataclass and a one-line description."""
+
+    name: str
+    statistic: str
+    function: Callable[..., PruneResult]
+    options: type[Options]
+    description: str
+
+
+@dataclass(frozen=True)
+class Method(Row):
+    """One method row. `comparison`: "row" (each output row loses its
     share) or "layer" (one ranking per layer), which fixes the exact number of zeros. `scopes`: "global" where
     one threshold across layers makes sense. `takes_update`: False where an update would redo the method's own
     weight fit. `block`: the method can rank R x C tiles (structure=block:RxC). `recipe_modifiers`: the SparseML /
@@ -37,11 +49,6 @@ class Method:
     option name. `sets_weights`: the method returns new weights (a mask refinement cannot follow it: the weights
     were fitted to the method's own mask)."""
 
-    name: str
-    statistic: str
-    function: Callable[..., PruneResult]
-    options: type[Options]
-    description: str
     comparison: str = "layer"
     scopes: tuple[str, ...] = ("layer",)
     takes_update: bool = True
@@ -52,15 +59,10 @@ class Method:
 
 
 @dataclass(frozen=True)
-class Update:
+class Update(Row):
     """One update row, run on a method's mask: `changes` "weights" (refits the kept weights) or "mask"
     (swaps kept and pruned weights, keeping every row's and N:M group's count)."""
 
-    name: str
-    statistic: str
-    function: Callable[..., PruneResult]
-    options: type[Options]
-    description: str
     changes: str = "weights"
 
 
