@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import weakref
 
 import pytest
 import torch
@@ -23,6 +24,7 @@ from sparse_bench.harness_ext.cli import main
 from sparse_bench.harness_ext.errors import UserError
 from sparse_bench.harness_ext.models import load_model
 from sparse_bench.harness_ext.pruning import streaming
+from sparse_bench.harness_ext.pruning.calibration_data import calibration_tokens
 from sparse_bench.harness_ext.pruning.engine import prune
 from sparse_bench.harness_ext.pruning.plan import CalibrationConfig, OwlConfig
 from sparse_bench.harness_ext.pruning.request import shortcut_plan
@@ -79,6 +81,49 @@ def test_streamed_equals_in_memory_bit_for_bit(llama4, tmp_path, method, sparsit
     assert_same_bits(out, tmp_path / "memory")
     assert report.to_dict()["layers"] == expected.to_dict()["layers"]
     assert (report.nonzero_params, report.total_params) == (expected.nonzero_params, expected.total_params)
+
+
+def test_streamed_in_another_dtype_equals_in_memory(llama4, tmp_path):
+    """Blocks and embedding rows (read on first use) cast as the in-memory load casts them."""
+    plan = shortcut_plan("wanda", 0.5, None, source="test")
+    model, tokenizer = load_model(str(llama4), dtype="bfloat16")
+    report = prune(model, plan, CALIBRATION, tokenizer, progress=False)
+    save_checkpoint(model, tokenizer, tmp_path / "memory", prune_record=report.to_dict())
+    _, out = prune_streaming(str(llama4), plan, CALIBRATION, tmp_path / "stream", dtype="bfloat16", progress=False)
+    assert_same_bits(out, tmp_path / "memory")
+    assert read_record(out)["prune_record"]["layers"] == report.to_dict()["layers"]
+
+
+def test_tokenizer_freed_and_only_looked_up_embedding_rows_read(llama4, tmp_path, monkeypatch):
+    """While the blocks are pruned the tokenizer is no longer held, and the embedding was read from the file
+    only at the calibration tokens' rows, each once."""
+    import transformers
+
+    tokenizers, freed, rows_read = [], [], []
+    load_tokenizer, read_rows, finish = (transformers.AutoTokenizer.from_pretrained, TensorFiles.read_rows,
+                                         streaming.StreamedBlocks.finish)
+
+    def loading(*args, **kwargs):
+        tokenizer = load_tokenizer(*args, **kwargs)
+        tokenizers.append(weakref.ref(tokenizer))
+        return tokenizer
+
+    def reading(self, name, rows, out):
+        rows_read.extend(rows)
+        read_rows(self, name, rows, out)
+
+    def finishing(self, name, block):
+        freed.append(tokenizers[0]() is None)
+        finish(self, name, block)
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", loading)
+    monkeypatch.setattr(TensorFiles, "read_rows", reading)
+    monkeypatch.setattr(streaming.StreamedBlocks, "finish", finishing)
+    prune_streaming(str(llama4), shortcut_plan("wanda", 0.5, None, source="test"), CALIBRATION, tmp_path / "out",
+                    progress=False)
+    assert freed == [True] * 4
+    tokens, _, _ = calibration_tokens(CALIBRATION, load_tokenizer(llama4), None)
+    assert sorted(rows_read) == sorted(set(tokens.reshape(-1).tolist()))
 
 
 def test_output_is_a_normal_checkpoint(llama4, tmp_path):

@@ -4,8 +4,10 @@
 resident memory until the file is closed, so reading a 6 GB checkpoint block by block through it would show
 a 6 GB resident set. `TensorFiles` parses the (documented, 8-byte length + JSON) safetensors header itself
 and reads one tensor at a time with `readinto` into a fresh tensor: the page cache holds the bytes, this
-process only the tensor. `mapped` is the exception for tensors read sparsely (the embedding matrix, of which
-calibration touches a few rows): a private, copy-on-write mapping, resident only where touched.
+process only the tensor. `read_rows` reads chosen rows of a 2-D tensor (the embedding rows calibration
+looks up). `mapped` gives a private, copy-on-write mapping for a tensor that may never be read (an untied
+output head during calibration): resident only where touched, but the kernel maps the cached pages around
+each touched one too (fault-around, 64 KiB), so a sparse read through it is not sparse in memory.
 
 `checkpoint_files(directory)` finds the weights of a Hugging Face directory (one `model.safetensors` or an
 index and its shards) and refuses pickle `.bin` weights and missing shards.
@@ -30,6 +32,10 @@ DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF1
 _COPY_CHUNK = 1 << 24
 CONVERT_HINT = ("convert it once where it fits in memory: python -c \"from transformers import AutoModelForCausalLM "
                 "as M; M.from_pretrained('DIR').save_pretrained('NEW_DIR')\" (saves safetensors)")
+
+
+def _truncated(path: Path, name: str) -> UserError:
+    return UserError(f"{path} ends inside tensor {name!r}; the file is truncated: copy it again")
 
 
 def checkpoint_files(directory: Path) -> dict[str, Path]:
@@ -107,22 +113,41 @@ class TensorFiles:
             handle.seek(entry["start"])
             view = memoryview(tensor.view(-1).view(torch.uint8).numpy())
             if handle.readinto(view) != self.nbytes(name):
-                raise UserError(f"{path} ends inside tensor {name!r}; the file is truncated: copy it again")
+                raise _truncated(path, name)
         return tensor
 
     def zeros(self, name: str) -> int:
-        """Exact zeros of `name` (zero bit patterns of -0.0 aside, as count_nonzero), read 16 MiB at a time."""
+        """Exact zeros of `name` (zero bit patterns of -0.0 aside, as count_nonzero), read 16 MiB at a time
+        into one reused buffer."""
         path, entry = self.entry(name)
         _, dtype = self.shape_dtype(name)
+        buffer = torch.empty(min(self.nbytes(name), _COPY_CHUNK) // dtype.itemsize, dtype=dtype)
+        bytes_view = memoryview(buffer.view(torch.uint8).numpy())
         zeros, remaining = 0, self.nbytes(name)
         with open(path, "rb") as handle:
             handle.seek(entry["start"])
             while remaining:
-                chunk = handle.read(min(remaining, _COPY_CHUNK))
-                values = torch.frombuffer(bytearray(chunk), dtype=dtype)
+                got = handle.readinto(bytes_view[:min(remaining, len(bytes_view))])
+                if not got:
+                    raise _truncated(path, name)
+                values = buffer[:got // dtype.itemsize]
                 zeros += values.numel() - int(torch.count_nonzero(values))
-                remaining -= len(chunk)
+                remaining -= got
         return zeros
+
+    def read_rows(self, name: str, rows: list[int], out: torch.Tensor) -> None:
+        """Read rows `rows` of the 2-D tensor `name` into the same rows of `out` (its shape; any dtype, any
+        device: each row is cast and moved as `Tensor.copy_` does)."""
+        path, entry = self.entry(name)
+        shape, dtype = self.shape_dtype(name)
+        row = torch.empty(shape[1], dtype=dtype)
+        view = memoryview(row.view(torch.uint8).numpy())
+        with open(path, "rb") as handle:
+            for index in rows:
+                handle.seek(entry["start"] + index * len(view))
+                if handle.readinto(view) != len(view):
+                    raise _truncated(path, name)
+                out[index].copy_(row)
 
     def mapped(self, name: str) -> torch.Tensor:
         """`name` as a copy-on-write view of its file: resident only where read (or written)."""
@@ -153,6 +178,7 @@ def copy_tensors(path: Path, source: TensorFiles, names: list[str], metadata: di
         offset += source.nbytes(name)
     text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
     text += b" " * (-len(text) % 8)
+    chunk = memoryview(bytearray(_COPY_CHUNK))  # one buffer for every read
     with open(path, "wb") as out:
         out.write(struct.pack("<Q", len(text)) + text)
         for name in names:
@@ -161,9 +187,11 @@ def copy_tensors(path: Path, source: TensorFiles, names: list[str], metadata: di
                 handle.seek(entry["start"])
                 remaining = source.nbytes(name)
                 while remaining:
-                    chunk = handle.read(min(remaining, _COPY_CHUNK))
-                    out.write(chunk)
-                    remaining -= len(chunk)
+                    got = handle.readinto(chunk[:min(remaining, len(chunk))])
+                    if not got:
+                        raise _truncated(file, name)
+                    out.write(chunk[:got])
+                    remaining -= got
 
 
 __all__ = ["INDEX_NAME", "SINGLE_NAME", "CONVERT_HINT", "checkpoint_files", "TensorFiles", "copy_tensors"]

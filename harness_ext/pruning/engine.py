@@ -219,6 +219,7 @@ def _calibrated_pass(model: nn.Module, jobs: list[LayerJob], tokens: torch.Tenso
             continue
         stats = block.collect(layers, with_hessian, keep_outputs=False)
         _prune_block(in_block, stats, warnings)
+        del stats  # the Hessians (SmolLM2: 24 MiB a block) are not kept while the next block collects its own
         block.mark_modified()
 
 
@@ -324,8 +325,9 @@ def prune(model: nn.Module, plan: PruningPlan, calibration: CalibrationConfig | 
                 stopwatch.add_since(load_started)
                 warnings.extend(data_warnings)
                 batch = batch_size or default_batch_size(tokens.shape[1])
-                if any(job.step.owl for job in jobs):
-                    _owl_pass(model, jobs, tokens, batch, stopwatch, progress, weights)
+            del tokenizer  # not needed any more: freed here when the caller kept no reference (prune_streaming)
+            if any(job.step.owl for job in jobs):  # OWL needs data, so the tokens exist
+                _owl_pass(model, jobs, tokens, batch, stopwatch, progress, weights)
             if not weights.streamed:
                 _prune_without_data(jobs, warnings)
             if any(job.statistic != NONE for job in jobs):

@@ -64,10 +64,12 @@ def inverse_hessian_factor(hessian: torch.Tensor, dampening: float) -> tuple[tor
 
 def _inverse_hessian_factor(hessian: torch.Tensor, dampening: float) -> tuple[torch.Tensor, float]:
     mean_diagonal = hessian.diagonal().mean()
-    identity = torch.eye(hessian.shape[0], dtype=hessian.dtype, device=hessian.device)
     damp = dampening
     while damp <= MAX_DAMPENING * (1 + 1e-9):
-        lower, info = torch.linalg.cholesky_ex(hessian + damp * mean_diagonal * identity)
+        damped = hessian.clone()  # H + d * mean(diag H) * I, without two more (in, in) temporaries
+        damped.diagonal().add_(damp * mean_diagonal)
+        lower, info = torch.linalg.cholesky_ex(damped)
+        del damped
         if int(info) == 0:
             upper, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(lower), upper=True)
             if int(info) == 0:

@@ -1,7 +1,7 @@
 """Prune a model larger than memory: one block at a time from the safetensors checkpoint to the output.
 
 `prune_streaming(model_dir, plan, ..., out_dir)` builds the model on the meta device (no weights), loads what
-lies outside the blocks (embeddings mapped copy-on-write, so only the rows calibration reads are resident),
+lies outside the blocks (embedding rows read from the file when a forward first looks them up),
 and hands the engine a `StreamedBlocks`: the engine's one layer-sequential loop (calibration.py) then loads
 each block from disk when it reaches it, the engine prunes it with the same methods as in memory, and
 `finish` writes it to its own shard (checkpoints/stream_writer.py) and drops it before the next block is
@@ -9,7 +9,9 @@ loaded. OWL, which needs every block's outlier ratio before pruning any, gets it
 the dense blocks, read from disk again (the engine's `_owl_pass`, as in memory). A killed run resumes:
 finished blocks are read back from their verified shards and only run forward to make the next inputs.
 
-The calibration activations (two buffers of samples x tokens x hidden in the model's dtype) live in
+Memory: glibc is told to return every freed allocation above 1 MiB at once (`_unmap_large_frees`), and the
+tokenizer is freed once the calibration tokens exist (loaded again to be saved). The calibration activations
+(two buffers of samples x tokens x hidden in the model's dtype) live in
 memory-mapped files in the staging folder when they would take more than a quarter of the available memory.
 What streaming cannot honour is refused before anything is written: encoder-decoder models (their decoder's
 inputs need a forward through the whole encoder), `scope=global` (one threshold over every layer), targets
@@ -52,13 +54,36 @@ def available_memory() -> int | None:
     return None
 
 
-def _return_freed_memory() -> None:
-    """Give the block's freed heap back to the OS (glibc keeps freed chunks of its raised mmap threshold in the
-    heap, which otherwise grows by megabytes per block); a no-op elsewhere."""
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number (malloc.h)
+MMAP_THRESHOLD_BYTES = 1 << 20
+
+
+def _libc() -> ctypes.CDLL | None:
     try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None  # not glibc: its allocator's own policy applies
+
+
+def _unmap_large_frees() -> None:
+    """Make glibc give every freed allocation above 1 MiB back to the OS at once.
+
+    glibc raises its mmap threshold to the size of each large block freed (up to 32 MiB), after which
+    tensors of that size come from the heap, and their freed chunks stay resident until the heap's top is
+    free: within one block the temporaries of pruning (float64 copies, scores, masks) and of the forwards
+    then add up instead of reusing one another's memory (+64 to +120 MiB per SmolLM2 block, measured). A
+    fixed threshold turns that off for this process; tensors above it cost a fresh zeroed mapping each.
+    """
+    libc = _libc()
+    if libc is not None and hasattr(libc, "mallopt"):
+        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+
+
+def _return_freed_memory() -> None:
+    """Give the block's freed heap (allocations below the mmap threshold) back to the OS."""
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
 
 
 def _assign(module: nn.Module, key: str, tensor: torch.Tensor) -> None:
@@ -69,6 +94,12 @@ def _assign(module: nn.Module, key: str, tensor: torch.Tensor) -> None:
         owner._parameters[leaf] = nn.Parameter(tensor, requires_grad=False)
     else:
         owner._buffers[leaf] = tensor
+
+
+def _read_cast(source: TensorFiles, name: str, dtype: torch.dtype) -> torch.Tensor:
+    """Tensor `name` read from `source`, cast to `dtype` if it is a floating tensor."""
+    tensor = source.read(name)
+    return tensor.to(dtype) if tensor.is_floating_point() else tensor
 
 
 class StreamedBlocks(BlockWeights):
@@ -84,10 +115,6 @@ class StreamedBlocks(BlockWeights):
             (memory // 4 if memory else None)
         self.spilled: list[Path] = []
 
-    def _read(self, reader: TensorFiles, name: str) -> torch.Tensor:
-        tensor = reader.read(name)
-        return (tensor.to(self.dtype) if tensor.is_floating_point() else tensor).to(self.device)
-
     def load(self, name: str, block: nn.Module) -> None:
         state = block.state_dict(keep_vars=True)
         if not any(value.is_meta for value in state.values()):
@@ -97,7 +124,7 @@ class StreamedBlocks(BlockWeights):
             path = self.writer.path(name)
             reader = TensorFiles(dict.fromkeys(TensorFiles.header(path), path))
         for key in state:
-            _assign(block, key, self._read(reader, f"{name}.{key}"))
+            _assign(block, key, _read_cast(reader, f"{name}.{key}", self.dtype).to(self.device))
 
     def unload(self, name: str, block: nn.Module) -> None:
         for key, value in block.state_dict(keep_vars=True).items():
@@ -174,9 +201,30 @@ def _skeleton(directory: Path, dtype, source: TensorFiles) -> tuple[nn.Module, t
     return model.eval(), torch_dtype
 
 
+class _RowsOnFirstUse:
+    """Forward pre-hook of an `nn.Embedding` whose weight is read from the checkpoint a row at a time.
+
+    The weight starts uninitialised (its untouched pages cost no memory); before each forward, the rows the
+    input ids name that were not read yet are read from the file. A copy-on-write mapping of the file would
+    not do: the kernel maps 64 KiB around each touched page (fault-around), and calibration's ~3,000 distinct
+    SmolLM2 token ids (6.6 MiB of rows) made 93 MiB of its 113 MiB embedding resident (measured).
+    """
+
+    def __init__(self, source: TensorFiles, name: str, weight: torch.Tensor) -> None:
+        self.source, self.name, self.weight = source, name, weight
+        self.loaded = torch.zeros(weight.shape[0], dtype=torch.bool)
+
+    def __call__(self, _module: nn.Module, args: tuple) -> None:
+        ids = args[0].unique().cpu()
+        new = ids[~self.loaded[ids]]
+        self.source.read_rows(self.name, new.tolist(), self.weight)
+        self.loaded[new] = True
+
+
 def _load_outside_blocks(model: nn.Module, source: TensorFiles, prefixes: tuple[str, ...], dtype: torch.dtype,
                          device: torch.device) -> list[str]:
-    """Load every tensor outside the blocks (mapped when no cast is needed); returns their names."""
+    """Load every tensor outside the blocks: embedding tables row by row on first use (`_RowsOnFirstUse`),
+    the others mapped when no cast is needed, else read; returns their names."""
     expected = set(model.state_dict())
     names = [name for name in source.where if not name.startswith(prefixes)]
     unexpected = sorted(set(source.where) - expected)
@@ -184,10 +232,16 @@ def _load_outside_blocks(model: nn.Module, source: TensorFiles, prefixes: tuple[
         raise UserError(f"the checkpoint holds {len(unexpected)} tensors the model does not have "
                         f"({', '.join(unexpected[:3])}); --stream needs the model's own tensor names: prune "
                         "it without --stream")
+    embeddings = {f"{module_name}.weight": module for module_name, module in model.named_modules()
+                  if type(module) is nn.Embedding}
     for name in names:
-        stored = source.shape_dtype(name)[1]
+        shape, stored = source.shape_dtype(name)
         cast = stored.is_floating_point and stored != dtype
-        tensor = source.read(name).to(dtype) if cast or device.type != "cpu" else source.mapped(name)
+        if name in embeddings:
+            tensor = torch.empty(shape, dtype=dtype if stored.is_floating_point else stored, device=device)
+            embeddings[name].register_forward_pre_hook(_RowsOnFirstUse(source, name, tensor))
+        else:
+            tensor = _read_cast(source, name, dtype) if cast or device.type != "cpu" else source.mapped(name)
         _assign(model, name, tensor.to(device))
     model.tie_weights()
     missing = sorted(name for name, value in model.state_dict(keep_vars=True).items()
@@ -230,6 +284,7 @@ def prune_streaming(model: str, plan: PruningPlan, calibration: CalibrationConfi
     """
     from transformers import AutoTokenizer
 
+    _unmap_large_frees()
     directory = local_checkpoint(model)
     source = TensorFiles(checkpoint_files(directory))
     skeleton, torch_dtype = _skeleton(directory, dtype, source)
@@ -237,7 +292,6 @@ def prune_streaming(model: str, plan: PruningPlan, calibration: CalibrationConfi
     prefixes = tuple(name + "." for name, _ in blocks)
     _check_plan(skeleton, plan, prefixes)
     outside = _load_outside_blocks(skeleton, source, prefixes, torch_dtype, torch.device(device))
-    tokenizer = AutoTokenizer.from_pretrained(directory)
     needed = weights_bytes(source, torch_dtype)
     if save_format == "compressed":  # at most the dense shards' size, and both exist while it is written
         needed *= 2
@@ -246,15 +300,18 @@ def prune_streaming(model: str, plan: PruningPlan, calibration: CalibrationConfi
     if not writer.finished(NON_BLOCK) and all(source.shape_dtype(name)[1] in (torch_dtype, torch.int64)
                                               for name in outside):
         writer.copy(NON_BLOCK, source, outside)
-    elif not writer.finished(NON_BLOCK):
-        writer.write(NON_BLOCK, {name: skeleton.state_dict()[name].detach().cpu() for name in outside})
+    elif not writer.finished(NON_BLOCK):  # read again: the skeleton's embeddings hold only the rows used
+        writer.write(NON_BLOCK, {name: _read_cast(source, name, torch_dtype) for name in outside})
     weights = StreamedBlocks(source, torch_dtype, device, writer, spill_over_bytes)
     try:
-        report = prune(skeleton, plan, calibration, tokenizer, progress, batch_size=batch_size, weights=weights)
+        # no reference kept here: prune() drops the tokenizer once it has made the calibration tokens, so
+        # it is not resident while the blocks are pruned (SmolLM2's: 55 MiB); it is loaded again to be saved
+        report = prune(skeleton, plan, calibration, AutoTokenizer.from_pretrained(directory), progress,
+                       batch_size=batch_size, weights=weights)
     finally:
         weights.remove_spilled()
-    saved = writer.complete(skeleton.config, tokenizer, directory / "generation_config.json", report.to_dict(),
-                            save_format, _aliases(skeleton))
+    saved = writer.complete(skeleton.config, AutoTokenizer.from_pretrained(directory),
+                            directory / "generation_config.json", report.to_dict(), save_format, _aliases(skeleton))
     return report, saved
 
 
