@@ -57,13 +57,17 @@ def test_each_sparse_kernel_gives_the_dense_output(kernel, block, tokens):
     assert module.fallback_reason is None and module.weight_bytes() < linear.weight.numel() * 4
 
 
-def test_sparse_runtime_keeps_a_pruned_model_outputs_and_records_every_layer(tiny_llama):
-    model = _pruned_tiny(tiny_llama)
-    ids = torch.randint(0, 500, (2, 12), generator=torch.Generator().manual_seed(0))
+def _logits_around_runtime(model, runtime: str, shapes, batch: int):
+    """(logits before, `apply_runtime`'s report, logits after) on one fixed batch of `batch` x 12 ids."""
+    ids = torch.randint(0, 500, (batch, 12), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        dense = model(ids).logits
-        report = apply_runtime(model, "sparse", RuntimeShapes(1, 24), repeats=1)
-        sparse = model(ids).logits
+        before = model(ids).logits
+        report = apply_runtime(model, runtime, shapes, repeats=1)
+        return before, report, model(ids).logits
+
+
+def test_sparse_runtime_keeps_a_pruned_model_outputs_and_records_every_layer(tiny_llama):
+    dense, report, sparse = _logits_around_runtime(_pruned_tiny(tiny_llama), "sparse", RuntimeShapes(1, 24), 2)
     torch.testing.assert_close(sparse, dense, rtol=1e-4, atol=1e-4)
     summary = report.to_dict()
     assert summary["pruned_layers"] == summary["sparse_layers"] == 14
@@ -256,11 +260,8 @@ def _sparse_wins_per_layer(monkeypatch, end_to_end_ratio: dict[str, float]) -> N
 def test_auto_reverts_every_layer_to_dense_where_the_whole_model_is_not_faster(tiny_llama, monkeypatch):
     _sparse_wins_per_layer(monkeypatch, {"decode": 1.01, "prefill": 0.8})
     model = _pruned_tiny(tiny_llama)
-    ids = torch.randint(0, 500, (2, 12), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        dense = model(ids).logits
-        report = apply_runtime(model, "auto", RuntimeShapes(1, 24, 2), repeats=1).to_dict()
-        after = model(ids).logits
+    dense, runtime_report, after = _logits_around_runtime(model, "auto", RuntimeShapes(1, 24, 2), 2)
+    report = runtime_report.to_dict()
     torch.testing.assert_close(after, dense, rtol=0, atol=0)
     assert not any(isinstance(module, SparseLinear) for module in model.modules())
     assert report["sparse_layers"] == 0 and report["pruned_linear_memory_ratio"] == 1.0
@@ -285,11 +286,7 @@ def test_a_regime_running_only_dense_kernels_reports_exactly_1x(tiny_llama, monk
 def test_auto_keeps_the_regime_that_wins_end_to_end_and_counts_both_storages(tiny_llama, monkeypatch):
     _sparse_wins_per_layer(monkeypatch, {"decode": 1.5, "prefill": 0.9})
     model = _pruned_tiny(tiny_llama)
-    ids = torch.randint(0, 500, (1, 12), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        dense = model(ids).logits
-        report = apply_runtime(model, "auto", RuntimeShapes(1, 12), repeats=1)
-        after = model(ids).logits
+    dense, report, after = _logits_around_runtime(model, "auto", RuntimeShapes(1, 12), 1)
     torch.testing.assert_close(after, dense, rtol=1e-4, atol=1e-4)
     summary = report.to_dict()
     assert summary["end_to_end"]["decode"]["kept"] and not summary["end_to_end"]["prefill"]["kept"]
