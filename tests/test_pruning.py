@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import weakref
 
 import numpy as np
 import pytest
@@ -187,6 +188,52 @@ def test_cholesky_failure_retries_with_more_dampening():
     assert damp == pytest.approx(0.1)
     with pytest.raises(UserError, match="not positive definite"):
         inverse_hessian_factor(-torch.eye(4), 0.01)
+
+
+def _reference_factor(hessian: torch.Tensor, damp: float) -> torch.Tensor:
+    """The factor from the plain out-of-place calls (the solve before it worked in place)."""
+    fixed = hessian.double().clone()
+    dead = fixed.diagonal() == 0
+    fixed[dead, dead] = 1.0
+    damped = fixed.clone()
+    damped.diagonal().add_(damp * fixed.diagonal().mean())
+    return torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(damped)), upper=True)
+
+
+@pytest.mark.parametrize("shift", [0.0, 0.05])  # 0.05: the first dampening fails, the retry's factor is returned
+def test_inverse_hessian_factor_in_place_equals_out_of_place_bit_for_bit(shift):
+    generator = torch.Generator().manual_seed(3)
+    inputs = torch.randn(300, 96, generator=generator, dtype=torch.float64)
+    inputs[:, 5] = 0  # a dead input: 1 on its diagonal
+    hessian = inputs.T @ inputs
+    hessian -= shift * hessian.diagonal().mean() * torch.eye(96, dtype=torch.float64)
+    before = hessian.clone()
+    upper, damp = inverse_hessian_factor(hessian, 0.01)
+    assert damp == pytest.approx(0.01 if shift == 0 else 0.1)
+    assert torch.equal(upper, _reference_factor(before, damp))
+    assert torch.equal(hessian, before)  # the input is not modified
+
+
+def test_a_blocks_hessians_are_freed_as_their_layers_are_pruned(tiny_model_dirs, monkeypatch):
+    """Each distinct input's Hessian is dropped once its layers are pruned: q/k/v, o, gate/up, down_proj
+    are solved with 4, 3, 2, then 1 of the block's Hessians alive."""
+    from sparse_bench.harness_ext.pruning import calibration, sparsegpt
+
+    created, alive_at_solve = [], []
+    init, solve = calibration.InputStatistics.__init__, sparsegpt.sparsegpt_prune
+
+    def tracking(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        created.append(weakref.ref(self))
+
+    def solving(*args, **kwargs):
+        alive_at_solve.append(sum(ref() is not None for ref in created))
+        return solve(*args, **kwargs)
+
+    monkeypatch.setattr(calibration.InputStatistics, "__init__", tracking)
+    monkeypatch.setattr(sparsegpt, "sparsegpt_prune", solving)
+    model, _ = _prune(tiny_model_dirs, "sparsegpt", 0.5)
+    assert alive_at_solve == [4, 3, 2, 1] * model.config.num_hidden_layers
 
 
 @pytest.mark.parametrize("method, structure", [("wanda", None), ("sparsegpt", None), ("sparsegpt", "2:4")])

@@ -15,6 +15,7 @@ back in the model's dtype. Pruned weights are exact zeros (the weight is multipl
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass
 
 import torch
@@ -172,12 +173,21 @@ def _owl_pass(model: nn.Module, jobs: list[LayerJob], tokens: torch.Tensor, batc
 
 
 def _prune_block(jobs: list[LayerJob], stats: dict[str, InputStatistics], warnings: list[str]) -> None:
-    """Prune a block's layers, those sharing one input and one step together."""
+    """Prune a block's layers, those sharing one input and one step together.
+
+    Each input's statistics leave `stats` once the last group reading them is pruned, so a block's
+    Hessians are not all alive while its largest one is solved (SmolLM2: 8 of 24 MiB freed before down_proj).
+    """
     groups: dict[tuple[int, int], list[LayerJob]] = {}
     for job in jobs:
         groups.setdefault((id(stats[job.name]), id(job.step)), []).append(job)
-    for group in groups.values():
+    readers = Counter(input_id for input_id, _ in groups)
+    for (input_id, _), group in groups.items():
         _prune_group(group, stats[group[0].name], warnings)
+        readers[input_id] -= 1
+        if not readers[input_id]:
+            for name in [name for name, value in stats.items() if id(value) == input_id]:
+                del stats[name]
 
 
 def _prune_in_one_forward(block: BlockStep, in_block: list[LayerJob], with_hessian: bool,

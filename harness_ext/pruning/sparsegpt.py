@@ -55,25 +55,39 @@ class SparseGPTOptions(Options):
 def inverse_hessian_factor(hessian: torch.Tensor, dampening: float) -> tuple[torch.Tensor, float]:
     """Upper Cholesky factor U of (H + d * mean(diag H) * I)^-1 and the dampening d that worked.
 
-    Tries `dampening`, then 10x more until MAX_DAMPENING; UserError if even that fails. Runs on one CPU
-    thread, so the factor is the same whatever the caller's thread count (harness_ext/pruning/reproducible.py).
+    `hessian` (in, in) is read, not modified; a column whose diagonal is 0 (an input that was always zero)
+    gets 1 there first. Tries `dampening`, then 10x more until MAX_DAMPENING; UserError if even that fails.
+    Runs on one CPU thread, so the factor is the same whatever the caller's thread count
+    (harness_ext/pruning/reproducible.py). Memory: one float64 (in, in) matrix besides `hessian` (SmolLM2's
+    down_proj: 18 MiB), factored, inverted and factored again in place (LAPACK's potrf and potri work in
+    place; the values are those of the out-of-place calls, bit for bit, tested).
     """
     with one_cpu_thread():
         return _inverse_hessian_factor(hessian, dampening)
 
 
+def _damped(hessian: torch.Tensor, damp: float) -> torch.Tensor:
+    """A float64 copy of `hessian` with 1 on its zero diagonal entries, plus damp * mean(diag) on the diagonal,
+    laid out column-major (LAPACK's order, so the factorisations below need no copy of their own)."""
+    damped = torch.empty_strided(hessian.shape, (1, hessian.shape[0]), dtype=torch.float64, device=hessian.device)
+    damped.copy_(hessian)
+    dead = damped.diagonal() == 0
+    damped[dead, dead] = 1.0
+    damped.diagonal().add_(damp * damped.diagonal().mean())
+    return damped
+
+
 def _inverse_hessian_factor(hessian: torch.Tensor, dampening: float) -> tuple[torch.Tensor, float]:
-    mean_diagonal = hessian.diagonal().mean()
     damp = dampening
     while damp <= MAX_DAMPENING * (1 + 1e-9):
-        damped = hessian.clone()  # H + d * mean(diag H) * I, without two more (in, in) temporaries
-        damped.diagonal().add_(damp * mean_diagonal)
-        lower, info = torch.linalg.cholesky_ex(damped)
-        del damped
+        factor = _damped(hessian, damp)
+        info = torch.empty((), dtype=torch.int32, device=hessian.device)
+        torch.linalg.cholesky_ex(factor, out=(factor, info))  # L, lower
         if int(info) == 0:
-            upper, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(lower), upper=True)
+            torch.cholesky_inverse(factor, out=factor)  # (L L^T)^-1
+            torch.linalg.cholesky_ex(factor, upper=True, out=(factor, info))  # U, upper
             if int(info) == 0:
-                return upper, damp
+                return factor, damp
         damp *= 10
     raise UserError(f"the calibration Hessian is not positive definite even with dampening {MAX_DAMPENING}; "
                     "use more calibration samples or longer sequences")
@@ -118,10 +132,8 @@ def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, sparsities: Seq
     step = nm.m if nm else tiles.columns if tiles else 1
     if block_size % step:
         block_size += step - block_size % step
-    hessian = hessian.double().clone()
     dead = hessian.diagonal() == 0
-    hessian[dead, dead] = 1.0
-    upper, damp_used = inverse_hessian_factor(hessian, dampening)
+    upper, damp_used = inverse_hessian_factor(hessian, dampening)  # no float64 copy of the Hessian kept
     # transposed working copy: column j of W is the contiguous row j here
     work = weight.double().t().contiguous()
     work[dead] = 0.0
