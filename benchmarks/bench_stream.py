@@ -122,8 +122,9 @@ def smollm2(args: argparse.Namespace) -> None:
                     f"{cases['stream']['peak_delta'] / size:.2f}x | {cases['memory']['seconds']:.0f} s | "
                     f"{cases['stream']['seconds']:.0f} s |")
     table = (f"SmolLM2-135M-Instruct float32 ({size / 2**20:.0f} MiB of weights), calibration {args.nsamples} x "
-             f"{args.seqlen} tokens, 2 threads; wall times from a shared machine (other jobs running); peak = VmHWM - "
-             "RSS with the libraries imported, in model bytes.\n\n| method | streamed == in memory, bit for bit | peak in memory | peak streamed | "
+             f"{args.seqlen} tokens, 2 threads; wall times from a shared machine (other jobs running); "
+             "peak = VmHWM - RSS with the libraries imported, in model bytes.\n\n"
+             "| method | streamed == in memory, bit for bit | peak in memory | peak streamed | "
              "wall in memory | wall streamed |\n|---|---|---|---|---|---|\n" + "\n".join(rows))
     finish("smollm2", table, {"model_bytes": size, "cases": results}, args)
 
