@@ -2,8 +2,9 @@
 
 Renders both output folders' task tables (the leaderboard's rows, as `sparse-bench leaderboard render`) and
 compares every value except the columns that measure this machine's speed (the latency columns and `prune s`).
-Rows are matched by task and the cell's identity columns. Writes a markdown report and exits 1 if any
-compared value differs or a cell is missing from one run.
+Rows are matched by task and the cell's identity columns. Then the sha256 of each pruned cell's cached checkpoint
+weights (`pruned_checkpoint` in its result; the caches may be in different SPARSE_BENCH_HOMEs). Writes a markdown
+report and exits 1 if any compared value or digest differs or a cell is missing from one run.
 
     python benchmarks/compare_grid_runs.py results/demo /tmp/demo-1thread --out benchmarks/results/demo_runs_compared.md
 """
@@ -11,6 +12,7 @@ compared value differs or a cell is missing from one run.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sys
 from pathlib import Path
 
@@ -33,6 +35,24 @@ def rows_by_key(folder: Path) -> tuple[dict[tuple, dict[str, str]], set[int]]:
             rows[(task, *(row.get(name, "") for name in IDENTITY))] = row
     threads = {measured(result, "latency", "torch_threads") for result in grid.ok()} - {None}
     return rows, threads
+
+
+def checkpoint_digests(folder: Path) -> dict[str, str]:
+    """{cell label: sha256 of its pruned checkpoint's *.safetensors files (in name order)} for the finished pruned
+    cells whose checkpoint is still on disk."""
+    digests = {}
+    for result in load_grid(folder).ok():
+        checkpoint = result.get("pruned_checkpoint")
+        files = sorted(Path(checkpoint).glob("*.safetensors")) if checkpoint else []
+        if files:
+            digest = hashlib.sha256()
+            for path in files:
+                with open(path, "rb") as handle:
+                    for chunk in iter(lambda: handle.read(1 << 24), b""):
+                        digest.update(chunk)
+            cell = result.cell
+            digests[f"{cell.method} {cell.structure} {cell.sparsity} {cell.dtype}"] = digest.hexdigest()
+    return digests
 
 
 def compare(first: dict, second: dict) -> tuple[list[list[str]], int]:
@@ -61,6 +81,11 @@ def main() -> None:
     args = parser.parse_args()
     (first, first_threads), (second, second_threads) = rows_by_key(args.first), rows_by_key(args.second)
     differences, compared = compare(first, second)
+    first_digests, second_digests = checkpoint_digests(args.first), checkpoint_digests(args.second)
+    digest_rows = [[cell, first_digests.get(cell, "-")[:16], second_digests.get(cell, "-")[:16],
+                    "yes" if first_digests.get(cell) == second_digests.get(cell) else "NO"]
+                   for cell in sorted(first_digests.keys() | second_digests.keys())]
+    differing_checkpoints = sum(row[3] == "NO" for row in digest_rows)
     lines = [f"# Two runs of one grid: {args.first} (torch threads {sorted(first_threads)}) and {args.second} "
              f"(torch threads {sorted(second_threads)})", "",
              "Written by `python benchmarks/compare_grid_runs.py`. Every value of every task table is compared "
@@ -69,11 +94,14 @@ def main() -> None:
              f"**{len(differences)} differ**.", ""]
     if differences:
         lines += [tabulate(differences, headers=["task", "cell", "column", "first", "second"], tablefmt="github"), ""]
+    lines += [f"Pruned checkpoints (sha256 of the weights files, first 16 hex digits): {len(digest_rows)} compared, "
+              f"**{differing_checkpoints} differ**.", "",
+              tabulate(digest_rows, headers=["cell", "first", "second", "identical"], tablefmt="github"), ""]
     text = "\n".join(lines)
     print(text)
     if args.out:
         args.out.write_text(text)
-    sys.exit(1 if differences else 0)
+    sys.exit(1 if differences or differing_checkpoints else 0)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,9 @@ from sparse_bench.leaderboards.render import load_grid, summary_table
 REPO = Path(__file__).resolve().parents[1]
 PHASES = ("prune", "load", "evaluate", "perplexity", "latency", "size")
 VARIES = ("Latency columns (`ms/forward`, `tokens/s`, `peak MiB`) and times (`prune s`, seconds) are this "
-          "machine's. The other numbers do not depend on the thread count (benchmarks/results/determinism.md); "
+          "machine's. The other numbers do not depend on the thread count: the same grid with 1 thread gave every "
+          "other value and every pruned checkpoint bit for bit (benchmarks/results/demo_runs_compared.md, "
+          "written by benchmarks/compare_grid_runs.py; SparseGPT alone: benchmarks/results/determinism.md); "
           "another CPU's fp32 kernels can still change last bits of a forward.")
 
 
