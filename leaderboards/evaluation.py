@@ -18,6 +18,7 @@ from typing import Any
 
 from ..harness_ext.errors import UserError
 from ..harness_ext.io import write_text_atomic
+from ..model_wrappers.log_filters import git_lookup_once
 from .spec import GridSpec, TaskSpec
 
 NOT_METRICS = ("alias", "name", "sample_len", "samples")  # bookkeeping entries of lm-eval's per-task results
@@ -86,6 +87,7 @@ def evaluate_cell(lm: Any, spec: GridSpec, manager: Any, tasks: dict[str, Any],
     1,300 tokens. Returns one record per call: tasks, limits, num_fewshot, results, seconds."""
     import lm_eval
 
+    git_lookup_once()
     evaluations = []
     for task in spec.tasks if task_specs is None else task_specs:
         chosen = document_indices(task.limit, len(tasks[task.name].eval_docs))

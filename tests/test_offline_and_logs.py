@@ -83,3 +83,26 @@ def test_per_task_warnings_are_shown_once_and_errors_always():
                               "something else", "something else", "task b: has a space so is not a prefix"])
     assert shown == ["task_a: Custom kwargs can be passed", "something else",
                      "task b: has a space so is not a prefix", "task_a: broken", "task_a: broken"]
+
+
+def test_git_lookup_runs_once_and_keeps_its_stderr_quiet(tmp_path, monkeypatch, capfd):
+    import lm_eval.evaluator as evaluator
+
+    from sparse_bench.model_wrappers.log_filters import git_lookup_once
+
+    monkeypatch.chdir(tmp_path)  # not a git repository: `git describe` fails and says so on stderr
+    calls = []
+
+    def noisy_lookup():
+        calls.append(1)
+        os.write(2, b"fatal: not a git repository\n")
+        return None
+
+    monkeypatch.setattr(evaluator, "get_git_commit_hash", noisy_lookup)
+    git_lookup_once()
+    git_lookup_once()  # idempotent: not wrapped twice
+    assert evaluator.get_git_commit_hash() is None and evaluator.get_git_commit_hash() is None
+    assert calls == [1]
+    assert "fatal" not in capfd.readouterr().err
+    os.write(2, b"still shown\n")
+    assert "still shown" in capfd.readouterr().err

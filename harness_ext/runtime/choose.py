@@ -33,8 +33,9 @@ from ..errors import UserError
 from ..pruning.targets import DEFAULT_IGNORE, find_target_layers
 from ..pruning.values import BlockStructure
 from .kernels import KERNELS, SPARSE_KERNELS, unavailable
-from .pairs import synchronize, time_pairs
+from .pairs import time_pairs
 from .sparse_linear import REGIMES, SparseLinear
+from .timing import random_token_inputs, timed_calls
 
 MODES = ("dense", "sparse", "auto")
 MIN_PRUNED_SPARSITY = 0.05
@@ -160,15 +161,7 @@ def pruned_linears(model: nn.Module) -> dict[str, nn.Linear]:
 def time_kernel(name: str, storage: Any, x: torch.Tensor, repeats: int) -> float:
     """Median milliseconds of `repeats` calls of kernel `name` on input `x`, after one warm-up call."""
     matmul = KERNELS[name].matmul
-    matmul(storage, x)
-    times = []
-    for _ in range(repeats):
-        synchronize(x.device)
-        start = time.perf_counter()
-        matmul(storage, x)
-        synchronize(x.device)
-        times.append(time.perf_counter() - start)
-    return 1000.0 * statistics.median(times)
+    return 1000.0 * statistics.median(timed_calls(lambda: matmul(storage, x), x.device, repeats))
 
 
 def _time_candidates(weight: torch.Tensor, names: tuple[str, ...], shapes: RuntimeShapes,
@@ -235,15 +228,11 @@ def _replace_module(model: nn.Module, name: str, module: nn.Module) -> None:
 
 
 def _regime_inputs(model: nn.Module, shapes: RuntimeShapes, regime: str) -> dict[str, torch.Tensor]:
-    """Random token ids at one regime's shape: decode `decode_tokens` x 1, prefill `prefill_batch` x
-    (`prefill_tokens` / `prefill_batch`); an encoder-decoder gets the same ids on both sides."""
+    """Random token ids (seed 0) at one regime's shape: decode `decode_tokens` x 1, prefill `prefill_batch` x
+    (`prefill_tokens` / `prefill_batch`)."""
     batch, length = ((shapes.decode_tokens, 1) if regime == "decode"
                      else (shapes.prefill_batch, max(1, shapes.prefill_tokens // shapes.prefill_batch)))
-    vocab = int(model.get_input_embeddings().num_embeddings)
-    ids = torch.randint(0, vocab, (batch, length), generator=torch.Generator().manual_seed(0))
-    ids = ids.to(next(model.parameters()).device)
-    return {"input_ids": ids, **({"decoder_input_ids": ids} if getattr(model.config, "is_encoder_decoder", False)
-                                 else {})}
+    return random_token_inputs(model, batch, length, torch.Generator().manual_seed(0))
 
 
 def _revert_regime(model: nn.Module, report: RuntimeReport, regime: str, block: BlockStructure | None) -> int:

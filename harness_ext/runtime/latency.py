@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import statistics
 import threading
-import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
@@ -33,8 +32,9 @@ from torch import nn
 
 from ..pruning.values import BlockStructure
 from .choose import RuntimeShapes, apply_runtime
-from .pairs import PairTimes, synchronize, time_pairs
+from .pairs import PairTimes, time_pairs
 from .sparse_linear import SparseLinear
+from .timing import random_token_inputs, timed_calls
 
 SAMPLE_INTERVAL_S = 0.01
 PROMPT_TOKENS = 16
@@ -68,19 +68,6 @@ def peak_memory(device: torch.device) -> Iterator[dict[str, Any]]:
     record.update(peak_memory_bytes=peak[0], peak_memory_kind="process peak RSS (sampled)")
 
 
-def _timed(function, device: torch.device, repeats: int, **warm_up_overrides: Any) -> list[float]:
-    """Wall seconds of `repeats` calls of `function()` (after one untimed warm-up call, `function(**overrides)`)."""
-    function(**warm_up_overrides)
-    times = []
-    for _ in range(repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        function()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return times
-
-
 def weights_bytes(model: nn.Module) -> int:
     """Bytes of the parameters, buffers and sparse weight storage held in memory (tied weights once)."""
     tensors = {id(t): t for t in [*model.parameters(), *model.buffers()]}
@@ -93,21 +80,19 @@ def _workload(model: nn.Module, batch: int, seqlen: int, new_tokens: int,
     """(one forward over `batch` x `seqlen` random ids, one greedy generation of `tokens` (default `new_tokens`)
     tokens at batch 1 from a PROMPT_TOKENS prompt, or None where it is not timed: `generate` off, no
     `generate`, or an encoder-decoder, whose forward takes the same ids on both sides)."""
-    device = next(model.parameters()).device
-    vocab = int(model.get_input_embeddings().num_embeddings)
     generator = torch.Generator().manual_seed(seed)
-    inputs = torch.randint(0, vocab, (batch, seqlen), generator=generator).to(device)
-    prompt = torch.randint(0, vocab, (1, PROMPT_TOKENS), generator=generator).to(device)
-    both_sides = {"decoder_input_ids": inputs} if getattr(model.config, "is_encoder_decoder", False) else {}
+    inputs = random_token_inputs(model, batch, seqlen, generator)
+    prompt = random_token_inputs(model, 1, PROMPT_TOKENS, generator)["input_ids"]
 
     def forward() -> Any:
-        return model(input_ids=inputs, **both_sides)
+        return model(**inputs)
 
     def generation(tokens: int = new_tokens) -> Any:
         return model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=tokens,
                               min_new_tokens=tokens, pad_token_id=0)
 
-    return forward, (generation if generate and hasattr(model, "generate") and not both_sides else None)
+    encoder_decoder = "decoder_input_ids" in inputs
+    return forward, (generation if generate and hasattr(model, "generate") and not encoder_decoder else None)
 
 
 @torch.no_grad()
@@ -118,10 +103,11 @@ def measure_latency(model: nn.Module, batch: int = 1, seqlen: int = 128, new_tok
     device = next(model.parameters()).device
     forward_call, generation_call = _workload(model, batch, seqlen, new_tokens, seed, generate)
     with peak_memory(device) as memory:
-        forward = _timed(forward_call, device, repeats)
+        forward = timed_calls(forward_call, device, repeats)
         generation = None
         if generation_call is not None:
-            generation = _timed(generation_call, device, min(repeats, 3), tokens=WARM_UP_TOKENS)
+            generation = timed_calls(generation_call, device, min(repeats, 3),
+                                     warm_up=lambda: generation_call(tokens=WARM_UP_TOKENS))
     return {
         "forward_ms": 1000.0 * statistics.median(forward),
         "forward_shape": [batch, seqlen],

@@ -11,17 +11,12 @@ own calls. A quiet CPU still drifts by +-20 % between back-to-back forwards, so 
 from __future__ import annotations
 
 import statistics
-import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 
-
-def synchronize(device: torch.device) -> None:
-    """Wait for queued GPU work (timing must not stop before the kernels finish); nothing on CPU."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from .timing import call_seconds
 
 
 @dataclass(frozen=True)
@@ -53,12 +48,8 @@ def time_pairs(run: Callable[[], Any], use_dense: Callable[[bool], None], pairs:
     for index in range(pairs):
         for dense in ((True, False) if index % 2 == 0 else (False, True)):
             use_dense(dense)
-            synchronize(device)
-            start = time.perf_counter()
-            run()
-            synchronize(device)
-            times[dense].append(time.perf_counter() - start)
+            times[dense].append(call_seconds(run, device))
     return PairTimes(times[True], times[False])
 
 
-__all__ = ["PairTimes", "synchronize", "time_pairs"]
+__all__ = ["PairTimes", "time_pairs"]
