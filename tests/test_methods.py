@@ -218,7 +218,7 @@ def test_admm_refit_matches_the_paper_iteration_and_the_least_squares_optimum(ti
     keep = _lowest(wanda, weight.shape[1] // 2)  # Wanda's per-row mask
     _, expected = _numpy_admm(weight, hessian, lambda *_: keep)
     got = admm_refit(torch.from_numpy(weight), torch.from_numpy(hessian), torch.from_numpy(keep), AdmmOptions())
-    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=1e-8)  # float32 iterations (admm.py)
     exact = np.zeros_like(weight)
     for row in range(weight.shape[0]):
         kept = keep[row]

@@ -1,4 +1,4 @@
-"""SparseGPT gives the same masks whatever the summation order: batch order, thread count, BLAS kernel.
+"""SparseGPT (and ADMM) give the same masks whatever the summation order: batch order, thread count, BLAS kernel.
 
 The Hessian is a sum over calibration tokens and its inverse amplifies rounding by the condition number, so
 in fp32 a different summation order (another thread count, another CPU's kernel) flipped near-tie choices.
@@ -55,20 +55,22 @@ from sparse_bench.harness_ext.pruning.request import shortcut_plan
 from sparse_bench.harness_ext.pruning.targets import find_target_layers, weight_matrix
 torch.set_num_threads(int(sys.argv[2]))
 digests = {}
-for structure in (None, NMStructure(2, 4)):
-    model = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(sys.argv[1])
-    prune(model, shortcut_plan("sparsegpt", 0.5 if structure is None else None, structure),
-          CalibrationConfig(data="c4", nsamples=8, seqlen=64, seed=0), tokenizer, progress=False)
-    digest = hashlib.sha256()
-    for name, module in find_target_layers(model).items():
-        digest.update(weight_matrix(module).detach().contiguous().numpy().tobytes())
-    digests[str(structure)] = digest.hexdigest()
+for method in ("sparsegpt", "admm"):
+    for structure in (None, NMStructure(2, 4)):
+        model = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(sys.argv[1])
+        prune(model, shortcut_plan(method, 0.5 if structure is None else None, structure),
+              CalibrationConfig(data="c4", nsamples=8, seqlen=64, seed=0), tokenizer, progress=False)
+        digest = hashlib.sha256()
+        for name, module in find_target_layers(model).items():
+            digest.update(weight_matrix(module).detach().contiguous().numpy().tobytes())
+        digests[f"{method} {structure}"] = digest.hexdigest()
 print(json.dumps(digests))
 """
 
 
-def test_sparsegpt_weights_are_identical_with_one_and_two_threads(tiny_llama):
+def test_sparsegpt_and_admm_weights_are_identical_with_one_and_two_threads(tiny_llama):
+    # gradual ADMM iterates in float32 (admm.py): its N:M choices must not depend on the thread count either
     def digests(threads: int) -> dict[str, str]:
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
         done = subprocess.run([sys.executable, "-c", _DIGEST_SCRIPT, str(tiny_llama), str(threads)], env=env,

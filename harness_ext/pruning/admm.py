@@ -23,7 +23,9 @@ Two uses (methods.py):
   iterations the mask is re-chosen from |W + U| (in the normalised space, where |W_ij| d_j is Wanda's score)
   at a sparsity rising on the cubic schedule s_t = s (1 - (1 - (t+1)/T)^3); for N:M, only weights outside
   each group's N largest are pruned, the smallest first, until the N:M mask is reached at t = T - 1.
-All arithmetic is float64.
+Normalisation and the factorisation are float64; the iterations run in float32 (`ITERATION_DTYPE`, the reference
+code's precision): faster on CPU, with the same layer error to ~1e-10 relative, and CPU BLAS gives the same
+product (so the same N:M choices) with 1 and 2 threads (tests/test_pruning_determinism.py).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from .method_types import Options, PruneResult, Target, segments_of
 from .reproducible import one_cpu_thread
 
 MaskAt = Callable[[int, torch.Tensor], torch.Tensor]
+ITERATION_DTYPE = torch.float32  # the iterations (the reference code's precision); set-up and scaling in float64
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,7 @@ class _Problem:
         with one_cpu_thread():  # the same inverse whatever the thread count (reproducible.py)
             self.inverse = torch.cholesky_inverse(torch.linalg.cholesky(normalised))
         self.rho = options.admm_rho
+        self.dense, self.target, self.inverse = (x.to(ITERATION_DTYPE) for x in (self.dense, self.target, self.inverse))
 
     def solve(self, mask_at: MaskAt, iterations: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Run ADMM; (keep-mask, masked weight in the original scale)."""
@@ -99,12 +103,12 @@ class _Problem:
             dual += weight - masked
             weight = (self.target + self.rho * (masked - dual)) @ self.inverse
         keep = mask_at(iterations, weight + dual)
-        return keep, (weight + dual) * keep / self.scale
+        return keep, (weight + dual).double() * keep / self.scale
 
 
 @torch.no_grad()
 def admm_refit(weight: torch.Tensor, hessian: torch.Tensor, keep: torch.Tensor, options: AdmmOptions) -> torch.Tensor:
-    """Registry update: the (out, in) weight refitted on the fixed keep-mask, zeros elsewhere (float64)."""
+    """Registry update: the (out, in) weight refitted on the fixed keep-mask, zeros elsewhere (float64 result)."""
     problem = _Problem(weight, hessian, options)
     return problem.solve(lambda _iteration, _current: keep, options.admm_iterations)[1]
 
