@@ -56,12 +56,13 @@ def worker(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     block_seconds = None
     if args.mode == "stream":
-        report, out = prune_streaming(args.model, plan, calibration, args.out, progress=False)
+        report, out = prune_streaming(args.model, plan, calibration, args.out, progress=False,
+                                      batch_size=args.batch_size)
         record = json.loads((out / "sparse_bench_checkpoint.json").read_text())
         block_seconds = list(record["stream_record"]["block_seconds"].values())
     else:
         model, tokenizer = load_model(args.model)
-        report = prune(model, plan, calibration, tokenizer, progress=False)
+        report = prune(model, plan, calibration, tokenizer, progress=False, batch_size=args.batch_size)
         save_checkpoint(model, tokenizer, args.out, prune_record=report.to_dict())
     print(json.dumps({"seconds": time.perf_counter() - started, "peak_delta": peak_rss_bytes() - baseline,
                       "sparsity": report.overall_sparsity, "block_seconds": block_seconds}))
@@ -71,7 +72,7 @@ def run_case(model: str, mode: str, method: str, out: Path, args: argparse.Names
     shutil.rmtree(out, ignore_errors=True)
     command = [sys.executable, __file__, "worker", "--model", model, "--mode", mode, "--method", method,
                "--out", str(out), "--calibration", args.calibration, "--nsamples", str(args.nsamples),
-               "--seqlen", str(args.seqlen)]
+               "--seqlen", str(args.seqlen), *(["--batch-size", str(args.batch_size)] if args.batch_size else [])]
     result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "2"})
     if result.returncode != 0:
         sys.exit(f"{mode} {method} failed:\n{result.stderr[-3000:]}")
@@ -149,7 +150,8 @@ def big(args: argparse.Namespace) -> None:
 
 def finish(part: str, table: str, results: dict, args: argparse.Namespace) -> None:
     out = REPO / "benchmarks" / "results" / f"bench_stream_{part}.json"
-    out.write_text(json.dumps({**results, "nsamples": args.nsamples, "seqlen": args.seqlen}, indent=2) + "\n")
+    out.write_text(json.dumps({**results, "nsamples": args.nsamples, "seqlen": args.seqlen,
+                               "batch_size": args.batch_size}, indent=2) + "\n")
     write_doc(part, table)
     print(table)
 
@@ -166,6 +168,8 @@ def main() -> None:
     parser.add_argument("--calibration", default="c4")
     parser.add_argument("--nsamples", type=int, default=None)
     parser.add_argument("--seqlen", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="calibration samples per forward, both modes (default: the engine's, ~2048 tokens)")
     args = parser.parse_args()
     if args.part == "worker":
         worker(args)

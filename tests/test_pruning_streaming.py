@@ -126,6 +126,25 @@ def test_tokenizer_freed_and_only_looked_up_embedding_rows_read(llama4, tmp_path
     assert sorted(rows_read) == sorted(set(tokens.reshape(-1).tolist()))
 
 
+def test_blas_buffer_pool_is_turned_off_before_streaming(llama4, tmp_path, monkeypatch):
+    assert streaming._no_blas_buffer_pool() == torch.backends.mkl.is_available()  # this torch's MKL takes it
+    calls = []
+    monkeypatch.setattr(streaming, "_no_blas_buffer_pool", lambda: calls.append("off") or True)
+
+    class Stop(Exception):
+        pass
+
+    def first_read(*args):
+        calls.append("first read")
+        raise Stop  # the order is what is tested; the rest of the run is the other tests'
+
+    monkeypatch.setattr(streaming, "_skeleton", first_read)
+    with pytest.raises(Stop):
+        prune_streaming(str(llama4), shortcut_plan("magnitude", 0.5, None, source="test"), None, tmp_path / "out",
+                        progress=False)
+    assert calls == ["off", "first read"]
+
+
 def test_output_is_a_normal_checkpoint(llama4, tmp_path):
     plan = shortcut_plan("wanda", 0.5, None, source="test")
     _, out = prune_streaming(str(llama4), plan, CALIBRATION, tmp_path / "out", progress=False)
