@@ -119,11 +119,11 @@ def smollm2(args: argparse.Namespace) -> None:
                  for mode in ("memory", "stream")}
         equal = same_bits(args.out_root / f"stream-bench-{method}-memory", args.out_root / f"stream-bench-{method}-stream")
         results[method] = {**cases, "bit_identical": equal}
-        rows.append(f"| {method} 50 % | {'yes' if equal else 'NO'} | {cases['memory']['peak_delta'] / size:.2f}x | "
-                    f"{cases['stream']['peak_delta'] / size:.2f}x | {cases['memory']['seconds']:.0f} s | "
+        rows.append(f"| {method} 50 % | {'yes' if equal else 'NO'} | {cases['memory']['peak_delta'] / size:.3f}x | "
+                    f"{cases['stream']['peak_delta'] / size:.3f}x | {cases['memory']['seconds']:.0f} s | "
                     f"{cases['stream']['seconds']:.0f} s |")
     table = (f"SmolLM2-135M-Instruct float32 ({size / 2**20:.0f} MiB of weights), calibration {args.nsamples} x "
-             f"{args.seqlen} tokens, 2 threads; wall times from a shared machine (other jobs running); "
+             f"{args.seqlen} tokens, {args.batch_size or 'the default number of'} samples per forward, 2 threads; wall times from a shared machine (other jobs running); "
              "peak = VmHWM - RSS with the libraries imported, in model bytes.\n\n"
              "| method | streamed == in memory, bit for bit | peak in memory | peak streamed | "
              "wall in memory | wall streamed |\n|---|---|---|---|---|---|\n" + "\n".join(rows))
