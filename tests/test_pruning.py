@@ -22,6 +22,7 @@ from sparse_bench.harness_ext.pruning.plan import (
     PruneStep,
     PruningPlan,
 )
+from sparse_bench.harness_ext.pruning.reproducible import one_cpu_thread
 from sparse_bench.harness_ext.pruning.request import shortcut_plan
 from sparse_bench.harness_ext.pruning.sparsegpt import inverse_hessian_factor, sparsegpt_prune
 from sparse_bench.harness_ext.pruning.targets import find_target_layers, weight_matrix
@@ -191,7 +192,13 @@ def test_cholesky_failure_retries_with_more_dampening():
 
 
 def _reference_factor(hessian: torch.Tensor, damp: float) -> torch.Tensor:
-    """The factor from the plain out-of-place calls (the solve before it worked in place)."""
+    """The factor from the plain out-of-place calls (the solve before it worked in place), on one CPU thread as
+    the solve runs (LAPACK's sums depend on the thread count)."""
+    with one_cpu_thread():
+        return _out_of_place_factor(hessian, damp)
+
+
+def _out_of_place_factor(hessian: torch.Tensor, damp: float) -> torch.Tensor:
     fixed = hessian.double().clone()
     dead = fixed.diagonal() == 0
     fixed[dead, dead] = 1.0
