@@ -18,6 +18,7 @@ from pathlib import Path
 
 from tabulate import tabulate
 
+from sparse_bench.harness_ext.io import sha256_file
 from sparse_bench.leaderboards.columns import COLUMNS, measured
 from sparse_bench.leaderboards.grid_results import load_grid
 from sparse_bench.leaderboards.render import task_names, task_rows
@@ -47,9 +48,7 @@ def checkpoint_digests(folder: Path) -> dict[str, str]:
         if files:
             digest = hashlib.sha256()
             for path in files:
-                with open(path, "rb") as handle:
-                    for chunk in iter(lambda: handle.read(1 << 24), b""):
-                        digest.update(chunk)
+                sha256_file(path, digest)
             cell = result.cell
             digests[f"{cell.method} {cell.structure} {cell.sparsity} {cell.dtype}"] = digest.hexdigest()
     return digests

@@ -48,10 +48,10 @@ def main() -> None:
     parser.add_argument("--readme", type=Path, default=REPO / "README.md")
     args = parser.parse_args()
     counts, seconds = suite_summary(args.log.read_text(encoding="utf-8", errors="replace"))
+    block = timing_block(counts, seconds, args.command_seconds)
     text = args.readme.read_text(encoding="utf-8")
-    args.readme.write_text(replace_between(text, "timing", timing_block(counts, seconds, args.command_seconds),
-                                           prefix="tests"), encoding="utf-8")
-    print(f"{args.readme} updated: {timing_block(counts, seconds, args.command_seconds)}")
+    args.readme.write_text(replace_between(text, "timing", block, prefix="tests"), encoding="utf-8")
+    print(f"{args.readme} updated: {block}")
 
 
 if __name__ == "__main__":

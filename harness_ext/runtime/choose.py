@@ -259,7 +259,7 @@ def check_end_to_end(model: nn.Module, report: RuntimeReport, block: BlockStruct
     `report.end_to_end[regime]`. Needs the report's kept dense layers (`original`)."""
     device = next(model.parameters()).device
     for regime in REGIMES:
-        if not any(layer.module is not None and layer.module.choice[regime] != "dense" for layer in report.layers):
+        if report.runs_dense(regime):
             continue
         inputs = _regime_inputs(model, report.shapes, regime)
         times = time_pairs(lambda: model(**inputs), lambda dense: report.use_dense(model, dense), pairs, device)
